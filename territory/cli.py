@@ -1,0 +1,279 @@
+"""The ``territory`` command: typer for the options, rich for progress and tables.
+
+Every error the library raises is printed as one clear message (no traceback) and the
+command exits non-zero: 2 for invalid input, 3 when balance targets cannot be met.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Draw and keep the grid map of a telecom operator's city.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: TerritoryError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(3 if isinstance(exc, InfeasibleError) else 2)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except TerritoryError as exc:
+        _fail(exc)
+
+
+def parse_balance(specs: list[str], default: float) -> dict[str, float]:
+    """``["subscribers=0.05", "workload"]`` -> ``{"subscribers": 0.05, "workload": default}``."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, _, tol = spec.partition("=")
+        if not name:
+            raise InvalidInputError(f"--balance {spec!r}: give COLUMN or COLUMN=TOLERANCE")
+        try:
+            out[name] = float(tol) if tol else default
+        except ValueError:
+            raise InvalidInputError(
+                f"--balance {spec!r}: the tolerance must be a fraction such as 0.05 (±5 %)"
+            ) from None
+    return out
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Atomic JSON write: a temp file in the same folder, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, str], None]]:
+    """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks."""
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def step(stage: str, key: str, total: int | None = None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.advance(tasks[stage])
+
+        yield step
+
+
+def _table(df: pd.DataFrame, title: str) -> Table:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(str(c))
+    for row in df.itertuples(index=False):
+        t.add_row(*map(str, row))
+    return t
+
+
+def _partition_table(metrics: dict) -> pd.DataFrame:
+    rows = [{"figure": k, "value": v} for k, v in metrics.items()]
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+@app.command()
+def partition(
+    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or an "
+                                               "adjacency JSON graph")],
+    grids: Annotated[int, typer.Option("--grids", "-k", help="Number of grids")],
+    out: Annotated[Path, typer.Option(help="CSV to write: unit_id, grid_id")],
+    balance: Annotated[list[str], typer.Option(help="COLUMN=TOL, e.g. subscribers=0.005")],
+    objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
+    exact: Annotated[bool, typer.Option(help="Run the exact MIP on small instances")] = False,
+    time_limit: Annotated[float, typer.Option(help="Seconds; the best plan is returned by "
+                                                   "then")] = 60.0,
+    id_column: Annotated[str | None, typer.Option(help="Unit id column of a polygon layer")]
+    = None,
+    xy: Annotated[str, typer.Option(help="Coordinate node attributes of a JSON graph")] = "x,y",
+    crs: Annotated[str | None, typer.Option(help="CRS of a polygon layer without one")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+) -> None:
+    """Partition units into k contiguous grids balanced on one or several measures."""
+    from territory.partition_io import load_units_graph, run_partition
+
+    with _errors():
+        measures = parse_balance(balance, 0.05)
+        with console.status("reading units and building the adjacency graph"):
+            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs)
+        with console.status(f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
+            labels, figures = run_partition(
+                graph, grids, measures, objective=objective, exact=exact,
+                time_limit=time_limit, seed=seed,
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(pd.DataFrame({"unit_id": labels.index, "grid_id": labels.to_numpy()}), out)
+        console.print(_table(_partition_table(figures), f"{grids} grids → {out}"))
+
+
+def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool,
+              service_area) -> None:
+    from territory.metrics import summary_frame
+    from territory.pipeline import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress() as step:
+        def progress(stage: str, key: str) -> None:
+            step({"units": "units built", "graph": "adjacency graph",
+                  "branch": "branches → main grids",
+                  "main_grid": "main grids → sub-grids"}[stage], key)
+
+        result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
+                     progress=progress)
+    path = result.plan.save(out / "plan.gpkg")
+    write_json(result.metrics, out / "metrics.json")
+    write_json(result.plan.meta(), out / "plan.json")
+    console.print(_table(summary_frame(result.metrics, result.plan.measures),
+                         f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
+    rep = result.report.get("customers", {})
+    console.print(
+        f"{len(result.units)} units; customers {rep.get('inside', 0)} inside, "
+        f"{rep.get('outside', 0)} outside, {rep.get('invalid', 0)} invalid; "
+        f"islands joined: {len(result.graph.graph['islands'])}"
+    )
+    return result
+
+
+@app.command()
+def plan(
+    boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
+    customers: Annotated[Path, typer.Option(help="Customer points, CSV or Parquet")],
+    out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
+    branch_column: Annotated[str, typer.Option(help="Column naming each area's branch")]
+    = "adcode",
+    boundaries_crs: Annotated[str | None, typer.Option(help="CRS of the boundary layer if "
+                                                            "it has none or is GCJ-02")] = None,
+    communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
+    stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
+    key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
+    points_crs: Annotated[str, typer.Option(help="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")]
+    = "wgs84",
+    lng_column: Annotated[str, typer.Option()] = "lng",
+    lat_column: Annotated[str, typer.Option()] = "lat",
+    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
+    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
+                                                               "resolution)")] = 30.0,
+    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")] = 7,
+    main_grids: Annotated[int | None, typer.Option(help="Main grids in the city")] = None,
+    main_size: Annotated[float | None, typer.Option(help="Target first-measure load per "
+                                                         "main grid")] = None,
+    sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")] = 4,
+    sub_size: Annotated[float | None, typer.Option(help="Target load per sub-grid")] = None,
+    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
+    tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
+    objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
+    lock: Annotated[Path | None, typer.Option(help="CSV unit_id,main_grid_id")] = None,
+    stores_as_centres: Annotated[bool, typer.Option(help="One main grid per store, centred "
+                                                         "on it")] = False,
+    own_grid_islands: Annotated[bool, typer.Option(help="Islands become main grids of their "
+                                                        "own")] = False,
+    time_limit_main: Annotated[float, typer.Option()] = 30.0,
+    time_limit_sub: Annotated[float, typer.Option()] = 10.0,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Build the three-level plan (branches, main grids, sub-grids) on your own data."""
+    from territory.boundaries import read_boundaries
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions, read_points
+
+    with _errors():
+        areas = read_boundaries(boundaries, crs=boundaries_crs)
+
+        def pts(path, name):
+            if path is None:
+                return None
+            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name)
+
+        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
+                        pts(communities, "communities"), pts(stores, "stores"),
+                        pts(key_accounts, "key_accounts"))
+        locked = {}
+        if lock is not None:
+            table = pd.read_csv(lock, dtype=str)
+            if not {"unit_id", "main_grid_id"} <= set(table.columns):
+                raise InvalidInputError(f"--lock {lock}: needs columns unit_id, main_grid_id")
+            locked = dict(zip(table["unit_id"], table["main_grid_id"], strict=True))
+        if main_grids is None and main_size is None:
+            raise InvalidInputError("give --main-grids (a number) or --main-size")
+        spec = HierarchySpec(
+            measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
+            n_main=main_grids, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
+            objective=objective, time_limit_main=time_limit_main,
+            time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
+            workers=workers, random_state=seed,
+        )
+        _plan_job(inputs, UnitOptions(resolution, target_per_unit, min_resolution), spec, out,
+                  stores_as_centres, areas)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
+    city: Annotated[str, typer.Option(help="shenzhen or xiamen")] = "shenzhen",
+    customers: Annotated[int, typer.Option(help="Synthetic customers")] = 300_000,
+    main_grids: Annotated[int, typer.Option()] = 100,
+    sub_grids: Annotated[int, typer.Option()] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """The main job on the shipped data: synthetic customers on real districts → plan."""
+    from territory.boundaries import load_city
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions
+    from territory.synth import generate_city, write_city
+
+    with _errors():
+        logging.getLogger("territory").setLevel(logging.ERROR)
+        areas = load_city(city)
+        with console.status(f"generating {customers} synthetic customers"):
+            data = generate_city(areas, n_customers=customers, seed=seed)
+        out.mkdir(parents=True, exist_ok=True)
+        write_city(data, out / "synthetic")
+        inputs = Inputs(areas, "adcode", data.customers, data.communities, data.stores,
+                        data.key_accounts)
+        spec = HierarchySpec(
+            measures={"subscribers": 0.05, "workload": 0.05}, n_main=main_grids,
+            n_sub=sub_grids, workers=workers, random_state=seed,
+        )
+        _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False, areas)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,264 @@
+"""The hierarchy: branches → main grids → sub-grids, nested by construction.
+
+Branches follow a layer of areas (districts by default). The number of main grids is
+apportioned to branches by weight (largest remainder, at least one each) or given per
+branch; each branch is partitioned into main grids, then each main grid into sub-grids.
+Branches are independent problems, and so are main grids: they are solved in parallel
+worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import pandas as pd
+
+from territory.errors import InfeasibleError, InvalidInputError
+from territory.graph import induced_subgraph, join_components
+from territory.optimize import Partitioner
+from territory.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+def apportion(weights: pd.Series, total: int, minimum: int = 1) -> pd.Series:
+    """Split ``total`` seats among ``weights`` by largest remainder, ``minimum`` each."""
+    n = len(weights)
+    if total < minimum * n:
+        raise InvalidInputError(
+            f"{total} grids cannot give each of {n} branches at least {minimum}; "
+            f"use at least {minimum * n}"
+        )
+    w = weights.clip(lower=0).astype(float)
+    w = w / w.sum() if w.sum() > 0 else pd.Series(1.0 / n, index=weights.index)
+    free = total - minimum * n
+    quota = w * free
+    seats = np.floor(quota).astype(int)
+    rest = free - int(seats.sum())
+    order = (quota - seats).sort_values(ascending=False, kind="stable").index[:rest]
+    seats[order] += 1
+    return seats + minimum
+
+
+@dataclass
+class HierarchySpec:
+    """How to build the hierarchy. Sizes are in the first balance measure's units."""
+
+    measures: dict[str, float]
+    n_main: int | dict | None = None
+    main_size: float | None = None
+    n_sub: int | None = 4
+    sub_size: float | None = None
+    objective: str = "distance"
+    time_limit_main: float = 30.0
+    time_limit_sub: float = 10.0
+    locked: dict = field(default_factory=dict)  # unit_id -> main_grid_id
+    together: list[list] = field(default_factory=list)
+    own_grid_islands: bool = False
+    centres: dict = field(default_factory=dict)  # branch -> list of unit ids (stores)
+    workers: int = 2
+    random_state: int = 0
+
+
+def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
+    first = next(iter(spec.measures))
+    load = units.groupby("branch_id")[first].sum()
+    if spec.centres:
+        counts = pd.Series({b: len(c) for b, c in spec.centres.items()}).reindex(load.index)
+        if counts.isna().any():
+            missing = counts.index[counts.isna()].tolist()
+            raise InvalidInputError(f"centres: branches {missing} have no store to centre on")
+        return counts.astype(int)
+    if isinstance(spec.n_main, dict):
+        counts = pd.Series(spec.n_main).reindex(load.index)
+        if counts.isna().any():
+            raise InvalidInputError(
+                f"n_main: no count for branches {counts.index[counts.isna()].tolist()}"
+            )
+        return counts.astype(int)
+    if spec.n_main is not None:
+        return apportion(load, int(spec.n_main))
+    if spec.main_size:
+        return (load / spec.main_size).round().clip(lower=1).astype(int)
+    raise InvalidInputError("give n_main (a number or one per branch) or main_size")
+
+
+def _subgraph(graph: nx.Graph, nodes) -> nx.Graph:
+    sub = induced_subgraph(graph, nodes)
+    sub.graph["islands"] = join_components(sub)
+    return sub
+
+
+def _solve(job: dict) -> dict:
+    """Worker: one partition problem. Returns labels or the error text."""
+    g = job["graph"]
+    try:
+        p = Partitioner(job["k"], **job["params"]).solve(g)
+    except InfeasibleError as exc:
+        return {"key": job["key"], "error": str(exc)}
+    return {
+        "key": job["key"],
+        "labels": p.labels_.to_dict(),
+        "figures": {
+            "objective": p.objective_, "bound": p.bound_, "gap": p.gap_,
+            "status": p.status_, "time_s": p.time_, "max_deviation": p.max_deviation_,
+        },
+    }
+
+
+def _run(jobs: list[dict], workers: int, progress: Callable[[str], None] | None) -> list[dict]:
+    results = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            results.append(_solve(job))
+            if progress:
+                progress(str(job["key"]))
+        return results
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+        for res in ex.map(_solve, jobs):
+            results.append(res)
+            if progress:
+                progress(str(res["key"]))
+    return results
+
+
+def _raise_errors(results: list[dict], what: str) -> None:
+    errors = [f"{what} {r['key']}: {r['error']}" for r in results if "error" in r]
+    if errors:
+        raise InfeasibleError("; ".join(errors))
+
+
+def build_plan(
+    units: gpd.GeoDataFrame,
+    graph: nx.Graph,
+    spec: HierarchySpec,
+    *,
+    progress: Callable[[str, str], None] | None = None,
+    params: dict | None = None,
+) -> Plan:
+    """Partition ``units`` (with a ``branch_id`` column) into the three-level plan.
+
+    ``progress(stage, key)`` is called after every solved branch or main grid.
+    """
+    if "branch_id" not in units.columns:
+        raise InvalidInputError("units need a branch_id column (the branch of every unit)")
+    units = units.copy()
+    counts = _branch_counts(units, spec)
+    base = {"measures": spec.measures, "objective": spec.objective,
+            "random_state": spec.random_state}
+    locks = _locks_by_branch(units, spec.locked, counts)
+    groups = _groups_by(units["branch_id"], spec.together)
+    jobs = []
+    islands: dict = {}
+    for b, k in counts.items():
+        nodes = units.index[units["branch_id"] == b]
+        sub = _subgraph(graph, nodes)
+        own = [isl["units"] for isl in sub.graph["islands"]] if spec.own_grid_islands else []
+        islands[b] = len(own)
+        k_total = int(k) + len(own)
+        if k_total > len(nodes):
+            raise InvalidInputError(
+                f"branch {b}: {k_total} main grids for {len(nodes)} units; use fewer grids "
+                "or finer units"
+            )
+        jobs.append({
+            "key": b, "graph": sub, "k": k_total,
+            "params": {**base, "time_limit": spec.time_limit_main,
+                       "locked": locks.get(b), "together": groups.get(b),
+                       "own_grids": own or None,
+                       "centres": spec.centres.get(b) if spec.centres else None},
+        })
+    main_results = _run(jobs, spec.workers, (lambda key: progress("branch", key))
+                        if progress else None)
+    _raise_errors(main_results, "branch")
+    main_id = {}
+    figures = {"branch": {}, "main_grid": {}}
+    for res in main_results:
+        b = res["key"]
+        figures["branch"][str(b)] = res["figures"]
+        for u, j in res["labels"].items():
+            main_id[u] = f"{b}-M{j + 1:02d}"
+    units["main_grid_id"] = pd.Series(main_id)
+    sub_jobs = []
+    first = next(iter(spec.measures))
+    for mg, nodes in units.groupby("main_grid_id").groups.items():
+        n_sub = spec.n_sub
+        if spec.sub_size:
+            n_sub = max(1, round(units.loc[nodes, first].sum() / spec.sub_size))
+        n_sub = max(1, min(int(n_sub or 1), len(nodes)))
+        sub_jobs.append({
+            "key": mg, "graph": _subgraph(graph, nodes), "k": n_sub,
+            "params": {**base, "time_limit": spec.time_limit_sub,
+                       "together": _groups_by(units.loc[nodes, "main_grid_id"],
+                                              spec.together).get(mg)},
+        })
+    sub_results = _run(sub_jobs, spec.workers, (lambda key: progress("main_grid", key))
+                       if progress else None)
+    _raise_errors(sub_results, "main grid")
+    sub_id = {}
+    for res in sub_results:
+        figures["main_grid"][str(res["key"])] = res["figures"]
+        for u, j in res["labels"].items():
+            sub_id[u] = f"{res['key']}-S{j + 1}"
+    units["sub_grid_id"] = pd.Series(sub_id)
+    units.index.name = "unit_id"
+    p = dict(params or {})
+    p.update({
+        "measures": spec.measures, "objective": spec.objective,
+        "main_grids_per_branch": {str(b): int(k) for b, k in counts.items()},
+        "own_grid_islands": {str(b): n for b, n in islands.items() if n},
+        "solver_figures": figures,
+    })
+    return Plan(units=units, measures=list(spec.measures), params=p)
+
+
+def _locks_by_branch(units: pd.DataFrame, locked: dict, counts: pd.Series) -> dict:
+    """``unit -> "{branch}-Mnn"`` into per-branch ``unit -> grid index``."""
+    out: dict = {}
+    for u, gid in (locked or {}).items():
+        if u not in units.index:
+            raise InvalidInputError(f"locked: unknown unit {u!r}")
+        b = units.at[u, "branch_id"]
+        prefix = f"{b}-M"
+        if not str(gid).startswith(prefix) or not str(gid)[len(prefix):].isdigit():
+            raise InvalidInputError(
+                f"locked: unit {u!r} is in branch {b}; lock it to a main grid id like "
+                f"{prefix}01, not {gid!r}"
+            )
+        j = int(str(gid)[len(prefix):]) - 1
+        if not 0 <= j < counts[b]:
+            raise InvalidInputError(
+                f"locked: {gid!r} does not exist; branch {b} has {counts[b]} main grids"
+            )
+        out.setdefault(b, {})[u] = j
+    return out
+
+
+def _groups_by(key: pd.Series, together: list[list]) -> dict:
+    """Must-stay-together groups split by ``key`` (a group cannot cross a branch line)."""
+    out: dict = {}
+    for grp in together or []:
+        members = [u for u in grp if u in key.index]
+        for k, part in pd.Series(members, dtype=object).groupby(
+            key.reindex(members).to_numpy()
+        ):
+            if len(part) > 1:
+                out.setdefault(k, []).append(part.tolist())
+    return out
+
+
+def suggest_counts(total_load: float, n_main: int | None, main_size: float | None) -> int:
+    """Number of main grids for a city: given, or the load over the target size."""
+    if n_main is not None:
+        return int(n_main)
+    if not main_size or main_size <= 0:
+        raise InvalidInputError("give n_main or a positive main_size")
+    return max(1, math.ceil(total_load / main_size))

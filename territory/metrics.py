@@ -1,0 +1,130 @@
+"""Metrics for any plan: balance, compactness, contiguity and coverage, per grid and overall.
+
+Balance is judged where it is promised: main grids against the mean of their branch,
+sub-grids against the mean of their main grid, branches against the city mean. Areas and
+lengths are computed in the local UTM zone (metres), never in degrees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import pandas as pd
+import shapely
+
+from territory.graph import contiguous_grids
+from territory.plan import LEVELS, PARENT, Plan
+from territory.units import projected
+
+
+def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.GeoDataFrame:
+    """One row per grid: loads, deviation from the parent's mean, shape and contiguity."""
+    grids = plan.grids(level)
+    proj = projected(grids)
+    area = proj.area.to_numpy()
+    perim = proj.length.to_numpy()
+    grids["area_km2"] = area / 1e6
+    grids["perimeter_km"] = perim / 1e3
+    grids["polsby_popper"] = np.where(perim > 0, 4 * math.pi * area / perim**2, 0.0)
+    key = grids["parent_id"].fillna("city")
+    for m in plan.measures:
+        mean = grids.groupby(key)[m].transform("mean")
+        grids[f"dev_{m}"] = np.where(mean > 0, grids[m] / mean - 1, 0.0)
+    grids["contiguous"] = _contiguity(plan, level, graph, grids)
+    return grids
+
+
+def _contiguity(plan: Plan, level: str, graph, grids) -> np.ndarray:
+    """With the unit graph when given (see :func:`contiguous_grids`), else one polygon part
+    per grid."""
+    if graph is None:
+        return shapely.get_num_geometries(grids.geometry.values) == 1
+    ok = contiguous_grids(graph, plan.labels(level))
+    return grids["grid_id"].map(ok).fillna(False).to_numpy(dtype=bool)
+
+
+def level_summary(table: gpd.GeoDataFrame, measures: list[str]) -> dict:
+    """Overall figures of one level: balance (max |deviation|, CV), compactness, contiguity."""
+    out: dict = {"n_grids": int(len(table))}
+    for m in measures:
+        dev = table[f"dev_{m}"]
+        out[m] = {
+            "max_abs_deviation": float(dev.abs().max()),
+            "cv": float(dev.std(ddof=0)),
+            "total": float(table[m].sum()),
+        }
+    out["polsby_popper_mean"] = float(table["polsby_popper"].mean())
+    out["polsby_popper_min"] = float(table["polsby_popper"].min())
+    out["all_contiguous"] = bool(table["contiguous"].all())
+    return out
+
+
+def coverage(plan: Plan, level: str, service_area: gpd.GeoDataFrame | None = None) -> dict:
+    """No gaps, no overlaps: grid areas against their union and against the service area.
+
+    ``overlap_m2`` is the sum of grid areas minus the area of their union; ``gap_m2`` is the
+    area of the service area not covered by any grid, ``outside_m2`` grid area outside it.
+    """
+    proj = projected(plan.grids(level))
+    union = shapely.union_all(proj.geometry.values)
+    res = {
+        "area_km2": float(union.area / 1e6),
+        "overlap_m2": float(max(proj.area.sum() - union.area, 0.0)),
+    }
+    if service_area is not None:
+        sa = shapely.union_all(service_area.to_crs(proj.crs).geometry.values)
+        res["gap_m2"] = float(shapely.difference(sa, union).area)
+        res["outside_m2"] = float(shapely.difference(union, sa).area)
+    return res
+
+
+def internal_boundary_km(table: gpd.GeoDataFrame) -> float:
+    """Total boundary length between grids of one level, km (each shared edge once)."""
+    proj = projected(table)
+    outer = shapely.union_all(proj.geometry.values).length
+    return float((proj.length.sum() - outer) / 2 / 1e3)
+
+
+def plan_metrics(
+    plan: Plan, graph: nx.Graph | None = None, service_area: gpd.GeoDataFrame | None = None
+) -> dict:
+    """Every level's summary, coverage and boundary length; JSON-ready."""
+    out: dict = {}
+    for level in LEVELS:
+        table = grid_table(plan, level, graph)
+        summary = level_summary(table, plan.measures)
+        summary["boundary_km"] = internal_boundary_km(table)
+        summary["coverage"] = coverage(plan, level, service_area)
+        summary["within"] = PARENT[level] or "city"
+        out[level] = summary
+    return out
+
+
+def nesting_ok(plan: Plan) -> bool:
+    """Every sub-grid lies in one main grid and every main grid in one branch."""
+    u = plan.units
+    return bool(
+        (u.groupby("sub_grid_id")["main_grid_id"].nunique() == 1).all()
+        and (u.groupby("main_grid_id")["branch_id"].nunique() == 1).all()
+    )
+
+
+def summary_frame(metrics: dict, measures: list[str]) -> pd.DataFrame:
+    """A printable table: one row per level."""
+    rows = []
+    for level in LEVELS:
+        s = metrics[level]
+        row = {"level": level, "grids": s["n_grids"], "within": s["within"]}
+        for m in measures:
+            row[f"max dev {m}"] = f"{s[m]['max_abs_deviation']:.2%}"
+            row[f"cv {m}"] = f"{s[m]['cv']:.3f}"
+        row["Polsby-Popper"] = f"{s['polsby_popper_mean']:.3f}"
+        row["contiguous"] = s["all_contiguous"]
+        row["overlap m²"] = f"{s['coverage']['overlap_m2']:.1f}"
+        if "gap_m2" in s["coverage"]:
+            row["gap m²"] = f"{s['coverage']['gap_m2']:.1f}"
+        rows.append(row)
+    return pd.DataFrame(rows)

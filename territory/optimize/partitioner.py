@@ -1,0 +1,640 @@
+"""Partition units into k contiguous, balanced, compact grids.
+
+The quality comes from a heuristic; the MIP certifies small cases and supplies bounds:
+
+1. centres: given (stores), or a presence-weighted k-means++ and Lloyd on unit centroids;
+2. the balanced assignment LP (:mod:`.lp`, HiGHS through its arrays) assigns units to
+   centres within the balance tolerance; the few split units go to their largest share;
+3. contiguity repair keeps one piece per grid and hands orphans to the neighbour they share
+   most boundary with;
+4. the local search (:mod:`.search`) balances every measure into its tolerance, then
+   improves compactness with boundary moves that keep contiguity and balance;
+5. with ``exact=True`` on small instances the flow MIP (:mod:`.mip`) runs in the remaining
+   time and replaces the plan when it finds a better one, proving optimality when it can.
+
+Results follow scikit-learn's conventions: parameters in the constructor, ``solve(graph)``
+returns ``self``, results in trailing-underscore attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
+from territory.graph import induced_subgraph, join_components
+from territory.optimize.lp import lp_lower_bound, solve_balanced_lp
+from territory.optimize.mip import solve_exact
+from territory.optimize.problem import Problem, problem_from_graph
+from territory.optimize.search import LocalSearch, is_contiguous, repair_contiguity
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("distance", "boundary")
+#: The exact MIP is attempted up to this many (contracted) units.
+EXACT_MAX_UNITS = 120
+
+
+@dataclass(frozen=True)
+class Violation:
+    grid: int
+    measure: str
+    load: float
+    mean: float
+
+    @property
+    def deviation(self) -> float:
+        return self.load / self.mean - 1
+
+
+def _tolerances(measures, tolerance) -> dict[str, float]:
+    if isinstance(measures, str):
+        measures = [measures]
+    tol = dict(measures) if isinstance(measures, dict) else {m: tolerance for m in measures}
+    if not tol:
+        raise InvalidInputError("measures: give at least one balance measure, e.g. subscribers")
+    for m, t in tol.items():
+        if t is None:
+            tol[m] = tolerance
+        elif not (isinstance(t, int | float) and 0 < t < 1):
+            raise InvalidInputError(
+                f"tolerance for {m!r} is {t!r}: give a fraction between 0 and 1 "
+                "(0.05 = ±5 % of the mean)"
+            )
+    return tol
+
+
+class Partitioner:
+    """Balanced, contiguous, compact partition of a unit graph into ``n_grids`` grids.
+
+    Parameters
+    ----------
+    n_grids : int
+        Number of grids k.
+    measures : list of str or dict {measure: tolerance}
+        Node attributes to balance; each within ±tolerance of the mean (``tolerance`` is the
+        default, 0.05 = ±5 %).
+    objective : "distance" or "boundary"
+        Presence-weighted distance of units to their grid centre, or total boundary length
+        between grids (the number of cut edges for graphs without geometry).
+    centres : list of node ids, optional
+        One centre per grid (a store's unit); grid j is centred on ``centres[j]``.
+    locked : dict node -> grid index, optional
+        Units fixed to a grid.
+    together : list of lists of node ids, optional
+        Units that must stay in one grid (a key account spanning several units).
+    own_grids : list of lists of node ids, optional
+        Areas that form a grid of their own (an island, a development zone); they take the
+        last grid indices and are exempt from balance.
+    exact : bool
+        Run the exact MIP after the heuristic on small instances.
+    time_limit : float
+        Seconds; the call returns its best plan by then.
+
+    Attributes (after ``solve``)
+    ----------------------------
+    labels_ : Series, node id -> grid index, in the graph's node order
+    objective_, bound_, gap_ : objective value, lower bound (or None) and relative gap
+    bound_kind_ : what the bound bounds
+    status_ : "optimal" (proven) or "feasible"
+    loads_ : DataFrame k x measures;  max_deviation_ : dict measure -> max |load/mean - 1|
+    centres_ : list of node ids (distance objective) or None
+    """
+
+    def __init__(
+        self,
+        n_grids: int,
+        *,
+        measures: list[str] | dict[str, float | None] | str = "subscribers",
+        tolerance: float = 0.05,
+        objective: str = "distance",
+        centres: list | None = None,
+        locked: dict | None = None,
+        together: list[list] | None = None,
+        own_grids: list[list] | None = None,
+        exact: bool = False,
+        time_limit: float = 60.0,
+        candidates: int = 8,
+        random_state: int | None = 0,
+    ) -> None:
+        self.n_grids = n_grids
+        self.measures = measures
+        self.tolerance = tolerance
+        self.objective = objective
+        self.centres = centres
+        self.locked = locked
+        self.together = together
+        self.own_grids = own_grids
+        self.exact = exact
+        self.time_limit = time_limit
+        self.candidates = candidates
+        self.random_state = random_state
+
+    def __getattr__(self, name: str):
+        if name.endswith("_") and not name.startswith("_"):
+            raise NotSolvedError(f"{name} is available after solve(graph)")
+        raise AttributeError(name)
+
+    # ------------------------------------------------------------------------------------
+    def solve(self, graph: nx.Graph) -> Partitioner:
+        t0 = time.monotonic()
+        deadline = t0 + float(self.time_limit)
+        tol = _tolerances(self.measures, self.tolerance)
+        measures = list(tol)
+        if self.objective not in OBJECTIVES:
+            raise InvalidInputError(
+                f"objective={self.objective!r}: choose one of {list(OBJECTIVES)}"
+            )
+        if not (isinstance(self.time_limit, int | float) and self.time_limit > 0):
+            raise InvalidInputError(f"time_limit={self.time_limit!r}: give seconds > 0")
+        k = self.n_grids
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise InvalidInputError(f"n_grids={k!r}: give a whole number >= 1")
+        P = problem_from_graph(graph, measures)
+        if k > P.n:
+            raise InvalidInputError(
+                f"n_grids={k} is larger than the number of units ({P.n}); "
+                f"use at most {P.n} grids or finer units"
+            )
+        if self.objective == "distance" and P.xy is None:
+            raise InvalidInputError(
+                "objective='distance' needs unit coordinates (node attributes x, y; see --xy); "
+                "use objective='boundary' for graphs without coordinates"
+            )
+        pos = {nid: i for i, nid in enumerate(P.ids)}
+        labels = np.full(P.n, -1, dtype=np.int64)
+        own = self._own_grid_nodes(pos, k)
+        for g, nodes in enumerate(own):
+            labels[nodes] = k - len(own) + g
+        k_rest = k - len(own)
+        rest = np.flatnonzero(labels < 0)
+        if k_rest < 1 or len(rest) < k_rest:
+            raise InvalidInputError(
+                f"own_grids take {len(own)} of n_grids={k} grids and leave {len(rest)} units "
+                "for the rest; raise n_grids"
+            )
+        sub = _connected_subproblem(P, rest, graph)
+        locked = self._locked_positions(pos, rest, k_rest)
+        groups = self._together_groups(pos, rest)
+        C, member = _contract(sub, groups)
+        c_locked = _contract_locks(locked, member, C.n, sub.ids)
+        mu = C.W.sum(axis=0) / k_rest
+        tolv = np.array([tol[m] for m in measures])
+        lo = np.tile((1 - tolv) * mu, (k_rest, 1))
+        hi = np.tile((1 + tolv) * mu, (k_rest, 1))
+        _precheck(C, c_locked, k_rest, mu, tolv, measures)
+        rng = np.random.default_rng(self.random_state)
+        centre_pos = self._centre_positions(pos, rest, member, k_rest)
+        search, feasible = self._heuristic(C, k_rest, lo, hi, c_locked, centre_pos, rng, t0,
+                                           deadline)
+        status, bound, bound_kind = "feasible", None, None
+        if C.n <= EXACT_MAX_UNITS and (self.exact or not feasible):
+            # small instances: the MIP proves optimality, or finds the balanced plan the
+            # heuristic missed
+            res = solve_exact(
+                C, k_rest, lo[0], hi[0], objective=self.objective, locked=c_locked,
+                roots=centre_pos, deadline=deadline - 0.05 * self.time_limit,
+            )
+            if not feasible and res["labels"] is not None:
+                search.set_labels(self._root_labels(res["labels"], c_locked, centre_pos, k_rest))
+                feasible = True
+            c_labels, _, status, bound, bound_kind = self._take_exact(
+                res, C, search.labels, search.compactness(), c_locked, centre_pos, k_rest
+            )
+            search.set_labels(c_labels)
+        c_labels = search.labels
+        objective = search.compactness()
+        if bound is None and self.objective == "distance" and feasible:
+            left = deadline - time.monotonic()
+            if left > 0.5:
+                bound = lp_lower_bound(
+                    C.xy, C.presence, C.W, search.centres, lo, hi, locked=c_locked,
+                    time_limit=left * 0.8,
+                )
+                bound_kind = "LP relaxation over all balanced assignments to the plan's centres"
+        labels[rest] = c_labels[member]
+        self._finish(graph, P, labels, k, own, measures, tol, mu, search, objective, bound,
+                     bound_kind, status, feasible, t0)
+        return self
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _own_grid_nodes(self, pos: dict, k: int) -> list[np.ndarray]:
+        own = []
+        seen: set[int] = set()
+        for area in self.own_grids or []:
+            missing = [u for u in area if u not in pos]
+            if missing or not area:
+                raise InvalidInputError(f"own_grids: unknown or empty units {missing[:10]}")
+            idx = np.array([pos[u] for u in area])
+            if seen & set(idx.tolist()):
+                raise InvalidInputError("own_grids: a unit belongs to two own-grid areas")
+            seen |= set(idx.tolist())
+            own.append(idx)
+        if len(own) >= k:
+            raise InvalidInputError(
+                f"own_grids: {len(own)} areas need more than n_grids={k} grids"
+            )
+        return own
+
+    def _locked_positions(self, pos: dict, rest: np.ndarray, k_rest: int) -> np.ndarray:
+        locked = np.full(len(rest), -1, dtype=np.int64)
+        where = {int(p): i for i, p in enumerate(rest)}
+        for u, g in (self.locked or {}).items():
+            if u not in pos:
+                raise InvalidInputError(f"locked: unknown unit {u!r}")
+            if not (isinstance(g, int | np.integer) and 0 <= g < k_rest):
+                raise InvalidInputError(
+                    f"locked: unit {u!r} -> grid {g!r}; grids are numbered 0..{k_rest - 1}"
+                )
+            if pos[u] not in where:
+                raise InvalidInputError(f"locked: unit {u!r} is in an own-grid area")
+            locked[where[pos[u]]] = g
+        return locked
+
+    def _together_groups(self, pos: dict, rest: np.ndarray) -> list[np.ndarray]:
+        where = {int(p): i for i, p in enumerate(rest)}
+        groups = []
+        for grp in self.together or []:
+            bad = [u for u in grp if u not in pos or pos[u] not in where]
+            if bad:
+                raise InvalidInputError(
+                    f"together: units {bad[:10]} are unknown or in an own-grid area"
+                )
+            groups.append(np.array([where[pos[u]] for u in grp]))
+        return groups
+
+    def _centre_positions(self, pos, rest, member, k_rest) -> np.ndarray | None:
+        if self.centres is None:
+            return None
+        if len(self.centres) != k_rest:
+            raise InvalidInputError(
+                f"centres: {len(self.centres)} given for {k_rest} grids; give one per grid"
+            )
+        where = {int(p): i for i, p in enumerate(rest)}
+        bad = [c for c in self.centres if c not in pos or pos[c] not in where]
+        if bad:
+            raise InvalidInputError(f"centres: unknown units {bad[:10]}")
+        cp = np.array([member[where[pos[c]]] for c in self.centres])
+        if len(set(cp.tolist())) < len(cp):
+            raise InvalidInputError("centres: two grids share a centre unit")
+        return cp
+
+    def _initial(self, C: Problem, k, lo, hi, locked, centre_pos, rng, deadline):
+        if C.xy is None:
+            return _grow_regions(C, k, locked, rng), None
+        # anchors: the unit each grid must keep through the repair (given centres, locks)
+        anchors = np.full(k, -1) if centre_pos is None else np.array(centre_pos)
+        if centre_pos is None:
+            centre_pos = _snap(C.xy, _kmeans(C.xy, C.presence, k, rng, locked), locked)
+        centres = C.xy[centre_pos]
+        # shortest paths over the graph: additively weighted graph-Voronoi regions are
+        # connected (every unit on the path from a centre to its unit goes to that centre),
+        # where straight-line regions would jump across bays and rivers
+        D = _graph_distances(C, centre_pos)
+        # The start balances one combined measure (the mean of the measures over their
+        # means) and weighs distances by it: the LP optimum is then an additively weighted
+        # Voronoi diagram, contiguous but for a few units. Balancing every measure in the LP
+        # interleaves units of different mix between centres and repair would undo it.
+        mu = C.W.sum(axis=0) / k
+        comb = (C.W / mu).mean(axis=1)
+        comb = comb + 0.05 * comb.mean()
+        tight = float((1 - lo[0] / mu).min()) * 0.8
+        mc = comb.sum() / k
+        _, sol = solve_balanced_lp(
+            C.xy, comb, comb[:, None], centres, np.full((k, 1), (1 - tight) * mc),
+            np.full((k, 1), (1 + tight) * mc), locked=locked, candidates=self.candidates,
+            time_limit=0.3 * (deadline - time.monotonic()), D=D,
+        )
+        labels = sol["result"].labels if sol["optimal"] else D.argmin(axis=0)
+        lk = locked >= 0
+        labels[lk] = locked[lk]
+        labels[anchors[anchors >= 0]] = np.flatnonzero(anchors >= 0)
+        for i in np.flatnonzero(locked >= 0):
+            anchors[locked[i]] = i
+        labels = repair_contiguity(C, labels, k, anchors)
+        return labels, centres
+
+    def _heuristic(self, C, k, lo, hi, locked, centre_pos, rng, t0, deadline):
+        """LP start, repair and local search; new centres while a start cannot be balanced.
+
+        Returns the search (its labels are the plan) and whether it meets every tolerance.
+        """
+        best = None
+        while True:
+            labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng, deadline)
+            search = LocalSearch(
+                C, labels, k, lo, hi, objective=self.objective, movable=locked < 0,
+                centres=centres, fixed_centres=centre_pos is not None, rng=rng,
+            )
+            feasible = search.balance(t0 + 0.7 * self.time_limit)
+            if feasible:
+                break
+            if best is None or search.violation() < best.violation():
+                best = search
+            if centre_pos is not None or time.monotonic() > t0 + 0.4 * self.time_limit:
+                search = best
+                break
+        if feasible:
+            search.compact(deadline - 0.15 * max(deadline - time.monotonic(), 0))
+            search.perturb(deadline - 0.1 * max(deadline - time.monotonic(), 0), rounds=20)
+        return search, feasible
+
+    @staticmethod
+    def _root_labels(roots, locked, centre_pos, k) -> np.ndarray:
+        """MIP root positions -> grid indices, keeping locks and given centres in place."""
+        order: dict[int, int] = {}
+        if centre_pos is not None:
+            order = {int(c): j for j, c in enumerate(centre_pos)}
+        for i in np.flatnonzero(locked >= 0):
+            order.setdefault(int(roots[i]), int(locked[i]))
+        free = iter(sorted(set(range(k)) - set(order.values())))
+        for r in sorted(set(roots.tolist())):
+            if r not in order:
+                order[r] = next(free)
+        return np.array([order[int(r)] for r in roots])
+
+    def _take_exact(self, res, C, labels, objective, locked, centre_pos, k):
+        """The MIP's plan when it is at least as good; status and bound either way."""
+        if res["labels"] is None:
+            log.info("exact MIP: %s, no better plan", res["status"])
+            return labels, objective, "feasible", res["bound"], "MIP dual bound"
+        new = self._root_labels(res["labels"], locked, centre_pos, k)
+        proven = res["status"] == "Optimal"
+        mip_obj = res["objective"]
+        if mip_obj is not None and mip_obj <= objective + 1e-9 * max(1, abs(objective)):
+            return new, mip_obj, "optimal" if proven else "feasible", (
+                mip_obj if proven else res["bound"]), "MIP dual bound"
+        return labels, objective, "feasible", res["bound"], "MIP dual bound"
+
+    def _finish(self, graph, P, labels, k, own, measures, tol, mu, search, objective, bound,
+                bound_kind, status, feasible, t0) -> None:
+        arr = np.zeros((k, len(measures)))
+        np.add.at(arr, labels, P.W)
+        loads = pd.DataFrame(arr, index=range(k), columns=measures)
+        own_ids = set(range(k - len(own), k))
+        violations = []
+        for j in range(k):
+            if j in own_ids:
+                continue
+            for t, m in enumerate(measures):
+                if abs(loads.iat[j, t] / mu[t] - 1) > tol[m] + 1e-9:
+                    violations.append(Violation(j, m, float(loads.iat[j, t]), float(mu[t])))
+        contiguous = is_contiguous(P, labels)
+        self.labels_ = pd.Series(labels, index=pd.Index(P.ids, name="unit_id"), name="grid")
+        self.loads_ = loads
+        balanced = [j for j in range(k) if j not in own_ids]
+        self.max_deviation_ = {
+            m: float((loads[m].iloc[balanced] / mu[t] - 1).abs().max()) if balanced else 0.0
+            for t, m in enumerate(measures)
+        }
+        self.exempt_grids_ = sorted(own_ids)
+        self.contiguous_ = bool(contiguous.all())
+        norm = P.presence.sum() if self.objective == "distance" else 1.0
+        self.objective_ = objective / norm if self.objective == "distance" else objective
+        self.bound_ = None if bound is None else bound / norm
+        self.bound_kind_ = bound_kind
+        self.gap_ = (
+            None if self.bound_ is None or self.objective_ <= 0
+            else max(0.0, (self.objective_ - self.bound_) / self.objective_)
+        )
+        self.status_ = status
+        self.centres_ = None
+        if self.objective == "distance" and search.centres is not None:
+            near = cKDTree(P.xy).query(search.centres)[1]
+            self.centres_ = [P.ids[i] for i in near]
+        self.time_ = time.monotonic() - t0
+        self.moves_ = search.stats.moves
+        if violations or not self.contiguous_:
+            err = InfeasibleError(_explain(violations, contiguous, tol, P, k, mu, measures))
+            err.partitioner = self  # the best plan found, for inspection
+            raise err
+
+
+def _explain(violations, contiguous, tol, P: Problem, k, mu, measures) -> str:
+    lines = []
+    if not contiguous.all():
+        lines.append(f"grids {np.flatnonzero(~contiguous).tolist()} could not be made contiguous "
+                     "(locked units of one grid far apart?)")
+    by_m: dict[str, list[Violation]] = {}
+    for v in violations:
+        by_m.setdefault(v.measure, []).append(v)
+    for m, vs in by_m.items():
+        worst = max(vs, key=lambda v: abs(v.deviation))
+        t = measures.index(m)
+        need = math.ceil(max(abs(v.deviation) for v in vs) * 1000) / 10
+        kmax = math.floor(P.W[:, t].sum() * (1 + tol[m]) / max(P.W[:, t].max(), 1e-12))
+        lines.append(
+            f"measure {m!r}: {len(vs)} grids outside ±{tol[m]:.1%} of the mean {mu[t]:.6g} "
+            f"(worst: grid {worst.grid} at {worst.load:.6g}, {worst.deviation:+.2%}); "
+            f"a tolerance of ±{need:.1f}% works for the best plan found"
+            + (f", or use at most k={kmax} grids (the largest unit must fit)" if kmax < k else
+               ", or use fewer grids or finer units")
+        )
+    return "balance targets not met: " + "; ".join(lines)
+
+
+def _precheck(C: Problem, locked, k, mu, tolv, measures) -> None:
+    """Fail fast, with the reason, on targets no plan can meet."""
+    for t, m in enumerate(measures):
+        hi = (1 + tolv[t]) * mu[t]
+        big = int(np.argmax(C.W[:, t]))
+        if C.W[big, t] > hi + 1e-9:
+            kmax = math.floor(C.W[:, t].sum() * (1 + tolv[t]) / C.W[big, t])
+            need = C.W[big, t] / mu[t] - 1
+            what = f"unit {C.ids[big]!r}" if C.group_size[big] == 1 else (
+                f"the {C.group_size[big]} units that must stay together with {C.ids[big]!r}")
+            raise InfeasibleError(
+                f"measure {m!r}: {what} alone hold {C.W[big, t]:.6g}, more than "
+                f"the upper bound {hi:.6g} (mean {mu[t]:.6g} +{tolv[t]:.1%}) of any grid; use "
+                f"at most k={kmax} grids, or a tolerance of at least {need:.1%}, or split it"
+            )
+        if (locked >= 0).any():
+            load = np.zeros(k)
+            np.add.at(load, locked[locked >= 0], C.W[locked >= 0, t])
+            j = int(np.argmax(load))
+            if load[j] > hi + 1e-9:
+                raise InfeasibleError(
+                    f"measure {m!r}: units locked to grid {j} hold {load[j]:.6g}, more than its "
+                    f"upper bound {hi:.6g}; unlock some of them or raise the tolerance"
+                )
+
+
+def _connected_subproblem(P: Problem, rest: np.ndarray, graph: nx.Graph) -> Problem:
+    """The problem on ``rest``; components left apart (own grids cut them) get bridges."""
+    sub = P.subproblem(rest)
+    from scipy.sparse.csgraph import connected_components
+
+    ncomp, _ = connected_components(sub.adjacency(), directed=False)
+    if ncomp == 1:
+        return sub
+    g = induced_subgraph(graph, sub.ids.tolist())
+    join_components(g)
+    return _with_edges(sub, g)
+
+
+def _with_edges(sub: Problem, g: nx.Graph) -> Problem:
+    pos = {n: i for i, n in enumerate(sub.ids)}
+    r, c, w = [], [], []
+    for u, v, d in g.edges(data=True):
+        length = max(float(d.get("length_m", 1.0)), 1e-6)
+        r += [pos[u], pos[v]]
+        c += [pos[v], pos[u]]
+        w += [length, length]
+    A = sp.csr_matrix((w, (r, c)), shape=(sub.n, sub.n))
+    A.sort_indices()
+    return Problem(sub.ids, sub.W, sub.measures, A.indptr, A.indices, A.data, sub.xy,
+                   sub.presence)
+
+
+def _contract(P: Problem, groups: list[np.ndarray]) -> tuple[Problem, np.ndarray]:
+    """Merge each must-stay-together group into one node; ``member[i]`` is i's new node."""
+    member = np.arange(P.n)
+    if not groups:
+        P.group_size = np.ones(P.n, dtype=int)
+        return P, member
+    parent = np.arange(P.n)  # union-find over overlapping groups
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for grp in groups:
+        r = find(grp[0])
+        for u in grp[1:]:
+            parent[find(u)] = r
+    roots = np.array([find(i) for i in range(P.n)])
+    uniq, member = np.unique(roots, return_inverse=True)
+    M = sp.csr_matrix((np.ones(P.n), (np.arange(P.n), member)), shape=(P.n, len(uniq)))
+    A = (M.T @ P.adjacency() @ M).tolil()
+    A.setdiag(0)
+    A = A.tocsr()
+    A.eliminate_zeros()
+    A.sort_indices()
+    pres = M.T @ P.presence
+    xy = None
+    if P.xy is not None:
+        w = P.presence + 1e-12
+        xy = (M.T @ (P.xy * w[:, None])) / (M.T @ w)[:, None]
+    ids = np.array([P.ids[r] for r in uniq], dtype=object)
+    C = Problem(ids, M.T @ P.W, P.measures, A.indptr, A.indices, A.data, xy, pres)
+    C.group_size = np.bincount(member, minlength=len(uniq))
+    return C, member
+
+
+def _contract_locks(locked, member, n_c, ids) -> np.ndarray:
+    out = np.full(n_c, -1, dtype=np.int64)
+    for i in np.flatnonzero(locked >= 0):
+        c = member[i]
+        if out[c] >= 0 and out[c] != locked[i]:
+            raise InvalidInputError(
+                f"unit {ids[i]!r} is locked to grid {locked[i]} but must stay together with "
+                f"units locked to grid {out[c]}"
+            )
+        out[c] = locked[i]
+    return out
+
+
+def _snap(xy, centres, locked) -> np.ndarray:
+    """Distinct units nearest to the centres (a grid with locked units: one of them)."""
+    taken: set[int] = set()
+    out = []
+    tree = cKDTree(xy)
+    for j, c in enumerate(centres):
+        own = np.flatnonzero(locked == j)
+        if len(own):
+            pick = int(own[0])
+        else:
+            _, cand = tree.query(c, k=min(len(xy), len(centres) + 1))
+            pick = next(int(i) for i in np.atleast_1d(cand) if int(i) not in taken
+                        and locked[int(i)] < 0)
+        taken.add(pick)
+        out.append(pick)
+    return np.array(out)
+
+
+def _graph_distances(P: Problem, sources: np.ndarray) -> np.ndarray:
+    """Shortest-path distances (metres along centroid links) from ``sources`` to every unit."""
+    from scipy.sparse.csgraph import dijkstra
+
+    A = P.adjacency().tocoo()
+    length = np.hypot(*(P.xy[A.row] - P.xy[A.col]).T) + 1e-3
+    G = sp.csr_matrix((length, (A.row, A.col)), shape=A.shape)
+    D = dijkstra(G, directed=False, indices=sources)
+    # Pure path lengths make the LP degenerate: every unit behind a narrow neck costs the
+    # same difference to both sides, and the LP splits such subtrees arbitrarily. Half the
+    # straight-line distance breaks those ties geometrically.
+    E = np.hypot(P.xy[None, :, 0] - P.xy[sources, 0][:, None],
+                 P.xy[None, :, 1] - P.xy[sources, 1][:, None])
+    return D + 0.5 * E
+
+
+def _kmeans(xy, w, k, rng, locked, iters: int = 12) -> np.ndarray:
+    """Presence-weighted k-means++ seeding and Lloyd iterations: the initial centres."""
+    n = len(xy)
+    w = w + 1e-12
+    centres = np.empty((k, 2))
+    centres[0] = xy[rng.choice(n, p=w / w.sum())]
+    d2 = ((xy - centres[0]) ** 2).sum(axis=1)
+    for j in range(1, k):
+        p = w * d2
+        centres[j] = xy[rng.choice(n, p=p / p.sum())] if p.sum() > 0 else xy[rng.integers(n)]
+        d2 = np.minimum(d2, ((xy - centres[j]) ** 2).sum(axis=1))
+    for _ in range(iters):
+        lab = cKDTree(centres).query(xy)[1]
+        sw = np.bincount(lab, weights=w, minlength=k)
+        for c in range(2):
+            s = np.bincount(lab, weights=w * xy[:, c], minlength=k)
+            centres[:, c] = np.where(sw > 0, s / np.maximum(sw, 1e-300), centres[:, c])
+    lk = np.flatnonzero(locked >= 0)
+    for j in np.unique(locked[lk]):  # a grid with locked units is centred on them
+        centres[j] = xy[lk[locked[lk] == j]].mean(axis=0)
+    return centres
+
+
+def _grow_regions(P: Problem, k, locked, rng) -> np.ndarray:
+    """Graph-only start: seeds spread by BFS distance, then the lightest grid grows first."""
+    from scipy.sparse.csgraph import shortest_path
+
+    n = P.n
+    A = P.adjacency()
+    labels = np.full(n, -1, dtype=np.int64)
+    lk = np.flatnonzero(locked >= 0)
+    labels[lk] = locked[lk]
+    seeded = set(locked[lk].tolist())
+    start = lk if len(lk) else np.array([int(rng.integers(n))])
+    dist = shortest_path(A, unweighted=True, indices=start).min(axis=0)
+    for j in range(k):
+        if j in seeded:
+            continue
+        s = int(np.argmax(np.where(labels < 0, dist, -1)))
+        labels[s] = j
+        dist = np.minimum(dist, shortest_path(A, unweighted=True, indices=[s])[0])
+    load = np.zeros(k)
+    share = P.W.sum(axis=1) / P.W.sum()
+    np.add.at(load, labels[labels >= 0], share[labels >= 0])
+    frontier = [set() for _ in range(k)]
+    for i in np.flatnonzero(labels >= 0):
+        frontier[labels[i]].update(int(v) for v in P.neighbours(i) if labels[v] < 0)
+    while (labels < 0).any():
+        for j in np.argsort(load):  # the lightest grid that can grow takes one unit
+            fr = {v for v in frontier[j] if labels[v] < 0}
+            frontier[j] = fr
+            if fr:
+                v = min(fr)
+                labels[v] = j
+                load[j] += share[v]
+                frontier[j].update(int(u) for u in P.neighbours(v) if labels[u] < 0)
+                break
+        else:
+            raise RuntimeError("graph is not connected; join its components first")
+    return labels

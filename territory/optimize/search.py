@@ -1,0 +1,474 @@
+"""Contiguity repair and the local search that balances and compacts a partition.
+
+The search moves one boundary unit at a time to a neighbouring grid. A move is allowed only
+when the unit is not locked, its grid keeps at least one unit and stays connected. Candidate
+moves are scored all at once with numpy; the best non-conflicting ones (no two touching the
+same grid in one round) are applied, then all scores are recomputed. Three phases:
+
+1. **balance** — minimise sum over grids and measures of ((load - mean) / mean)^2 plus a
+   small share of the compactness objective, until every measure is within tolerance;
+2. **compact** — moves that lower the compactness objective and keep every grid within
+   tolerance;
+3. **perturb** — threshold accepting: moves that worsen compactness by less than a
+   shrinking threshold, keeping the best feasible plan seen, until the time is up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from territory.optimize.problem import Problem
+
+
+def grid_components(P: Problem, labels: np.ndarray) -> np.ndarray:
+    """Component id of every node within its own grid (edges joining equal labels only)."""
+    A = P.adjacency().tocoo()
+    same = labels[A.row] == labels[A.col]
+    B = sp.csr_matrix((np.ones(same.sum()), (A.row[same], A.col[same])), shape=(P.n, P.n))
+    return connected_components(B, directed=False)[1]
+
+
+def is_contiguous(P: Problem, labels: np.ndarray) -> np.ndarray:
+    """Per grid label (0..k-1) whether the grid is one connected piece."""
+    comp = grid_components(P, labels)
+    k = int(labels.max()) + 1
+    pieces = pd.Series(comp).groupby(labels).nunique().reindex(range(k), fill_value=0)
+    return pieces.to_numpy() == 1
+
+
+def repair_contiguity(
+    P: Problem, labels: np.ndarray, k: int, keep_nodes: np.ndarray | None = None
+) -> np.ndarray:
+    """Make every grid one piece: keep one component per grid, hand the rest to neighbours.
+
+    The kept component is the one holding the grid's anchor (``keep_nodes[j]``, e.g. its
+    centre or a locked unit) or else the one with most presence. Orphans join, wave by wave,
+    the adjacent grid they share most boundary with, so every grid stays connected.
+    """
+    labels = labels.copy()
+    comp = grid_components(P, labels)
+    df = pd.DataFrame({"g": labels, "c": comp, "p": P.presence})
+    best = df.groupby(["g", "c"])["p"].sum().reset_index().sort_values("p", ascending=False)
+    keep = dict(best.drop_duplicates("g")[["g", "c"]].itertuples(index=False, name=None))
+    if keep_nodes is not None:
+        for j, node in enumerate(keep_nodes):
+            if node >= 0 and labels[node] == j:
+                keep[j] = comp[node]
+    kept = np.array([keep.get(g, -1) == c for g, c in zip(labels, comp, strict=True)])
+    labels[~kept] = -1
+    A = P.adjacency().tocoo()
+    mu = P.W.sum(axis=0) / k
+    while (labels < 0).any():
+        lab_r, lab_c = labels[A.row], labels[A.col]
+        sel = (lab_r < 0) & (lab_c >= 0)
+        if not sel.any():  # nodes cut off from every grid (a disconnected input graph)
+            raise RuntimeError("graph is not connected; join its components first")
+        # an orphan joins the lightest adjacent grid (ties: the longest shared boundary), so
+        # the repair does not undo the balance the LP reached
+        load = np.zeros((k, P.W.shape[1]))
+        np.add.at(load, labels[labels >= 0], P.W[labels >= 0])
+        rel = (load / mu).mean(axis=1)
+        e = pd.DataFrame({"i": A.row[sel], "g": lab_c[sel], "w": A.data[sel]})
+        pick = e.groupby(["i", "g"])["w"].sum().reset_index()
+        pick["rel"] = rel[pick["g"].to_numpy()]
+        pick = pick.sort_values(["i", "rel", "w"], ascending=[True, True, False])
+        pick = pick.drop_duplicates("i")
+        labels[pick["i"].to_numpy()] = pick["g"].to_numpy()
+    return labels
+
+
+@dataclass
+class SearchStats:
+    moves: int = 0
+    rounds: int = 0
+    phase1_rounds: int = 0
+
+
+class LocalSearch:
+    """Boundary-move local search over a contiguous labelling (see module docstring).
+
+    ``lo``/``hi`` are k x m load bounds (±inf for grids exempt from balance);
+    ``objective`` is ``"distance"`` (presence-weighted distance to the grid centre, centres
+    ``centres`` fixed or re-centred on each grid's medoid) or ``"boundary"`` (total shared
+    boundary length between different grids).
+    """
+
+    def __init__(
+        self,
+        P: Problem,
+        labels: np.ndarray,
+        k: int,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        *,
+        objective: str,
+        movable: np.ndarray,
+        centres: np.ndarray | None = None,
+        fixed_centres: bool = False,
+        rng: np.random.Generator,
+    ) -> None:
+        self.P, self.k, self.lo, self.hi = P, k, lo, hi
+        self.objective = objective
+        self.movable = movable
+        self.rng = rng
+        self.labels = labels.astype(np.int64).copy()
+        self.lab = self.labels.tolist()
+        self.nbrs = [P.indices[P.indptr[i] : P.indptr[i + 1]].tolist() for i in range(P.n)]
+        self.mu = P.W.sum(axis=0) / k
+        self.loads = np.zeros((k, P.W.shape[1]))
+        np.add.at(self.loads, self.labels, P.W)
+        self.size = np.bincount(self.labels, minlength=k)
+        self.fixed_centres = fixed_centres
+        self.centres = centres
+        if objective == "distance" and not fixed_centres:
+            self.recentre()
+        A = P.adjacency().tocoo()
+        self.er, self.ec, self.ew = A.row, A.col, A.data
+        self.stats = SearchStats()
+
+    # -- objective pieces -------------------------------------------------------------
+    def recentre(self) -> None:
+        """Centre of each grid := its presence-weighted medoid (the unit minimising the
+        weighted distance of the grid's units to it)."""
+        xy, p = self.P.xy, self.P.presence
+        cents = np.zeros((self.k, 2))
+        for j in range(self.k):
+            idx = np.flatnonzero(self.labels == j)
+            w = p[idx] + 1e-12
+            c = (xy[idx] * w[:, None]).sum(axis=0) / w.sum()
+            # the exact medoid for grids of up to 400 units, else among 64 near the centroid
+            near = idx if len(idx) <= 400 else idx[np.argsort(np.hypot(*(xy[idx] - c).T))[:64]]
+            cost = (np.hypot(xy[idx, 0][:, None] - xy[near, 0], xy[idx, 1][:, None] - xy[near, 1])
+                    * w[:, None]).sum(axis=0)
+            cents[j] = xy[near[np.argmin(cost)]]
+        self.centres = cents
+
+    def compactness(self) -> float:
+        if self.objective == "distance":
+            d = np.hypot(*(self.P.xy - self.centres[self.labels]).T)
+            return float((self.P.presence * d).sum())
+        cut = self.labels[self.er] != self.labels[self.ec]
+        return float(self.ew[cut].sum() / 2)
+
+    def violation(self) -> float:
+        over = np.maximum(self.loads - self.hi, 0) + np.maximum(self.lo - self.loads, 0)
+        return float((over / self.mu).sum())
+
+    def balance_score(self) -> float:
+        finite = np.isfinite(self.hi)
+        dev = np.where(finite, (self.loads - self.mu) / self.mu, 0.0)
+        return float((dev**2).sum())
+
+    # -- candidate moves --------------------------------------------------------------
+    def _candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        lab = self.labels
+        sel = (lab[self.er] != lab[self.ec]) & self.movable[self.er]
+        i, b = self.er[sel], lab[self.ec[sel]]
+        key = np.unique(i * self.k + b)
+        i, b = key // self.k, key % self.k
+        return i, lab[i], b
+
+    def _delta_compact(self, i, a, b) -> np.ndarray:
+        if self.objective == "distance":
+            xy, c = self.P.xy, self.centres
+            return self.P.presence[i] * (
+                np.hypot(*(xy[i] - c[b]).T) - np.hypot(*(xy[i] - c[a]).T)
+            )
+        lab = self.labels
+        S = sp.csr_matrix(
+            (self.ew, (self.er, lab[self.ec])), shape=(self.P.n, self.k)
+        )  # boundary length from each node to each grid
+        return np.asarray(S[i, a]).ravel() - np.asarray(S[i, b]).ravel()
+
+    def _delta_balance(self, w, a, b) -> np.ndarray:
+        """Change of the quadratic balance score when loads ``w`` (rows) move from a to b."""
+        La, Lb = self.loads[a], self.loads[b]
+        fa, fb = np.isfinite(self.hi[a]), np.isfinite(self.hi[b])
+        mu2 = self.mu**2
+        da = np.where(fa, ((La - w - self.mu) ** 2 - (La - self.mu) ** 2) / mu2, 0)
+        db = np.where(fb, ((Lb + w - self.mu) ** 2 - (Lb - self.mu) ** 2) / mu2, 0)
+        return (da + db).sum(axis=1)
+
+    def _viol(self, L, j) -> np.ndarray:
+        return ((np.maximum(L - self.hi[j], 0) + np.maximum(self.lo[j] - L, 0)) / self.mu).sum(
+            axis=1
+        )
+
+    def _delta_violation(self, w, a, b) -> np.ndarray:
+        """Change of the total tolerance violation when loads ``w`` move from a to b."""
+        La, Lb = self.loads[a], self.loads[b]
+        return (self._viol(La - w, a) + self._viol(Lb + w, b)
+                - self._viol(La, a) - self._viol(Lb, b))
+
+    def _keeps_feasible(self, i, a, b) -> np.ndarray:
+        w = self.P.W[i]
+        return ((self.loads[a] - w >= self.lo[a] - 1e-9).all(axis=1)
+                & (self.loads[b] + w <= self.hi[b] + 1e-9).all(axis=1))
+
+    def _feasible_compact(self, i, a, b) -> np.ndarray:
+        """Compactness change of each move; +inf where it would break a tolerance."""
+        return np.where(self._keeps_feasible(i, a, b), self._delta_compact(i, a, b), np.inf)
+
+    def _balance_score(self, w, a, b, compact: np.ndarray | float = 0.0) -> np.ndarray:
+        """Lexicographic in effect: less violation first, then the quadratic, then shape."""
+        return 1e3 * self._delta_violation(w, a, b) + self._delta_balance(w, a, b) + compact
+
+    # -- applying moves ---------------------------------------------------------------
+    def _stays_connected(self, i: int, a: int) -> bool:
+        lab, nbrs = self.lab, self.nbrs
+        same = [j for j in nbrs[i] if lab[j] == a]
+        if not same:
+            return False  # the unit is its grid's last one
+        if len(same) == 1:
+            return True
+        targets = set(same[1:])
+        seen = {i, same[0]}
+        queue = deque([same[0]])
+        while queue:
+            u = queue.popleft()
+            for v in nbrs[u]:
+                if v not in seen and lab[v] == a:
+                    if v in targets:
+                        targets.discard(v)
+                        if not targets:
+                            return True
+                    seen.add(v)
+                    queue.append(v)
+        return False
+
+    def _move(self, i: int, a: int, b: int) -> None:
+        w = self.P.W[i]
+        self.loads[a] -= w
+        self.loads[b] += w
+        self.size[a] -= 1
+        self.size[b] += 1
+        self.labels[i] = b
+        self.lab[i] = b
+        self.stats.moves += 1
+
+    def _round(self, score: np.ndarray, i, a, b, limit: float = 0.0, rescore=None) -> int:
+        """Apply the best moves with score < limit, best first; return how many.
+
+        With ``rescore`` every move is scored again against the current loads just before it
+        is applied, so one grid can take part in many moves of a round; without it, a grid
+        takes part in one move per round (the precomputed scores stay exact).
+        """
+        order = np.argsort(score, kind="stable")
+        order = order[score[order] < limit]
+        touched: set[int] = set()
+        applied = 0
+        for t in order.tolist():
+            ai, bi, ii = int(a[t]), int(b[t]), int(i[t])
+            if self.lab[ii] != ai or not any(self.lab[v] == bi for v in self.nbrs[ii]):
+                continue  # an earlier move of this round changed the unit's surroundings
+            if rescore is None:
+                if ai in touched or bi in touched:
+                    continue
+            elif rescore(np.array([ii]), np.array([ai]), np.array([bi]))[0] >= limit:
+                continue
+            if not self._stays_connected(ii, ai):
+                continue
+            self._move(ii, ai, bi)
+            touched.add(ai)
+            touched.add(bi)
+            applied += 1
+        self.stats.rounds += 1
+        return applied
+
+    # -- phases -----------------------------------------------------------------------
+    def balance(self, deadline: float, compact_weight: float = 0.01) -> bool:
+        """Phase 1; return whether every grid is within tolerance."""
+        scale = max(self.compactness(), 1e-9) / self.k
+        stall = 0
+        while time.monotonic() < deadline and self.violation() > 0:
+            before = self.violation()
+            i, a, b = self._candidates()
+            if len(i) == 0:
+                break
+            def score_of(i, a, b):
+                comp = compact_weight * self._delta_compact(i, a, b) / scale
+                return self._balance_score(self.P.W[i], a, b, comp)
+
+            moved = self._round(score_of(i, a, b), i, a, b, limit=-1e-12, rescore=score_of)
+            moved += self._swap_round(deadline)
+            if moved == 0:
+                moved = self._chain_round(deadline)
+            self.stats.phase1_rounds += 1
+            stall = stall + 1 if self.violation() >= before - 1e-12 else 0
+            if moved == 0 or stall > 30:
+                break
+        return self.violation() <= 1e-12
+
+    def _swap_round(self, deadline: float, per_side: int = 12) -> int:
+        """Exchange two units across the border of grids that violate the tolerance.
+
+        A swap moves the difference of two units' loads, which fixes grids that are high in
+        one measure and low in another, where every single move makes something worse.
+        """
+        over = np.flatnonzero(self._viol(self.loads, np.arange(self.k)) > 1e-12)
+        if len(over) == 0:
+            return 0
+        i, a, b = self._candidates()
+        sel = np.isin(a, over) | np.isin(b, over)
+        i, a, b = i[sel], a[sel], b[sel]
+        pairs = pd.DataFrame({"i": i, "a": a, "b": b})
+        touched: set[int] = set()
+        applied = 0
+        for (ga, gb), grp in pairs.groupby(["a", "b"]):
+            if time.monotonic() > deadline:
+                break
+            if ga > gb or ga in touched or gb in touched:
+                continue
+            back = pairs[(pairs.a == gb) & (pairs.b == ga)]
+            if back.empty:
+                continue
+            ui = grp["i"].to_numpy()[:per_side * 4]
+            uj = back["i"].to_numpy()[:per_side * 4]
+            gi, gj = np.meshgrid(ui, uj, indexing="ij")
+            gi, gj = gi.ravel(), gj.ravel()
+            w = self.P.W[gi] - self.P.W[gj]
+            score = self._balance_score(w, np.full(len(gi), ga), np.full(len(gi), gb))
+            for t in np.argsort(score)[:8]:
+                if score[t] >= -1e-12:
+                    break
+                if self._try_swap(int(gi[t]), int(gj[t]), int(ga), int(gb)):
+                    touched.update((int(ga), int(gb)))
+                    applied += 1
+                    break
+        return applied
+
+    def _chain_round(self, deadline: float, first: int = 40, second: int = 120) -> int:
+        """Two moves in a row, u: A -> B then v: B -> C, for grids A that still violate.
+
+        Where every single move and swap leaves a grid stuck at its bound (its neighbours
+        are full too), passing a unit on through a neighbour reaches a grid with room.
+        """
+        viol = self._viol(self.loads, np.arange(self.k))
+        applied = 0
+        i_all, a_all, b_all = self._candidates()
+        for A in np.argsort(-viol):
+            if viol[A] <= 1e-12 or time.monotonic() > deadline:
+                break
+            # chains leaving A (A over) and chains entering A (A under) are both tried
+            for out in (True, False):
+                sel = a_all == A if out else b_all == A
+                f_i, f_a, f_b = i_all[sel][:first], a_all[sel][:first], b_all[sel][:first]
+                best = (-1e-12, None)
+                for u, fa, fb in zip(f_i.tolist(), f_a.tolist(), f_b.tolist(), strict=True):
+                    mid = fb if out else fa  # the grid the chain passes through
+                    nxt = (a_all == mid) & (b_all != A) if out else (b_all == mid) & (a_all != A)
+                    s_i = i_all[nxt][:second]
+                    if len(s_i) == 0:
+                        continue
+                    s_a, s_b = a_all[nxt][:second], b_all[nxt][:second]
+                    d = self._chain_delta(u, fa, fb, s_i, s_a, s_b)
+                    t = int(np.argmin(d))
+                    if d[t] < best[0]:
+                        best = (d[t], (u, fa, fb, int(s_i[t]), int(s_a[t]), int(s_b[t]), out))
+                if best[1] is not None and self._try_chain(*best[1]):
+                    applied += 1
+                    break
+            if applied:
+                i_all, a_all, b_all = self._candidates()
+                viol = self._viol(self.loads, np.arange(self.k))
+        return applied
+
+    def _chain_delta(self, u, fa, fb, s_i, s_a, s_b) -> np.ndarray:
+        """Score of move u: fa -> fb followed by each move s_i: s_a -> s_b."""
+        W, L = self.P.W, self.loads
+        grids = np.stack([np.full(len(s_i), fa), np.full(len(s_i), fb), s_a, s_b], axis=1)
+        delta = np.zeros((len(s_i), 4, W.shape[1]))
+        delta[:, 0] -= W[u]
+        delta[:, 1] += W[u]
+        delta[:, 2] -= W[s_i]
+        delta[:, 3] += W[s_i]
+        total = np.zeros(len(s_i))
+        for r in range(len(s_i)):  # merge repeated grids (fb == s_a always)
+            g, inv = np.unique(grids[r], return_inverse=True)
+            d = np.zeros((len(g), W.shape[1]))
+            np.add.at(d, inv, delta[r])
+            before = L[g]
+            after = before + d
+            fin = np.isfinite(self.hi[g])
+            quad = np.where(fin, ((after - self.mu) ** 2 - (before - self.mu) ** 2), 0)
+            total[r] = 1e3 * (self._viol(after, g) - self._viol(before, g)).sum() + (
+                quad / self.mu**2).sum()
+        return total
+
+    def _try_chain(self, u, fa, fb, v, sa, sb, out) -> bool:
+        first, then = ((u, fa, fb), (v, sa, sb)) if out else ((v, sa, sb), (u, fa, fb))
+        if self.lab[first[0]] != first[1] or not self._stays_connected(first[0], first[1]):
+            return False
+        self._move(*first)
+        ok = (self.lab[then[0]] == then[1]
+              and any(self.lab[x] == then[2] for x in self.nbrs[then[0]])
+              and self._stays_connected(then[0], then[1]))
+        if ok:
+            self._move(*then)
+            return True
+        self._move(first[0], first[2], first[1])  # undo
+        self.stats.moves -= 2
+        return False
+
+    def _try_swap(self, i: int, j: int, a: int, b: int) -> bool:
+        if not self._stays_connected(i, a):
+            return False
+        self._move(i, a, b)
+        if any(self.lab[v] == a for v in self.nbrs[j]) and self._stays_connected(j, b):
+            self._move(j, b, a)
+            return True
+        self._move(i, b, a)  # undo
+        self.stats.moves -= 2
+        return False
+
+    def compact(self, deadline: float) -> None:
+        """Phase 2: strictly improving, feasibility-keeping moves."""
+        eps = 1e-9 * max(self.compactness(), 1.0) / self.k
+        while time.monotonic() < deadline:
+            if self.objective == "distance" and not self.fixed_centres:
+                self.recentre()
+            i, a, b = self._candidates()
+            if len(i) == 0:
+                return
+            if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
+                           rescore=self._feasible_compact) == 0:
+                return
+
+    def perturb(self, deadline: float, rounds: int = 60) -> None:
+        """Phase 3: threshold accepting; keep the best feasible labelling seen."""
+        best = self.labels.copy()
+        best_val = self.compactness()
+        for r in range(rounds):
+            if time.monotonic() >= deadline:
+                break
+            i, a, b = self._candidates()
+            if len(i) == 0:
+                break
+            score = self._delta_compact(i, a, b)
+            ok = self._keeps_feasible(i, a, b)
+            pos = score[ok & (score > 0)]
+            thr = np.quantile(pos, 0.1) * (1 - r / rounds) if len(pos) else 0.0
+            noise = self.rng.random(len(score)) * thr
+            score = np.where(ok, score - noise, np.inf)
+            self._round(score, i, a, b, limit=thr * 1e-3 + 1e-12)
+            self.compact(min(deadline, time.monotonic() + 2.0))
+            val = self.compactness()
+            if val < best_val - 1e-9:
+                best, best_val = self.labels.copy(), val
+        self.set_labels(best)
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        self.labels = labels.copy()
+        self.lab = self.labels.tolist()
+        self.loads[:] = 0
+        np.add.at(self.loads, self.labels, self.P.W)
+        self.size = np.bincount(self.labels, minlength=self.k)
+        if self.objective == "distance" and not self.fixed_centres:
+            self.recentre()

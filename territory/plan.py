@@ -1,0 +1,168 @@
+"""The Plan: a versioned, immutable grid map.
+
+A Plan holds the unit table (one row per unit: geometry, attributes and its ``sub_grid_id``,
+``main_grid_id`` and ``branch_id``), the parameters that produced it, a fingerprint of the
+data it was computed on, and a version with its parent. It saves to one GeoPackage with the
+layers ``branches``, ``main_grids``, ``sub_grids`` (polygons dissolved from the units, with
+``grid_id`` and ``parent_id``), ``units``, and a ``territory_plan`` table with the metadata;
+loading it gives back an equal Plan.
+
+Grid ids are readable: a branch is its area id (a district's adcode), main grids are
+``{branch}-M01``…, sub-grids ``{main}-S1``….
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+import shapely
+
+from territory.errors import InvalidInputError
+from territory.units import GRID_SIZE_DEG
+
+LEVELS = ("branch", "main_grid", "sub_grid")
+LAYER = {"branch": "branches", "main_grid": "main_grids", "sub_grid": "sub_grids"}
+PARENT = {"branch": None, "main_grid": "branch", "sub_grid": "main_grid"}
+_META = "territory_plan"
+
+
+def fingerprint(units: gpd.GeoDataFrame, measures: list[str]) -> str:
+    """SHA-256 over unit ids, geometries (WKB) and measure values: what the plan stands on."""
+    h = hashlib.sha256()
+    h.update("\n".join(map(str, units.index)).encode())
+    for wkb in shapely.to_wkb(units.geometry.values):
+        h.update(wkb)
+    if measures:
+        h.update(pd.util.hash_pandas_object(units[measures], index=False).values.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A three-level grid plan over units. Immutable: an edit returns a new Plan."""
+
+    units: gpd.GeoDataFrame
+    measures: list[str]
+    params: dict = field(default_factory=dict)
+    plan_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    version: int = 1
+    parent: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    fingerprint: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in ("sub_grid_id", "main_grid_id", "branch_id") if c not in self.units]
+        if missing:
+            raise InvalidInputError(f"plan units lack columns {missing}")
+        if self.units.index.name != "unit_id" or not self.units.index.is_unique:
+            raise InvalidInputError("plan units must be indexed by unique unit_id")
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", fingerprint(self.units, self.measures))
+
+    # -- views ----------------------------------------------------------------------------
+    def column(self, level: str) -> str:
+        if level not in LEVELS:
+            raise InvalidInputError(f"level={level!r}: choose one of {list(LEVELS)}")
+        return f"{level}_id"
+
+    def grids(self, level: str) -> gpd.GeoDataFrame:
+        """Polygons of one level dissolved from units, with ``grid_id``, ``parent_id``, loads."""
+        col = self.column(level)
+        parent = PARENT[level]
+        keys = [col] + ([f"{parent}_id"] if parent else [])
+        agg = {m: "sum" for m in self.measures}
+        agg["n_units"] = "sum"
+        frame = self.units[keys + self.measures + ["geometry"]].assign(n_units=1)
+        # units carry vertices snapped to GRID_SIZE_DEG; a union on that grid is exact and
+        # robust where clipped pieces meet whole cells mid-edge
+        out = frame.dissolve(by=keys, aggfunc=agg, grid_size=GRID_SIZE_DEG).reset_index()
+        out = out.rename(columns={col: "grid_id"})
+        out["parent_id"] = out[f"{parent}_id"] if parent else None
+        if parent:
+            out = out.drop(columns=f"{parent}_id")
+        cols = ["grid_id", "parent_id", "n_units", *self.measures, "geometry"]
+        return out[cols].sort_values("grid_id").reset_index(drop=True)
+
+    def labels(self, level: str) -> pd.Series:
+        return self.units[self.column(level)]
+
+    def derive(self, units: gpd.GeoDataFrame, **params) -> Plan:
+        """A new version of this plan over edited units (the parent is this plan)."""
+        return replace(
+            self, units=units, params={**self.params, **params}, parent=self.plan_id,
+            version=self.version + 1, plan_id=uuid.uuid4().hex[:12], fingerprint="",
+            created=datetime.now(UTC).isoformat(timespec="seconds"), metrics={},
+        )
+
+    def meta(self) -> dict:
+        return {
+            "plan_id": self.plan_id, "version": self.version, "parent": self.parent,
+            "created": self.created, "fingerprint": self.fingerprint,
+            "measures": self.measures, "params": self.params, "metrics": self.metrics,
+        }
+
+    # -- storage --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the GeoPackage atomically: a crash leaves any previous file intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".gpkg")
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            for level in LEVELS:
+                pyogrio.write_dataframe(self.grids(level), tmp, layer=LAYER[level], driver="GPKG")
+            pyogrio.write_dataframe(self.units.reset_index(), tmp, layer="units", driver="GPKG")
+            with sqlite3.connect(tmp) as con:
+                con.execute(f"CREATE TABLE {_META} (key TEXT PRIMARY KEY, value TEXT)")
+                con.executemany(
+                    f"INSERT INTO {_META} VALUES (?, ?)",
+                    [(k, json.dumps(v, ensure_ascii=False, default=_json)) for k, v in
+                     self.meta().items()],
+                )
+            con.close()
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.exists():
+            raise InvalidInputError(f"{path}: no such plan file")
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+                meta = {k: json.loads(v) for k, v in con.execute(f"SELECT key, value FROM {_META}")}
+            con.close()
+            units = pyogrio.read_dataframe(path, layer="units")
+        except (sqlite3.DatabaseError, pyogrio.errors.DataSourceError,
+                pyogrio.errors.DataLayerError) as exc:
+            raise InvalidInputError(f"{path}: not a territory plan GeoPackage ({exc})") from None
+        units = units.set_index("unit_id")
+        return cls(
+            units=units, measures=meta["measures"], params=meta["params"],
+            plan_id=meta["plan_id"], version=meta["version"], parent=meta["parent"],
+            created=meta["created"], fingerprint=meta["fingerprint"], metrics=meta["metrics"],
+        )
+
+
+def _json(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, set | tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
