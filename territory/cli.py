@@ -275,5 +275,9 @@ def demo(
         _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False, areas)
 
 
+# Commands defined in their own modules register here, one line each.
+# -- registered commands --
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
