@@ -189,6 +189,8 @@ def read_graph_json(path: str | Path, *, xy: tuple[str, str] = ("x", "y")) -> nx
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "nodes" not in data:
+            raise KeyError("nodes")
         key = "edges" if "edges" in data else "links"
         g = nx.node_link_graph(data, edges=key)
     except FileNotFoundError:

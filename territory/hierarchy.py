@@ -63,6 +63,7 @@ class HierarchySpec:
     locked: dict = field(default_factory=dict)  # unit_id -> main_grid_id
     together: list[list] = field(default_factory=list)
     own_grid_islands: bool = False
+    island_min_units: int = 5  # smaller islets join a grid over their bridge
     centres: dict = field(default_factory=dict)  # branch -> list of unit ids (stores)
     workers: int = 2
     random_state: int = 0
@@ -92,7 +93,10 @@ def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
 
 
 def _subgraph(graph: nx.Graph, nodes) -> nx.Graph:
+    """The units' graph with its own island bridges: city-level bridges may lead to another
+    branch, and every island is reported again relative to this part."""
     sub = induced_subgraph(graph, nodes)
+    sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
     sub.graph["islands"] = join_components(sub)
     return sub
 
@@ -161,7 +165,8 @@ def build_plan(
     for b, k in counts.items():
         nodes = units.index[units["branch_id"] == b]
         sub = _subgraph(graph, nodes)
-        own = [isl["units"] for isl in sub.graph["islands"]] if spec.own_grid_islands else []
+        own = [isl["units"] for isl in sub.graph["islands"]
+               if len(isl["units"]) >= spec.island_min_units] if spec.own_grid_islands else []
         islands[b] = len(own)
         k_total = int(k) + len(own)
         if k_total > len(nodes):
@@ -181,11 +186,14 @@ def build_plan(
     _raise_errors(main_results, "branch")
     main_id = {}
     figures = {"branch": {}, "main_grid": {}}
-    for res in main_results:
+    island_grids = set()
+    for res, job in zip(main_results, jobs, strict=True):
         b = res["key"]
         figures["branch"][str(b)] = res["figures"]
         for u, j in res["labels"].items():
             main_id[u] = f"{b}-M{j + 1:02d}"
+        n_own = len(job["params"]["own_grids"] or [])
+        island_grids |= {f"{b}-M{j + 1:02d}" for j in range(job["k"] - n_own, job["k"])}
     units["main_grid_id"] = pd.Series(main_id)
     sub_jobs = []
     first = next(iter(spec.measures))
@@ -194,6 +202,8 @@ def build_plan(
         if spec.sub_size:
             n_sub = max(1, round(units.loc[nodes, first].sum() / spec.sub_size))
         n_sub = max(1, min(int(n_sub or 1), len(nodes)))
+        if mg in island_grids:
+            n_sub = 1  # an island is one beat
         sub_jobs.append({
             "key": mg, "graph": _subgraph(graph, nodes), "k": n_sub,
             "params": {**base, "time_limit": spec.time_limit_sub,

@@ -75,7 +75,10 @@ def coverage(plan: Plan, level: str, service_area: gpd.GeoDataFrame | None = Non
         "overlap_m2": float(max(proj.area.sum() - union.area, 0.0)),
     }
     if service_area is not None:
-        sa = shapely.union_all(service_area.to_crs(proj.crs).geometry.values)
+        # densify before projecting: a long straight edge in lon/lat is curved in metres,
+        # and the units (noded densely along it) follow the curve
+        dense = shapely.segmentize(service_area.geometry.values, 0.0005)
+        sa = shapely.union_all(gpd.GeoSeries(dense, crs=service_area.crs).to_crs(proj.crs).values)
         res["gap_m2"] = float(shapely.difference(sa, union).area)
         res["outside_m2"] = float(shapely.difference(union, sa).area)
     return res

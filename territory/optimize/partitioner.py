@@ -158,7 +158,7 @@ class Partitioner:
         k = self.n_grids
         if not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"n_grids={k!r}: give a whole number >= 1")
-        P = problem_from_graph(graph, measures)
+        P = problem_from_graph(graph, measures, allow_zero=k == 1)
         if k > P.n:
             raise InvalidInputError(
                 f"n_grids={k} is larger than the number of units ({P.n}); "
@@ -193,6 +193,9 @@ class Partitioner:
         _precheck(C, c_locked, k_rest, mu, tolv, measures)
         rng = np.random.default_rng(self.random_state)
         centre_pos = self._centre_positions(pos, rest, member, k_rest)
+        if k_rest == 1:  # one grid: nothing to choose, nothing to balance
+            mu = np.maximum(mu, 1e-12)
+            lo, hi = np.full_like(lo, -np.inf), np.full_like(hi, np.inf)
         search, feasible = self._heuristic(C, k_rest, lo, hi, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
@@ -329,7 +332,11 @@ class Partitioner:
         """
         best = None
         while True:
-            labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng, deadline)
+            if k == 1:
+                labels = np.zeros(C.n, dtype=np.int64)
+                centres = None if C.xy is None else C.xy[:1]
+            else:
+                labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng, deadline)
             search = LocalSearch(
                 C, labels, k, lo, hi, objective=self.objective, movable=locked < 0,
                 centres=centres, fixed_centres=centre_pos is not None, rng=rng,

@@ -65,8 +65,11 @@ class Problem:
         )
 
 
-def problem_from_graph(g: nx.Graph, measures: list[str]) -> Problem:
-    """Build a :class:`Problem` from a unit graph; measures must be numeric node attributes."""
+def problem_from_graph(g: nx.Graph, measures: list[str], allow_zero: bool = False) -> Problem:
+    """Build a :class:`Problem` from a unit graph; measures must be numeric node attributes.
+
+    A measure summing to zero has no mean to balance around; it is refused unless
+    ``allow_zero`` (a single grid, where there is nothing to balance)."""
     if g.number_of_nodes() == 0:
         raise InvalidInputError("graph: no units")
     nodes = list(g.nodes)
@@ -88,7 +91,7 @@ def problem_from_graph(g: nx.Graph, measures: list[str]) -> Problem:
         rows = [nodes[i] for i in np.flatnonzero((W < 0).any(axis=1))[:10]]
         raise InvalidInputError(f"balance measures must be >= 0; negative on units {rows}")
     for j, m in enumerate(measures):
-        if W[:, j].sum() <= 0:
+        if W[:, j].sum() <= 0 and not allow_zero:
             raise InvalidInputError(f"balance measure {m!r} sums to 0: nothing to balance")
     pos = {n: i for i, n in enumerate(nodes)}
     rows, cols, lens = [], [], []
@@ -105,7 +108,7 @@ def problem_from_graph(g: nx.Graph, measures: list[str]) -> Problem:
     has_xy = "x" in frame.columns and "y" in frame.columns and frame[["x", "y"]].notna().all().all()
     xy = frame[["x", "y"]].to_numpy(dtype=float) if has_xy else None
     area = frame["area_m2"].to_numpy(dtype=float) if "area_m2" in frame.columns else None
-    share = (W / W.sum(axis=0)).mean(axis=1)
+    share = (W / np.maximum(W.sum(axis=0), 1e-12)).mean(axis=1)
     if area is not None and area.sum() > 0:
         share = 0.8 * share + 0.2 * area / area.sum()
     presence = share * len(nodes)

@@ -121,7 +121,7 @@ class LocalSearch:
         self.labels = labels.astype(np.int64).copy()
         self.lab = self.labels.tolist()
         self.nbrs = [P.indices[P.indptr[i] : P.indptr[i + 1]].tolist() for i in range(P.n)]
-        self.mu = P.W.sum(axis=0) / k
+        self.mu = np.maximum(P.W.sum(axis=0) / k, 1e-12)  # a zero measure: nothing to scale
         self.loads = np.zeros((k, P.W.shape[1]))
         np.add.at(self.loads, self.labels, P.W)
         self.size = np.bincount(self.labels, minlength=k)

@@ -1,0 +1,147 @@
+"""The territory command: real files in, real files out, clear errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+import pytest
+import shapely
+from typer.testing import CliRunner
+
+from territory.cli import app
+from territory.graph import write_graph_json
+from territory.plan import Plan
+from tests.conftest import lattice
+
+runner = CliRunner()
+
+
+def square_layer(tmp_path, n=8, bad=False):
+    rows, geoms = [], []
+    for i in range(n):
+        for j in range(n):
+            x, y = 114.0 + i * 0.002, 22.5 + j * 0.002
+            geoms.append(shapely.box(x, y, x + 0.002, y + 0.002))
+            rows.append({"uid": f"u{i:02d}{j:02d}", "subscribers": 100 + (i * j) % 7,
+                         "workload": 5 + (i + j) % 3})
+    if bad:
+        geoms[0] = shapely.Polygon([(114, 22.5), (114.002, 22.502), (114.002, 22.5),
+                                    (114, 22.502)])
+    gdf = gpd.GeoDataFrame(rows, geometry=geoms, crs="EPSG:4326")
+    path = tmp_path / "units.geojson"
+    pyogrio.write_dataframe(gdf, path)
+    return path
+
+
+def test_partition_polygon_layer(tmp_path):
+    src = square_layer(tmp_path)
+    out = tmp_path / "out.csv"
+    res = runner.invoke(app, ["partition", str(src), "--grids", "4", "--id-column", "uid",
+                              "--balance", "subscribers=0.02", "--balance", "workload=0.05",
+                              "--out", str(out), "--time-limit", "10"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert list(df.columns) == ["unit_id", "grid_id"]
+    assert len(df) == 64 and df["unit_id"].is_unique and set(df["grid_id"]) == {0, 1, 2, 3}
+    assert "max deviation subscribers" in res.output
+
+
+def test_partition_graph_json_boundary_objective(tmp_path):
+    g = lattice(6, 6)
+    for _, d in g.nodes(data=True):
+        d["cx"], d["cy"] = d.pop("x"), d.pop("y")
+    src = tmp_path / "g.json"
+    write_graph_json(g, src)
+    out = tmp_path / "out.csv"
+    res = runner.invoke(app, ["partition", str(src), "-k", "3", "--balance", "subscribers=0.1",
+                              "--objective", "boundary", "--xy", "cx,cy", "--exact",
+                              "--time-limit", "6", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(out)) == 36
+    assert "status" in res.output
+
+
+def test_partition_infeasible_exits_3_with_explanation(tmp_path):
+    src = square_layer(tmp_path, n=3)
+    res = runner.invoke(app, ["partition", str(src), "--grids", "9", "--id-column", "uid",
+                              "--balance", "subscribers=0.001", "--out",
+                              str(tmp_path / "o.csv"), "--time-limit", "5"])
+    assert res.exit_code == 3
+    assert "subscribers" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--balance", "subscribers=abc"], "fraction"),
+    (["--balance", "nope=0.1"], "not a unit attribute"),
+    (["--grids", "100"], "larger than the number of units"),
+])
+def test_partition_bad_arguments_exit_2(tmp_path, args, match):
+    src = square_layer(tmp_path, n=3)
+    base = ["partition", str(src), "--id-column", "uid", "--out", str(tmp_path / "o.csv")]
+    if "--grids" not in args:
+        base += ["--grids", "2"]
+    if "--balance" not in args:
+        base += ["--balance", "subscribers=0.1"]
+    res = runner.invoke(app, base + args)
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "Traceback" not in res.output
+
+
+def test_partition_self_intersecting_polygon_exit_2(tmp_path):
+    src = square_layer(tmp_path, n=3, bad=True)
+    res = runner.invoke(app, ["partition", str(src), "--grids", "2", "--id-column", "uid",
+                              "--balance", "subscribers", "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and "repair" in res.output
+
+
+def test_partition_malformed_file_exit_2(tmp_path):
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{ not geojson")
+    res = runner.invoke(app, ["partition", str(bad), "--grids", "2", "--id-column", "uid",
+                              "--balance", "subscribers", "--out", str(tmp_path / "o.csv")])
+    assert res.exit_code == 2 and "bad.geojson" in res.output
+
+
+def test_demo_and_plan_commands(tmp_path):
+    out = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--city", "xiamen", "--customers", "8000",
+                              "--main-grids", "8", "--sub-grids", "2", "--out", str(out),
+                              "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(out / "plan.gpkg")
+    assert plan.units["main_grid_id"].nunique() == 8
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["main_grid"]["subscribers"]["max_abs_deviation"] <= 0.05 + 1e-9
+    assert metrics["sub_grid"]["all_contiguous"]
+    # territory plan on the demo's own files, with customers given in GCJ-02
+    cust = pd.read_csv(out / "synthetic" / "customers.csv")
+    from territory.crs import wgs84_to_gcj02
+
+    cust["lng"], cust["lat"] = wgs84_to_gcj02(cust["lng"], cust["lat"])
+    cust.to_csv(tmp_path / "cust_gcj.csv", index=False)
+    from territory.boundaries import DATA_DIR
+
+    res = runner.invoke(app, [
+        "plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"), "--boundaries-crs", "gcj02",
+        "--customers", str(tmp_path / "cust_gcj.csv"), "--points-crs", "gcj02",
+        "--resolution", "8", "--main-grids", "6", "--sub-grids", "2", "--balance",
+        "customers=0.1", "--out", str(tmp_path / "p"), "--workers", "1",
+        "--time-limit-main", "5", "--time-limit-sub", "2",
+    ])
+    assert res.exit_code == 0, res.output
+    plan2 = Plan.load(tmp_path / "p" / "plan.gpkg")
+    assert plan2.units["customers"].sum() == len(cust)
+
+
+def test_plan_missing_customer_columns_exit_2(tmp_path):
+    (tmp_path / "c.csv").write_text("x,y\n1,2\n")
+    from territory.boundaries import DATA_DIR
+
+    res = runner.invoke(app, ["plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"),
+                              "--boundaries-crs", "gcj02", "--customers",
+                              str(tmp_path / "c.csv"), "--main-grids", "6"])
+    assert res.exit_code == 2 and "lng" in res.output

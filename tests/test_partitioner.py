@@ -1,0 +1,206 @@
+"""The balancing optimizer: invariants as properties, exactness on small cases, bad input."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
+from territory.graph import contiguous_grids
+from territory.optimize import Partitioner
+from tests.conftest import lattice
+
+MEASURES = ["subscribers", "workload"]
+
+
+def loads(g: nx.Graph, labels, measure: str) -> np.ndarray:
+    k = int(labels.max()) + 1
+    out = np.zeros(k)
+    for n, j in labels.items():
+        out[j] += g.nodes[n][measure]
+    return out
+
+
+def assert_valid(g: nx.Graph, p: Partitioner, k: int, tol: dict[str, float]) -> None:
+    labels = p.labels_
+    # each unit in exactly one grid, every grid used
+    assert list(labels.index) == list(g.nodes)
+    assert set(labels.unique()) == set(range(k))
+    # every grid contiguous (checked independently of the optimizer's own bookkeeping)
+    for j in range(k):
+        assert nx.is_connected(g.subgraph(labels.index[labels == j]))
+    assert all(contiguous_grids(g, labels).values())
+    # every measure within its tolerance of the mean
+    for m, t in tol.items():
+        ld = loads(g, labels, m)
+        assert np.all(np.abs(ld / ld.mean() - 1) <= t + 1e-9), (m, ld / ld.mean())
+        assert p.max_deviation_[m] == pytest.approx(np.abs(ld / ld.mean() - 1).max())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    w=st.integers(4, 14),
+    h=st.integers(4, 14),
+    k=st.integers(2, 8),
+    tol=st.sampled_from([0.02, 0.05, 0.1]),
+    objective=st.sampled_from(["distance", "boundary"]),
+    seed=st.integers(0, 10_000),
+)
+def test_partition_invariants_on_generated_lattices(w, h, k, tol, objective, seed):
+    g = lattice(w, h, seed=seed)
+    k = min(k, w * h // 6)
+    measures = {m: tol for m in MEASURES}
+    try:
+        p = Partitioner(k, measures=measures, objective=objective, time_limit=4,
+                        random_state=seed).solve(g)
+    except InfeasibleError as exc:
+        # allowed only with a precise explanation naming a measure and a way out
+        msg = str(exc)
+        assert "measure" in msg and ("tolerance" in msg or "k=" in msg)
+        return
+    assert_valid(g, p, k, measures)
+
+
+def test_tight_tolerance_half_percent():
+    g = lattice(30, 30, seed=3)
+    measures = {"subscribers": 0.005, "workload": 0.01}
+    p = Partitioner(6, measures=measures, time_limit=30).solve(g)
+    assert_valid(g, p, 6, measures)
+
+
+def test_objective_bound_and_gap_are_consistent():
+    g = lattice(20, 20, seed=1)
+    p = Partitioner(5, measures={"subscribers": 0.05}, time_limit=20).solve(g)
+    assert p.bound_ is not None and 0 < p.bound_ <= p.objective_ + 1e-9
+    assert p.gap_ == pytest.approx((p.objective_ - p.bound_) / p.objective_)
+    assert p.status_ == "feasible"
+
+
+def test_exact_mip_proves_optimality_on_a_small_case():
+    g = lattice(4, 4, seed=2)
+    measures = {"subscribers": 0.1}
+    heur = Partitioner(2, measures=measures, objective="boundary", time_limit=20).solve(g)
+    p = Partitioner(2, measures=measures, objective="boundary", exact=True,
+                    time_limit=60).solve(g)
+    assert_valid(g, p, 2, measures)
+    assert p.status_ == "optimal"
+    assert p.objective_ <= heur.objective_ + 1e-9
+    assert p.bound_ == pytest.approx(p.objective_)
+    # brute-force check of the proven optimum: the best balanced 2-cut of the lattice
+    cut_edges = p.objective_ / 100.0
+    assert cut_edges == math.floor(cut_edges)
+    assert cut_edges >= 4  # a 4x4 lattice cannot be split in two with fewer than 4 cut edges
+
+
+def test_time_limit_is_a_promise():
+    # 100 units, k=5: the MIP runs (and cannot prove optimality) until the deadline
+    g = lattice(10, 10, seed=4)
+    t0 = time.monotonic()
+    p = Partitioner(5, measures={"subscribers": 0.01}, exact=True, time_limit=3).solve(g)
+    assert time.monotonic() - t0 < 3 + 1.0
+    assert_valid(g, p, 5, {"subscribers": 0.01})
+
+
+def test_locked_together_and_own_grids():
+    g = lattice(10, 10, seed=5)
+    locked = {0: 0, 99: 1}
+    together = [[44, 45, 54, 55]]
+    own = [[9, 19, 8, 18]]
+    measures = {"subscribers": 0.08}
+    p = Partitioner(4, measures=measures, locked=locked, together=together, own_grids=own,
+                    time_limit=15).solve(g)
+    lab = p.labels_
+    assert lab[0] == 0 and lab[99] == 1
+    assert len({lab[u] for u in together[0]}) == 1
+    assert {lab[u] for u in own[0]} == {3} and (lab == 3).sum() == 4
+    assert p.exempt_grids_ == [3]
+    # the other three grids are balanced around their own mean
+    ld = loads(g, lab, "subscribers")[:3]
+    assert np.all(np.abs(ld / ld.mean() - 1) <= 0.08 + 1e-9)
+
+
+def test_given_centres_stay_in_their_grid():
+    g = lattice(12, 12, seed=6)
+    centres = [0, 143, 11]
+    p = Partitioner(3, measures={"subscribers": 0.05}, centres=centres, time_limit=15).solve(g)
+    assert [p.labels_[c] for c in centres] == [0, 1, 2]
+    assert p.centres_ == centres
+
+
+def test_graph_without_coordinates_uses_boundary_objective():
+    g = lattice(8, 8, seed=7)
+    for _, d in g.nodes(data=True):
+        del d["x"], d["y"]
+    with pytest.raises(InvalidInputError, match="coordinates"):
+        Partitioner(3, measures={"subscribers": 0.1}).solve(g)
+    p = Partitioner(3, measures={"subscribers": 0.1}, objective="boundary",
+                    time_limit=10).solve(g)
+    assert_valid(g, p, 3, {"subscribers": 0.1})
+
+
+def test_islands_are_bridged_and_grids_stay_contiguous():
+    g = lattice(8, 8, seed=8)
+    island = nx.relabel_nodes(lattice(2, 2, seed=9), lambda n: 1000 + n)
+    for _, d in island.nodes(data=True):
+        d["x"] += 2000.0
+    g = nx.union(g, island)
+    from territory.graph import join_components
+
+    joins = join_components(g)
+    assert len(joins) == 1 and sorted(joins[0]["units"]) == sorted(map(str, island.nodes))
+    p = Partitioner(3, measures={"subscribers": 0.1}, time_limit=10).solve(g)
+    assert all(contiguous_grids(g, p.labels_).values())
+
+
+def test_infeasible_targets_name_the_measure_and_a_way_out():
+    g = lattice(6, 6, seed=10)
+    g.nodes[0]["subscribers"] = 5000.0
+    with pytest.raises(InfeasibleError) as err:
+        Partitioner(4, measures={"subscribers": 0.05}, time_limit=5).solve(g)
+    msg = str(err.value)
+    assert "'subscribers'" in msg and "k=" in msg and "tolerance" in msg
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_grids": 0}, "n_grids"),
+        ({"n_grids": 1000}, "larger than the number of units"),
+        ({"n_grids": 2, "measures": {"subscribers": 1.5}}, "fraction"),
+        ({"n_grids": 2, "measures": ["nope"]}, "not a unit attribute"),
+        ({"n_grids": 2, "objective": "round"}, "objective"),
+        ({"n_grids": 2, "locked": {0: 7}}, "grids are numbered"),
+        ({"n_grids": 2, "locked": {"ghost": 0}}, "unknown unit"),
+        ({"n_grids": 2, "time_limit": -1}, "time_limit"),
+    ],
+)
+def test_bad_parameters_get_clear_errors(kwargs, match):
+    g = lattice(5, 5)
+    kwargs.setdefault("measures", ["subscribers"])
+    with pytest.raises(InvalidInputError, match=match):
+        Partitioner(**kwargs).solve(g)
+
+
+def test_nan_weights_are_rejected():
+    g = lattice(5, 5)
+    g.nodes[3]["subscribers"] = float("nan")
+    with pytest.raises(InvalidInputError, match="NaN"):
+        Partitioner(2, measures=["subscribers"]).solve(g)
+
+
+def test_results_before_solve_raise():
+    with pytest.raises(NotSolvedError):
+        _ = Partitioner(2).labels_
+
+
+def test_same_seed_same_plan():
+    g = lattice(12, 12, seed=11)
+    a = Partitioner(4, measures=MEASURES, time_limit=10, random_state=3).solve(g).labels_
+    b = Partitioner(4, measures=MEASURES, time_limit=10, random_state=3).solve(g).labels_
+    assert (a == b).all()
