@@ -142,8 +142,7 @@ def partition(
         console.print(_table(_partition_table(figures), f"{grids} grids → {out}"))
 
 
-def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool,
-              service_area) -> None:
+def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.metrics import summary_frame
     from territory.pipeline import run
 
@@ -190,6 +189,10 @@ def plan(
     target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
                                                                "resolution)")] = 30.0,
     min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")] = 7,
+    units: Annotated[Path | None, typer.Option(help="Your own unit polygons (communities, "
+                                                    "villages) instead of H3 cells")] = None,
+    unit_id_column: Annotated[str | None, typer.Option(help="Unit id column of --units")]
+    = None,
     main_grids: Annotated[int | None, typer.Option(help="Main grids in the city")] = None,
     main_size: Annotated[float | None, typer.Option(help="Target first-measure load per "
                                                          "main grid")] = None,
@@ -239,8 +242,10 @@ def plan(
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed,
         )
-        _plan_job(inputs, UnitOptions(resolution, target_per_unit, min_resolution), spec, out,
-                  stores_as_centres, areas)
+        layer = None if units is None else read_boundaries(units, crs=boundaries_crs,
+                                                           id_column=unit_id_column)
+        opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
+        _plan_job(inputs, opts, spec, out, stores_as_centres)
 
 
 @app.command()
@@ -272,7 +277,7 @@ def demo(
             measures={"subscribers": 0.05, "workload": 0.05}, n_main=main_grids,
             n_sub=sub_grids, workers=workers, random_state=seed,
         )
-        _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False, areas)
+        _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
 
 
 # Commands defined in their own modules register here, one line each.

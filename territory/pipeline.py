@@ -21,7 +21,7 @@ from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import plan_metrics
 from territory.plan import Plan
-from territory.units import aggregate_points, build_units, locate_points
+from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,13 @@ class Inputs:
 
 @dataclass
 class UnitOptions:
+    """H3 units (resolution, adaptive target) or the planner's own polygons (``layer``)."""
+
     resolution: int = 9
     target_per_unit: float | None = None
     min_resolution: int = 6
+    layer: gpd.GeoDataFrame | None = None  # planner-supplied units: communities, villages
+    id_column: str | None = None
 
 
 @dataclass
@@ -116,11 +120,14 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
             f"branch column {inputs.branch_column!r} is not in the boundary layer; choose one "
             f"of {list(areas.columns.drop('geometry'))}"
         )
-    units = build_units(
-        areas, area_column=inputs.branch_column, resolution=opts.resolution,
-        points=inputs.customers if opts.target_per_unit else None,
-        target_per_unit=opts.target_per_unit, min_resolution=opts.min_resolution,
-    )
+    if opts.layer is not None:
+        units = _planner_units(opts.layer, opts.id_column, areas, inputs.branch_column)
+    else:
+        units = build_units(
+            areas, area_column=inputs.branch_column, resolution=opts.resolution,
+            points=inputs.customers if opts.target_per_unit else None,
+            target_per_unit=opts.target_per_unit, min_resolution=opts.min_resolution,
+        )
     report = {}
     frames = []
     for name, table in inputs.tables().items():
@@ -133,6 +140,23 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
     units = units.join(pd.concat(frames, axis=1))
     units["branch_id"] = units["area_id"].astype(str)
     return units, report
+
+
+def _planner_units(layer: gpd.GeoDataFrame, id_column: str | None, areas: gpd.GeoDataFrame,
+                   branch_column: str) -> gpd.GeoDataFrame:
+    """The planner's polygons as units, each in the branch holding its representative point."""
+    if not id_column:
+        raise InvalidInputError("planner units need --unit-id-column naming the unit id")
+    units = units_from_polygons(layer, id_column=id_column)
+    pts = units.geometry.representative_point()
+    pos = locate_points(areas, pts.x.to_numpy(), pts.y.to_numpy())
+    if (pos < 0).any():
+        bad = units.index[pos < 0].tolist()[:10]
+        raise InvalidInputError(
+            f"planner units {bad} lie outside the boundary layer; clip them to the service area"
+        )
+    units["area_id"] = areas[branch_column].to_numpy()[pos]
+    return units
 
 
 def key_account_groups(units: gpd.GeoDataFrame, key_accounts: pd.DataFrame | None) -> list[list]:

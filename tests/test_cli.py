@@ -145,3 +145,28 @@ def test_plan_missing_customer_columns_exit_2(tmp_path):
                               "--boundaries-crs", "gcj02", "--customers",
                               str(tmp_path / "c.csv"), "--main-grids", "6"])
     assert res.exit_code == 2 and "lng" in res.output
+
+
+def test_plan_on_planner_supplied_units(tmp_path):
+    """Villages or communities as units: any polygon layer tiling the area."""
+    from territory.boundaries import load_city
+    from territory.synth import generate_city, write_city
+    from territory.units import build_units
+
+    areas = load_city("xiamen")
+    villages = build_units(areas, area_column="adcode", resolution=7).reset_index()
+    villages["village"] = [f"V{i:04d}" for i in range(len(villages))]
+    pyogrio.write_dataframe(villages[["village", "geometry"]], tmp_path / "villages.gpkg")
+    pyogrio.write_dataframe(areas, tmp_path / "districts.gpkg")
+    write_city(generate_city(areas, n_customers=5000, seed=2), tmp_path / "data")
+    res = runner.invoke(app, [
+        "plan", str(tmp_path / "districts.gpkg"), "--customers",
+        str(tmp_path / "data" / "customers.csv"), "--units", str(tmp_path / "villages.gpkg"),
+        "--unit-id-column", "village", "--main-grids", "6", "--sub-grids", "1",
+        "--balance", "customers=0.25", "--out", str(tmp_path / "p"), "--workers", "1",
+        "--time-limit-main", "5",
+    ])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(tmp_path / "p" / "plan.gpkg")
+    assert set(plan.units.index) == set(villages["village"])
+    assert plan.units["customers"].sum() == 5000
