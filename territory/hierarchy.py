@@ -92,7 +92,7 @@ def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
     raise InvalidInputError("give n_main (a number or one per branch) or main_size")
 
 
-def _subgraph(graph: nx.Graph, nodes) -> nx.Graph:
+def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
     branch, and every island is reported again relative to this part."""
     sub = induced_subgraph(graph, nodes)
@@ -164,7 +164,7 @@ def build_plan(
     islands: dict = {}
     for b, k in counts.items():
         nodes = units.index[units["branch_id"] == b]
-        sub = _subgraph(graph, nodes)
+        sub = part_graph(graph, nodes)
         own = [isl["units"] for isl in sub.graph["islands"]
                if len(isl["units"]) >= spec.island_min_units] if spec.own_grid_islands else []
         islands[b] = len(own)
@@ -205,7 +205,7 @@ def build_plan(
         if mg in island_grids:
             n_sub = 1  # an island is one beat
         sub_jobs.append({
-            "key": mg, "graph": _subgraph(graph, nodes), "k": n_sub,
+            "key": mg, "graph": part_graph(graph, nodes), "k": n_sub,
             "params": {**base, "time_limit": spec.time_limit_sub,
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
