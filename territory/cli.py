@@ -206,8 +206,8 @@ def plan(
                                                          "on it")] = False,
     own_grid_islands: Annotated[bool, typer.Option(help="Islands become main grids of their "
                                                         "own")] = False,
-    time_limit_main: Annotated[float, typer.Option()] = 30.0,
-    time_limit_sub: Annotated[float, typer.Option()] = 10.0,
+    time_limit_main: Annotated[float, typer.Option(help="Seconds per branch")] = 60.0,
+    time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -282,6 +282,8 @@ def demo(
 
 # Commands defined in their own modules register here, one line each.
 # -- registered commands --
+from territory.cli_assign import assign as _assign  # noqa: E402, I001
+app.command(name="assign")(_assign)
 
 
 def main() -> None:  # pragma: no cover - console entry point

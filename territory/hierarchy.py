@@ -58,8 +58,8 @@ class HierarchySpec:
     n_sub: int | None = 4
     sub_size: float | None = None
     objective: str = "distance"
-    time_limit_main: float = 30.0
-    time_limit_sub: float = 10.0
+    time_limit_main: float = 60.0
+    time_limit_sub: float = 20.0
     locked: dict = field(default_factory=dict)  # unit_id -> main_grid_id
     together: list[list] = field(default_factory=list)
     own_grid_islands: bool = False

@@ -76,6 +76,9 @@ def solve_balanced_lp(
     solution (``converged`` says whether no column was left with a negative reduced cost,
     i.e. whether ``value`` is the optimum over all assignments to ``centres``).
 
+    One HiGHS model grows by the priced-out columns and is re-solved from its last basis,
+    so every round after the first costs a fraction of a cold solve.
+
     ``D`` (k x n), when given, replaces Euclidean distances: shortest paths over the unit
     graph make the LP's regions follow the land (see the partitioner)."""
     deadline = time.monotonic() + time_limit
@@ -86,25 +89,24 @@ def solve_balanced_lp(
         near = cKDTree(centres).query(xy, k=q)[1].reshape(n, q)
     else:
         near = np.argpartition(D, q - 1, axis=0)[:q].T if q < k else np.tile(np.arange(k), (n, 1))
-    rows = np.repeat(np.arange(n), q)
-    cols = near.ravel()
-    sol: dict = {}
-    for _ in range(max_rounds):
-        rows, cols = _admissible(rows, cols, locked, k)
-        cost = presence[rows] * _distances(xy, centres, rows, cols, D)
-        new = _solve(rows, cols, cost, W, k, lo, hi, deadline - time.monotonic())
-        new.update(rows=rows, cols=cols, cost=cost, converged=False)
-        if not new["optimal"] and sol:
-            break  # out of time: the previous round's optimum stands
-        sol = new
+    rows, cols = _admissible(np.repeat(np.arange(n), q), near.ravel(), locked, k)
+    cost = presence[rows] * _distances(xy, centres, rows, cols, D)
+    model = _Model(W, k, lo, hi, float(cost.mean()))
+    model.add(rows, cols, cost)
+    sol = model.solve(deadline)
+    best = sol if sol["optimal"] else None
+    for _ in range(max_rounds - 1):
         if not sol["optimal"] or time.monotonic() >= deadline:
             break
         nr, nc = _price(xy, presence, W, centres, sol, locked, D)
         if len(nr) == 0:
             sol["converged"] = True
             break
-        rows, cols = np.concatenate([rows, nr]), np.concatenate([cols, nc])
-    return sol["result"], sol
+        model.add(nr, nc, presence[nr] * _distances(xy, centres, nr, nc, D))
+        sol = model.solve(deadline)
+        if sol["optimal"]:
+            best = sol
+    return (best or sol)["result"], (best or sol)
 
 
 def _admissible(rows, cols, locked, k):
@@ -142,56 +144,71 @@ def _price(xy, presence, W, centres, sol, locked, D=None, per_unit: int = 3):
     return np.concatenate(out_r), np.concatenate(out_c)
 
 
-def _solve(rows, cols, cost, W, k, lo, hi, time_limit) -> dict:
-    n, m = W.shape
-    nx_ = len(rows)
-    mu = W.sum(axis=0) / k
-    # x columns: one assignment row + m balance rows each (rows: n assignment, then k*m)
-    starts = np.arange(nx_ + 1) * (1 + m)
-    idx = np.empty((nx_, 1 + m), dtype=np.int32)
-    val = np.empty((nx_, 1 + m))
-    idx[:, 0] = rows
-    val[:, 0] = 1.0
-    for t in range(m):
-        idx[:, 1 + t] = n + cols * m + t
-        val[:, 1 + t] = W[rows, t]
-    # slack columns: s- (+1) and s+ (-1) for every balance row
-    nb = k * m
-    s_idx = np.concatenate([n + np.arange(nb), n + np.arange(nb)])
-    s_val = np.concatenate([np.ones(nb), -np.ones(nb)])
-    s_cost = np.tile(_PENALTY * cost.mean() * n / k / mu, 2 * k) if nb else np.zeros(0)
-    lp = highspy.HighsLp()
-    lp.num_col_ = nx_ + 2 * nb
-    lp.num_row_ = n + nb
-    lp.col_cost_ = np.concatenate([cost, s_cost])
-    lp.col_lower_ = np.zeros(lp.num_col_)
-    lp.col_upper_ = np.full(lp.num_col_, highspy.kHighsInf)
-    lp.row_lower_ = np.concatenate([np.ones(n), lo.ravel()])
-    lp.row_upper_ = np.concatenate([np.ones(n), hi.ravel()])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = np.concatenate([starts, starts[-1] + 1 + np.arange(2 * nb)])
-    lp.a_matrix_.index_ = np.concatenate([idx.ravel(), s_idx]).astype(np.int32)
-    lp.a_matrix_.value_ = np.concatenate([val.ravel(), s_val])
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(float(time_limit), 0.5))
-    h.passModel(lp)
-    h.run()
-    status = h.modelStatusToString(h.getModelStatus())
-    sol = h.getSolution()
-    x = np.asarray(sol.col_value)[:nx_]
-    slack = np.asarray(sol.col_value)[nx_:]
-    duals = np.asarray(sol.row_dual)
-    labels = _round(rows, cols, x, n)
-    frac = (x > 1e-6) & (x < 1 - 1e-6)
-    res = LPResult(
-        labels=labels,
-        value=float(h.getInfo().objective_function_value),
-        slack=float((slack.reshape(2, k, m) / mu).sum()) if nb else 0.0,
-        n_split=int(len(np.unique(rows[frac]))),
-        status=status,
-    )
-    return {"result": res, "x": x, "duals": duals, "optimal": status == "Optimal"}
+class _Model:
+    """The LP in HiGHS: rows are n assignment rows then k*m balance rows; the 2*k*m
+    elastic slack columns come first, assignment columns are appended as they are priced."""
+
+    def __init__(self, W: np.ndarray, k: int, lo: np.ndarray, hi: np.ndarray,
+                 mean_cost: float) -> None:
+        n, m = W.shape
+        self.W, self.k, self.n, self.m = W, k, n, m
+        self.mu = W.sum(axis=0) / k
+        self.rows = np.zeros(0, dtype=np.int64)
+        self.cols = np.zeros(0, dtype=np.int64)
+        nb = k * m
+        self.nb = nb
+        s_cost = np.tile(_PENALTY * max(mean_cost, 1e-9) * n / k / self.mu, 2 * k)
+        lp = highspy.HighsLp()
+        lp.num_col_ = 2 * nb
+        lp.num_row_ = n + nb
+        lp.col_cost_ = s_cost
+        lp.col_lower_ = np.zeros(2 * nb)
+        lp.col_upper_ = np.full(2 * nb, highspy.kHighsInf)
+        lp.row_lower_ = np.concatenate([np.ones(n), lo.ravel()])
+        lp.row_upper_ = np.concatenate([np.ones(n), hi.ravel()])
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = np.arange(2 * nb + 1, dtype=np.int32)
+        lp.a_matrix_.index_ = np.tile(n + np.arange(nb), 2).astype(np.int32)
+        lp.a_matrix_.value_ = np.concatenate([np.ones(nb), -np.ones(nb)])
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.h.passModel(lp)
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, cost: np.ndarray) -> None:
+        """Append assignment columns x_ij: one assignment row and m balance rows each."""
+        n, m = self.n, self.m
+        idx = np.empty((len(rows), 1 + m), dtype=np.int32)
+        val = np.empty((len(rows), 1 + m))
+        idx[:, 0] = rows
+        val[:, 0] = 1.0
+        for t in range(m):
+            idx[:, 1 + t] = n + cols * m + t
+            val[:, 1 + t] = self.W[rows, t]
+        starts = (np.arange(len(rows)) * (1 + m)).astype(np.int32)
+        self.h.addCols(len(rows), cost, np.zeros(len(rows)), np.full(len(rows), highspy.kHighsInf),
+                       idx.size, starts, idx.ravel(), val.ravel())
+        self.rows = np.concatenate([self.rows, rows])
+        self.cols = np.concatenate([self.cols, cols])
+
+    def solve(self, deadline: float) -> dict:
+        h = self.h
+        h.setOptionValue("time_limit", max(deadline - time.monotonic(), 0.5))
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        sol = h.getSolution()
+        values = np.asarray(sol.col_value)
+        slack, x = values[: 2 * self.nb], values[2 * self.nb :]
+        frac = (x > 1e-6) & (x < 1 - 1e-6)
+        res = LPResult(
+            labels=_round(self.rows, self.cols, x, self.n),
+            value=float(h.getInfo().objective_function_value),
+            slack=float((slack.reshape(2, self.k, self.m) / self.mu).sum()),
+            n_split=int(len(np.unique(self.rows[frac]))),
+            status=status,
+        )
+        return {"result": res, "x": x, "duals": np.asarray(sol.row_dual),
+                "optimal": status == "Optimal", "converged": False,
+                "rows": self.rows, "cols": self.cols}
 
 
 def _round(rows: np.ndarray, cols: np.ndarray, x: np.ndarray, n: int) -> np.ndarray:
