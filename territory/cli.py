@@ -196,6 +196,8 @@ def plan(
     main_grids: Annotated[int | None, typer.Option(help="Main grids in the city")] = None,
     main_size: Annotated[float | None, typer.Option(help="Target first-measure load per "
                                                          "main grid")] = None,
+    branch_grids: Annotated[Path | None, typer.Option(help="CSV branch_id,main_grids: the "
+                                                           "count per branch")] = None,
     sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")] = 4,
     sub_size: Annotated[float | None, typer.Option(help="Target load per sub-grid")] = None,
     balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
@@ -233,11 +235,21 @@ def plan(
             if not {"unit_id", "main_grid_id"} <= set(table.columns):
                 raise InvalidInputError(f"--lock {lock}: needs columns unit_id, main_grid_id")
             locked = dict(zip(table["unit_id"], table["main_grid_id"], strict=True))
-        if main_grids is None and main_size is None:
-            raise InvalidInputError("give --main-grids (a number) or --main-size")
+        n_main: int | dict | None = main_grids
+        if branch_grids is not None:
+            table = pd.read_csv(branch_grids, dtype={"branch_id": str})
+            if not {"branch_id", "main_grids"} <= set(table.columns):
+                raise InvalidInputError(
+                    f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
+                )
+            n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
+        if n_main is None and main_size is None:
+            raise InvalidInputError(
+                "give --main-grids (a number), --branch-grids (one per branch) or --main-size"
+            )
         spec = HierarchySpec(
             measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
-            n_main=main_grids, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
+            n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed,

@@ -125,16 +125,22 @@ def test_demo_and_plan_commands(tmp_path):
     cust.to_csv(tmp_path / "cust_gcj.csv", index=False)
     from territory.boundaries import DATA_DIR
 
+    counts = {"350203": 2, "350205": 1, "350206": 2, "350211": 1, "350212": 1, "350213": 1}
+    pd.DataFrame({"branch_id": list(counts), "main_grids": list(counts.values())}).to_csv(
+        tmp_path / "counts.csv", index=False)
     res = runner.invoke(app, [
         "plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"), "--boundaries-crs", "gcj02",
         "--customers", str(tmp_path / "cust_gcj.csv"), "--points-crs", "gcj02",
-        "--resolution", "8", "--main-grids", "6", "--sub-grids", "2", "--balance",
+        "--resolution", "8", "--branch-grids", str(tmp_path / "counts.csv"),
+        "--sub-grids", "2", "--balance",
         "customers=0.1", "--out", str(tmp_path / "p"), "--workers", "1",
         "--time-limit-main", "5", "--time-limit-sub", "2",
     ])
     assert res.exit_code == 0, res.output
     plan2 = Plan.load(tmp_path / "p" / "plan.gpkg")
     assert plan2.units["customers"].sum() == len(cust)
+    got = plan2.units.groupby("branch_id")["main_grid_id"].nunique().to_dict()
+    assert got == counts
 
 
 def test_plan_missing_customer_columns_exit_2(tmp_path):

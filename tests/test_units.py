@@ -142,8 +142,9 @@ def test_unknown_area_column():
         build_units(random_areas(5, 2), area_column="nope", resolution=7)
 
 
-def test_shipped_xiamen_units_tile_the_city_and_keep_islands():
-    areas = load_city("xiamen")
+@pytest.mark.parametrize("city", ["xiamen", "shenzhen"])
+def test_shipped_cities_tile_exactly(city):
+    areas = load_city(city)
     units = build_units(areas, area_column="adcode", resolution=8)
     overlap, gap, outside = tiling_errors(units, areas)
     assert overlap < REL and gap < REL and outside < REL
