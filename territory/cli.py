@@ -76,8 +76,12 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 @contextmanager
-def _progress() -> Iterator[Callable[[str, str], None]]:
-    """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks."""
+def _progress(totals: dict[str, int | None]) -> Iterator[Callable[[str, str], None]]:
+    """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks.
+
+    Stages run one after the other: when one starts, the previous one is complete.
+    ``totals`` gives the number of steps of a stage where it is known beforehand.
+    """
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -85,12 +89,19 @@ def _progress() -> Iterator[Callable[[str, str], None]]:
     ) as bar:
         tasks: dict[str, int] = {}
 
-        def step(stage: str, key: str, total: int | None = None) -> None:
+        def finish_all() -> None:
+            for t in tasks.values():
+                done = bar.tasks[t].completed
+                bar.update(t, total=done, completed=done)
+
+        def step(stage: str, key: str) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
+                finish_all()
+                tasks[stage] = bar.add_task(stage, total=totals.get(stage))
             bar.advance(tasks[stage])
 
         yield step
+        finish_all()
 
 
 def _table(df: pd.DataFrame, title: str) -> Table:
@@ -147,7 +158,10 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.pipeline import run
 
     out.mkdir(parents=True, exist_ok=True)
-    with _progress() as step:
+    totals = {"units built": 1, "adjacency graph": 1,
+              "branches → main grids": int(inputs.areas[inputs.branch_column].nunique()),
+              "main grids → sub-grids": spec.n_main if isinstance(spec.n_main, int) else None}
+    with _progress(totals) as step:
         def progress(stage: str, key: str) -> None:
             step({"units": "units built", "graph": "adjacency graph",
                   "branch": "branches → main grids",
@@ -296,6 +310,11 @@ def demo(
 # -- registered commands --
 from territory.cli_assign import assign as _assign  # noqa: E402, I001
 app.command(name="assign")(_assign)
+from territory.cli_serve import serve as _serve  # noqa: E402, I001
+app.command(name="serve")(_serve)
+from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001
+app.command(name="map")(_map)
+app.command(name="export")(_export)
 
 
 def main() -> None:  # pragma: no cover - console entry point

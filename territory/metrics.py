@@ -116,18 +116,19 @@ def nesting_ok(plan: Plan) -> bool:
 
 
 def summary_frame(metrics: dict, measures: list[str]) -> pd.DataFrame:
-    """A printable table: one row per level."""
-    rows = []
+    """A printable table: one row per figure, one column per level (fits a terminal)."""
+    cols = {}
     for level in LEVELS:
         s = metrics[level]
-        row = {"level": level, "grids": s["n_grids"], "within": s["within"]}
+        col = {"grids": s["n_grids"], "balanced within": s["within"]}
         for m in measures:
-            row[f"max dev {m}"] = f"{s[m]['max_abs_deviation']:.2%}"
-            row[f"cv {m}"] = f"{s[m]['cv']:.3f}"
-        row["Polsby-Popper"] = f"{s['polsby_popper_mean']:.3f}"
-        row["contiguous"] = s["all_contiguous"]
-        row["overlap m²"] = f"{s['coverage']['overlap_m2']:.1f}"
+            col[f"max |dev| {m}"] = f"{s[m]['max_abs_deviation']:.2%}"
+            col[f"CV {m}"] = f"{s[m]['cv']:.3f}"
+        col["Polsby-Popper (mean)"] = f"{s['polsby_popper_mean']:.3f}"
+        col["boundary km"] = f"{s['boundary_km']:.0f}" if "boundary_km" in s else ""
+        col["contiguous"] = "yes" if s["all_contiguous"] else "no"
+        col["overlap m²"] = f"{s['coverage']['overlap_m2']:.1f}"
         if "gap_m2" in s["coverage"]:
-            row["gap m²"] = f"{s['coverage']['gap_m2']:.1f}"
-        rows.append(row)
-    return pd.DataFrame(rows)
+            col["gap m²"] = f"{s['coverage']['gap_m2']:.1f}"
+        cols[level] = col
+    return pd.DataFrame(cols).rename_axis("figure").reset_index()
