@@ -10,7 +10,6 @@ worker processes.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -263,12 +262,3 @@ def _groups_by(key: pd.Series, together: list[list]) -> dict:
             if len(part) > 1:
                 out.setdefault(k, []).append(part.tolist())
     return out
-
-
-def suggest_counts(total_load: float, n_main: int | None, main_size: float | None) -> int:
-    """Number of main grids for a city: given, or the load over the target size."""
-    if n_main is not None:
-        return int(n_main)
-    if not main_size or main_size <= 0:
-        raise InvalidInputError("give n_main or a positive main_size")
-    return max(1, math.ceil(total_load / main_size))

@@ -161,11 +161,6 @@ class LocalSearch:
         over = np.maximum(self.loads - self.hi, 0) + np.maximum(self.lo - self.loads, 0)
         return float((over / self.mu).sum())
 
-    def balance_score(self) -> float:
-        finite = np.isfinite(self.hi)
-        dev = np.where(finite, (self.loads - self.mu) / self.mu, 0.0)
-        return float((dev**2).sum())
-
     # -- candidate moves --------------------------------------------------------------
     def _candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lab = self.labels
