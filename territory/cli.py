@@ -303,7 +303,12 @@ def demo(
             measures={"subscribers": 0.05, "workload": 0.05}, n_main=main_grids,
             n_sub=sub_grids, workers=workers, random_state=seed,
         )
-        _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
+        result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
+        from territory.maps import write_demo_maps
+
+        with console.status("drawing the overview, one field map per main grid, the city print"):
+            maps = write_demo_maps(result.plan, out / "maps", data.tables())
+        console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
 
 
 # Commands defined in their own modules register here, one line each.

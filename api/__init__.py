@@ -1,0 +1,1 @@
+"""territory's HTTP service (FastAPI): plans, grids and customer assignment."""

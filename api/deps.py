@@ -1,0 +1,55 @@
+"""Dependencies shared by the routers: the app's settings, store and job runner, and "today".
+
+They read ``request.app.state``, filled by :func:`api.main.create_app`, so a route never
+reaches for a global and a test gets a fresh store by building a fresh app.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import Depends, Request
+
+from api.jobs import JobRunner
+from api.problems import ProblemError
+from api.settings import Settings
+from api.store import PlanRecord, PlanStore
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_store(request: Request) -> PlanStore:
+    return request.app.state.store
+
+
+async def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[PlanStore, Depends(get_store)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+async def today(settings: SettingsDep) -> date:
+    """The date in the service's time zone: effective dates are local, not UTC."""
+    return datetime.now(ZoneInfo(settings.timezone)).date()
+
+
+Today = Annotated[date, Depends(today)]
+
+
+async def plan_or_404(store: StoreDep, plan_id: str) -> PlanRecord:
+    """The stored plan named in the path, or a 404 that says how to find one."""
+    record = store.get_plan(plan_id)
+    if record is None:
+        raise ProblemError(404, f"no plan {plan_id!r}; GET /plans lists the stored plans",
+                           kind="not-found", title="Plan not found")
+    return record
+
+
+PlanDep = Annotated[PlanRecord, Depends(plan_or_404)]

@@ -1,0 +1,275 @@
+"""Customer assignment (用户归属): which sub-grid, main grid and branch own a point.
+
+On a named plan (``/plans/{id}/assign``) or on the plan in force in a service area on a day
+(``/assign?as_of=``): one point (GET), a JSON array of points (POST), or a CSV/Parquet file
+(POST ``…/assign/file``), answered in the format it came in.
+
+A single point with unusable coordinates (NaN, out of range, not convertible) is a 422. In a
+batch, such a row comes back with ``status`` ``invalid`` and its ``reason``, like the
+library's nightly batch: one bad row must not lose the other 99 999. NaN and Infinity are
+not JSON, so a JSON batch holding them is refused whole (422).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+from starlette.background import BackgroundTask
+
+from api.assignment import Indexes, LockedIndex
+from api.auth import Operator
+from api.deps import PlanDep, SettingsDep, StoreDep, Today
+from api.problems import ProblemError, field_problem, too_large, unsupported_file
+from api.routes.plans import ERRORS
+from api.schemas import (
+    BatchAssignment,
+    PlanRef,
+    PointIn,
+    SingleAssignment,
+)
+from api.settings import Settings
+from api.store import PlanRecord, PlanStore
+from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
+from territory.crs import normalize_crs
+from territory.errors import InvalidInputError
+
+router = APIRouter(tags=["assign"])
+
+#: Rows per engine call of a file: the index lock is released between chunks.
+FILE_CHUNK = 50_000
+MEDIA = {".csv": "text/csv; charset=utf-8", ".parquet": "application/vnd.apache.parquet"}
+_SUFFIX_OF_TYPE = {"text/csv": ".csv", "application/vnd.apache.parquet": ".parquet",
+                   "application/x-parquet": ".parquet", "application/parquet": ".parquet"}
+_SUFFIXES = {".csv": ".csv", ".txt": ".csv", ".parquet": ".parquet", ".pq": ".parquet"}
+
+
+async def get_indexes(request: Request) -> Indexes:
+    return request.app.state.indexes
+
+
+IndexesDep = Annotated[Indexes, Depends(get_indexes)]
+
+
+async def crs_param(
+    crs: Annotated[str, Query(description="wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>")]
+    = "wgs84",
+) -> str:
+    """The coordinate system, checked up front so a typo names the parameter."""
+    try:
+        return normalize_crs(crs)
+    except InvalidInputError as exc:
+        raise field_problem("query.crs", str(exc),
+                            "use wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>") from None
+
+
+Crs = Annotated[str, Depends(crs_param)]
+Lng = Annotated[float, Query(allow_inf_nan=False,
+                             description="Longitude (or easting in a projected crs)")]
+Lat = Annotated[float, Query(allow_inf_nan=False,
+                             description="Latitude (or northing in a projected crs)")]
+AsOf = Annotated[date | None, Query(description="The day whose plan answers (default today, "
+                                                "in the service's time zone)")]
+Area = Annotated[str | None, Query(description="Service area; needed only when several "
+                                               "have a plan in force")]
+
+
+def _ref(plan: PlanRecord) -> PlanRef:
+    return PlanRef(plan_id=plan.plan_id, service_area=plan.service_area, version=plan.version)
+
+
+def _effective(store: PlanStore, service_area: str | None, on: date) -> PlanRef:
+    """The plan in force on ``on``: 404 when none is, 422 when the area is ambiguous."""
+    windows = store.in_force(on, service_area)
+    if not windows:
+        where = f"in service area {service_area!r}" if service_area else "in any service area"
+        raise ProblemError(404, f"no plan is in force {where} on {on}; activate one with "
+                                "POST /plans/{id}/activate", kind="no-plan-in-force",
+                           title="No plan in force")
+    if len(windows) > 1:
+        areas = [w.service_area for w in windows]
+        message = f"{len(areas)} service areas have a plan in force on {on}: {areas}"
+        raise field_problem("query.service_area", message, f"name one of {areas}")
+    w = windows[0]
+    return PlanRef(plan_id=w.plan_id, service_area=w.service_area, version=w.version,
+                   effective_from=w.effective_from, effective_to=w.effective_to)
+
+
+def _value(v: Any) -> Any:
+    """A numpy scalar as JSON: NaN distance → null."""
+    if isinstance(v, float | np.floating):
+        return None if np.isnan(v) else float(v)
+    return v
+
+
+def _single(index: LockedIndex, ref: PlanRef, lng: float, lat: float,
+            crs: str) -> SingleAssignment:
+    result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
+    row = {c: _value(getattr(result, c)[0]) for c in OUTPUT_COLUMNS}
+    if row["status"] == "invalid":
+        name = str(row["reason"]).split(" ", 1)[0]
+        field = f"query.{name}" if name in ("lng", "lat") else "query"
+        raise field_problem(field, row["reason"], "give lng in [-180, 180] and lat in "
+                            "[-90, 90] for a geographic crs, or the crs the coordinates are "
+                            "really in", kind="invalid-coordinates",
+                            title="Invalid coordinates")
+    return SingleAssignment(**row, plan=ref)
+
+
+def _batch(index: LockedIndex, ref: PlanRef, points: list[PointIn], crs: str,
+           settings: Settings) -> Response:
+    """The batch's rows as JSON, serialised by pandas: 100 000 pydantic models would take
+    longer to build than the assignment itself."""
+    if len(points) > settings.max_batch_points:
+        raise too_large(f"{len(points)} points; at most {settings.max_batch_points} per batch",
+                        "body", f"send at most {settings.max_batch_points} points per request, "
+                                "or upload a file to /assign/file")
+    nan = float("nan")
+    lng = np.fromiter((nan if p.lng is None else p.lng for p in points), float, len(points))
+    lat = np.fromiter((nan if p.lat is None else p.lat for p in points), float, len(points))
+    result: Assignment = assign(index, lng, lat, crs=crs)
+    frame = result.frame()
+    frame.insert(0, "id", [p.id for p in points])
+    counts = dict(zip(STATUSES, np.bincount(result.code, minlength=len(STATUSES)).tolist(),
+                      strict=True))
+    head = json.dumps({"plan": ref.model_dump(mode="json"), "count": len(points),
+                       "counts": counts}, ensure_ascii=False)
+    rows = frame.to_json(orient="records", force_ascii=False) if len(frame) else "[]"
+    return Response(f'{head[:-1]}, "data": {rows}}}', media_type="application/json")
+
+
+def _file_suffix(upload: UploadFile) -> str:
+    suffix = _SUFFIXES.get(Path(upload.filename or "").suffix.lower())
+    suffix = suffix or _SUFFIX_OF_TYPE.get((upload.content_type or "").split(";")[0])
+    if suffix is None:
+        message = (f"file {upload.filename!r} ({upload.content_type}) is neither CSV nor "
+                   "Parquet")
+        raise unsupported_file("file", message, "upload a .csv or .parquet file")
+    return suffix
+
+
+def _readable(path: Path, suffix: str) -> None:
+    """400 for a file that is not what it says it is, before any work is done on it."""
+    try:
+        if suffix == ".parquet":
+            pq.ParquetFile(path).close()
+        else:
+            pd.read_csv(path, nrows=1, dtype=str, encoding="utf-8-sig")
+    except (ValueError, OSError, pa.ArrowException) as exc:
+        message = f"the upload cannot be read as {suffix[1:].upper()} ({exc})"
+        raise field_problem("file", message, "send a complete, well-formed UTF-8 CSV or "
+                            "Parquet file", status=400, kind="malformed-file",
+                            title="Malformed file") from None
+
+
+def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: Columns,
+          store: PlanStore, settings: Settings) -> FileResponse:
+    """Assign an uploaded CSV or Parquet file; answer a file of the same format."""
+    suffix = _file_suffix(upload)
+    folder = store.scratch_dir()
+    try:
+        src, dst = folder / f"input{suffix}", folder / f"output{suffix}"
+        with open(src, "wb") as out:
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        _readable(src, suffix)
+
+        def limit(done: int, total: int | None) -> None:
+            if max(done, total or 0) > settings.max_batch_points:
+                raise too_large(f"the file has more than {settings.max_batch_points} rows",
+                                "file", f"split it into files of at most "
+                                        f"{settings.max_batch_points} rows")
+
+        counts = assign_file(index, src, dst, columns=columns, chunk_size=FILE_CHUNK,
+                             progress=limit)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    stem = Path(upload.filename or "points").stem
+    return FileResponse(
+        dst, media_type=MEDIA[suffix], filename=f"{stem}.assigned{suffix}",
+        headers={"X-Plan-Id": ref.plan_id, "X-Plan-Version": str(ref.version),
+                 "X-Assign-Counts": json.dumps(counts)},
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+    )
+
+
+def file_columns(
+    crs: Crs,
+    lng_column: Annotated[str, Query(description="Longitude / easting column")] = "lng",
+    lat_column: Annotated[str, Query(description="Latitude / northing column")] = "lat",
+    crs_column: Annotated[str | None, Query(description="Column naming each row's crs "
+                                                        "(blank: `crs`)")] = None,
+) -> Columns:
+    return Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column)
+
+
+FileColumns = Annotated[Columns, Depends(file_columns)]
+Upload = Annotated[UploadFile, File(description="CSV or Parquet with coordinate columns")]
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {m: {} for m in MEDIA.values()},
+          "description": "The input rows with sub_grid_id, main_grid_id, branch_id, status, "
+                         "nearest_grid_id, distance_m, reason added"},
+    **ERRORS,
+}
+
+
+# -- on a named plan -----------------------------------------------------------------------
+@router.get("/plans/{plan_id}/assign", response_model=SingleAssignment, responses=ERRORS,
+            summary="Assign one point on this plan")
+async def assign_one_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
+                             lng: Lng, lat: Lat, crs: Crs) -> SingleAssignment:
+    return _single(await indexes.get(plan.plan_id), _ref(plan), lng, lat, crs)
+
+
+@router.post("/plans/{plan_id}/assign", response_model=BatchAssignment, responses=ERRORS,
+             summary="Assign a JSON array of points on this plan")
+def assign_many_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
+                        settings: SettingsDep, points: list[PointIn], crs: Crs) -> Response:
+    """One row per point, in order, each with a status; ``id`` is echoed back."""
+    return _batch(indexes.load(plan.plan_id), _ref(plan), points, crs, settings)
+
+
+@router.post("/plans/{plan_id}/assign/file", response_class=FileResponse,
+             responses=FILE_RESPONSES, summary="Assign a CSV or Parquet file on this plan")
+def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep, store: StoreDep,
+                        settings: SettingsDep, file: Upload, columns: FileColumns
+                        ) -> FileResponse:
+    return _file(indexes.load(plan.plan_id), _ref(plan), file, columns, store, settings)
+
+
+# -- on the plan in force ------------------------------------------------------------------
+@router.get("/assign", response_model=SingleAssignment, responses=ERRORS,
+            summary="Assign one point on the plan in force on a day")
+async def assign_one(user: Operator, store: StoreDep, indexes: IndexesDep, on: Today,
+                     lng: Lng, lat: Lat, crs: Crs, as_of: AsOf = None,
+                     service_area: Area = None) -> SingleAssignment:
+    ref = _effective(store, service_area, as_of or on)
+    return _single(await indexes.get(ref.plan_id), ref, lng, lat, crs)
+
+
+@router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
+             summary="Assign a JSON array of points on the plan in force on a day")
+def assign_many(user: Operator, store: StoreDep, indexes: IndexesDep, settings: SettingsDep,
+                on: Today, points: list[PointIn], crs: Crs, as_of: AsOf = None,
+                service_area: Area = None) -> Response:
+    ref = _effective(store, service_area, as_of or on)
+    return _batch(indexes.load(ref.plan_id), ref, points, crs, settings)
+
+
+@router.post("/assign/file", response_class=FileResponse, responses=FILE_RESPONSES,
+             summary="Assign a CSV or Parquet file on the plan in force on a day")
+def assign_file_effective(user: Operator, store: StoreDep, indexes: IndexesDep,
+                          settings: SettingsDep, on: Today, file: Upload,
+                          columns: FileColumns, as_of: AsOf = None,
+                          service_area: Area = None) -> FileResponse:
+    ref = _effective(store, service_area, as_of or on)
+    return _file(indexes.load(ref.plan_id), ref, file, columns, store, settings)

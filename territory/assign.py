@@ -1,0 +1,406 @@
+"""Customer assignment (用户归属): every customer to exactly one sub-grid, main grid, branch.
+
+Operations attach customers to grids in batch every night and one by one at the counter; the
+answer must never drop a row and never force one. So every input row comes out, in input
+order, with a ``status``:
+
+* ``ok`` — inside a unit: ``sub_grid_id``, ``main_grid_id``, ``branch_id`` are set;
+* ``outside`` — outside the service area: ``nearest_grid_id`` and ``distance_m`` (metres);
+* ``invalid`` — coordinates missing, not numbers, out of range or not convertible;
+* ``not_geocoded`` — no coordinates and the address could not be placed;
+
+and ``reason`` says why for the last two. A point on a boundary has one owner, always the
+same one: the lowest ``unit_id`` among the units covering it, the rule the plan's own
+aggregation uses (see :mod:`territory.assign_index`).
+
+Coordinates may come in WGS84, CGCS2000, GCJ-02, BD-09 or any EPSG CRS (one ``crs`` for all
+rows, or a column naming each row's), and are converted with :mod:`territory.crs`. Rows
+without coordinates may carry an address for a :class:`territory.geocode.Geocoder`.
+
+Files (CSV or Parquet, by suffix) are streamed in chunks, so a file larger than memory
+works; the output is written to a temporary file and renamed at the end (atomic). The library
+reports progress through an optional callback and never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from territory.assign_index import AssignmentIndex, index_path
+from territory.crs import normalize_crs, to_wgs84
+from territory.errors import InvalidInputError
+from territory.geocode import Geocoder
+from territory.plan import Plan
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "outside", "invalid", "not_geocoded")
+# status codes while a batch is worked on (strings only at the end)
+_UNSET, _OK, _OUTSIDE, _INVALID, _NOT_GEOCODED = -1, 0, 1, 2, 3
+_STATUS_NAMES = np.array(STATUSES, dtype=object)
+#: Columns added to every input row, in this order.
+OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
+                  "distance_m", "reason")
+_STRING_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
+                   "reason")
+_GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
+FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+Progress = Callable[[int, int | None], None]
+
+
+def open_index(plan_path: str | Path, *, rebuild: bool = False) -> AssignmentIndex:
+    """The index of a saved plan: read from ``<plan>.index.npz``, or built and saved there
+    when absent (or when ``rebuild``). A sidecar built for another plan is refused."""
+    plan = Plan.load(plan_path)
+    path = index_path(plan_path)
+    if path.exists() and not rebuild:
+        return AssignmentIndex.load(path, plan)
+    index = AssignmentIndex.build(plan)
+    index.save(path)
+    log.info("assignment index of %s written to %s", plan_path, path)
+    return index
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Arrays of one batch, one entry per input row (positions, not labels)."""
+
+    index: AssignmentIndex
+    unit: np.ndarray  # int64 position in plan.units, -1 unless ok
+    code: np.ndarray  # int8: position of the status in STATUSES
+    nearest_unit: np.ndarray  # int64, -1 unless outside
+    distance_m: np.ndarray  # float64: 0 when ok, metres when outside, NaN otherwise
+    reason: np.ndarray  # object: None unless invalid or not_geocoded
+
+    def _ids(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return np.append(ids, None)[pos]  # position -1 picks the trailing None
+
+    @property
+    def sub_grid_id(self) -> np.ndarray:
+        return self._ids(self.index.sub_grid_ids, self.unit)
+
+    @property
+    def main_grid_id(self) -> np.ndarray:
+        return self._ids(self.index.main_grid_ids, self.unit)
+
+    @property
+    def branch_id(self) -> np.ndarray:
+        return self._ids(self.index.branch_ids, self.unit)
+
+    @property
+    def status(self) -> np.ndarray:
+        return _STATUS_NAMES[self.code]
+
+    @property
+    def nearest_grid_id(self) -> np.ndarray:
+        return self._ids(self.index.sub_grid_ids, self.nearest_unit)
+
+    def frame(self, index: pd.Index | None = None) -> pd.DataFrame:
+        """The :data:`OUTPUT_COLUMNS` as a DataFrame (``index`` defaults to a RangeIndex)."""
+        return pd.DataFrame({
+            "sub_grid_id": self.sub_grid_id, "main_grid_id": self.main_grid_id,
+            "branch_id": self.branch_id, "status": self.status,
+            "nearest_grid_id": self.nearest_grid_id, "distance_m": self.distance_m,
+            "reason": self.reason,
+        }, index=index)
+
+
+def _assign_wgs84(index: AssignmentIndex, x: np.ndarray, y: np.ndarray, status: np.ndarray,
+                  reason: np.ndarray) -> Assignment:
+    """Assign rows whose status is still unset from WGS84 ``x``/``y``."""
+    todo = np.flatnonzero(status == _UNSET)
+    unit = np.full(len(x), -1, dtype=np.int64)
+    nearest = np.full(len(x), -1, dtype=np.int64)
+    dist = np.full(len(x), np.nan)
+    tx, ty = (x, y) if len(todo) == len(x) else (x[todo], y[todo])  # no copy when all are
+    found = index.locate(tx, ty)
+    out = np.flatnonzero(found < 0)
+    inside = todo[found >= 0]
+    unit[inside] = found[found >= 0]
+    status[inside] = _OK
+    dist[inside] = 0.0
+    if len(out):
+        rows = todo[out]
+        nearest[rows], dist[rows] = index.nearest(tx[out], ty[out])
+        status[rows] = _OUTSIDE
+    return Assignment(index, unit, status, nearest, dist, reason)
+
+
+def assign(index: AssignmentIndex, lng: np.ndarray, lat: np.ndarray, *, crs: str = "wgs84"
+           ) -> Assignment:
+    """Assign coordinate arrays (any system :func:`territory.crs.normalize_crs` accepts).
+
+    Non-finite or out-of-range coordinates are ``invalid`` (with the reason); nothing raises
+    per row. Returns arrays aligned with the input.
+    """
+    x = np.asarray(lng, dtype=np.float64)
+    y = np.asarray(lat, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InvalidInputError(f"lng and lat must be 1-d arrays of one length, got shapes "
+                                f"{x.shape} and {y.shape}")
+    status = np.full(len(x), _UNSET, dtype=np.int8)
+    reason = np.full(len(x), None, dtype=object)
+    x, y = _to_wgs84_checked(x, y, normalize_crs(crs), np.arange(len(x)), status, reason)
+    return _assign_wgs84(index, x, y, status, reason)
+
+
+def _to_wgs84_checked(x: np.ndarray, y: np.ndarray, crs: str, rows: np.ndarray,
+                      status: np.ndarray, reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Convert ``rows`` of x/y from ``crs``; flag the ones that cannot be used as invalid."""
+    geographic = crs in _GEOGRAPHIC
+    for vals, name, limit in ((x[rows], "lng", 180), (y[rows], "lat", 90)):
+        bad = ~(np.isfinite(vals) & ((np.abs(vals) <= limit) | (not geographic)))
+        for r, v in zip(rows[bad], vals[bad], strict=True):
+            if status[r] == _UNSET:
+                status[r] = _INVALID
+                reason[r] = (f"{name} is missing or not a number" if not np.isfinite(v) else
+                             f"{name} {float(v)!r} is out of range [-{limit}, {limit}]")
+    if crs in ("wgs84", "cgcs2000") and len(rows) == len(x):
+        return x, y
+    x, y = x.copy(), y.copy()
+    x[rows], y[rows] = to_wgs84(x[rows], y[rows], crs)
+    failed = rows[~(np.isfinite(x[rows]) & np.isfinite(y[rows]))]
+    for r in failed:
+        if status[r] == _UNSET:
+            status[r] = _INVALID
+            reason[r] = f"coordinates cannot be converted from {crs} to WGS84"
+    return x, y
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold what (the names a caller or the CLI gives)."""
+
+    lng: str = "lng"
+    lat: str = "lat"
+    crs: str = "wgs84"
+    crs_column: str | None = None
+    address_column: str | None = None
+
+    def __post_init__(self) -> None:
+        normalize_crs(self.crs)  # an unknown system fails before any row is read
+
+
+def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
+    clash = [c for c in OUTPUT_COLUMNS if c in df.columns]
+    if clash:
+        raise InvalidInputError(
+            f"input already has column(s) {clash} that assignment adds; rename them first"
+        )
+    need = [c for c in (cols.crs_column, cols.address_column) if c]
+    if cols.address_column is None:
+        need += [cols.lng, cols.lat]
+    elif geocoder is None:
+        raise InvalidInputError(
+            f"address column {cols.address_column!r} needs a geocoder: give a gazetteer "
+            "(--gazetteer FILE) or configure a geocoding service"
+        )
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise InvalidInputError(
+            f"input has no column(s) {missing}; name them with --lng-column/--lat-column/"
+            f"--crs-column/--address-column (columns found: {list(df.columns)[:20]})"
+        )
+    if cols.address_column is not None and (cols.lng in df.columns) != (cols.lat in df.columns):
+        raise InvalidInputError(
+            f"input has only one of the coordinate columns {cols.lng!r}, {cols.lat!r}; "
+            "give both or neither"
+        )
+
+
+def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Floats (NaN where missing or not a number) and the mask of non-blank entries."""
+    num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan,
+                                                          copy=True)
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        present = values.notna().to_numpy(dtype=bool)
+    else:
+        present = values.astype("string").str.strip().fillna("").ne("").to_numpy(dtype=bool)
+    return num, present
+
+
+def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns = Columns(),
+                 geocoder: Geocoder | None = None) -> pd.DataFrame:
+    """``df`` with :data:`OUTPUT_COLUMNS` added: same rows, same order, same index.
+
+    Coordinates are read from ``columns.lng``/``columns.lat`` in ``columns.crs``, or per row
+    in the system named by ``columns.crs_column`` (blank: ``columns.crs``). Rows without
+    coordinates are geocoded from ``columns.address_column`` when one is given.
+    """
+    _check_columns(df, columns, geocoder)
+    n = len(df)
+    status = np.full(n, _UNSET, dtype=np.int8)
+    reason = np.full(n, None, dtype=object)
+    if columns.lng in df.columns:
+        x, has_x = _numbers(df[columns.lng])
+        y, has_y = _numbers(df[columns.lat])
+    else:
+        x, y = np.full(n, np.nan), np.full(n, np.nan)
+        has_x = has_y = np.zeros(n, dtype=bool)
+    for name, has, val in ((columns.lng, has_x, x), (columns.lat, has_y, y)):
+        bad = np.flatnonzero(has & np.isnan(val))
+        status[bad] = _INVALID
+        for r in bad:
+            if reason[r] is None:
+                reason[r] = f"{name} {df[name].iloc[r]!r} is not a number"
+    geocoded = np.zeros(n, dtype=bool)
+    if columns.address_column is not None:
+        geocoded = ~has_x & ~has_y & (status == _UNSET)
+        rows = np.flatnonzero(geocoded)
+        if len(rows):
+            res = geocoder.geocode(df[columns.address_column].iloc[rows].tolist())
+            x[rows], y[rows] = res.lng, res.lat
+            miss = rows[~np.isfinite(res.lng)]
+            status[miss] = _NOT_GEOCODED
+            reason[miss] = res.reason[~np.isfinite(res.lng)]
+    half = (has_x != has_y) & (status == _UNSET)
+    status[half] = _INVALID
+    reason[half] = f"only one of {columns.lng}/{columns.lat} is given"
+    # geocoders answer in WGS84; given coordinates are in the row's system
+    crs = _row_crs(df, columns, status, reason, geocoded)
+    crs[geocoded] = "wgs84"
+    if columns.address_column is None:
+        missing = ~has_x & ~has_y & (status == _UNSET)
+        status[missing] = _INVALID
+        reason[missing] = f"{columns.lng}/{columns.lat} missing"
+    for name in pd.unique(crs[status == _UNSET]):
+        rows = np.flatnonzero((crs == name) & (status == _UNSET))
+        x, y = _to_wgs84_checked(x, y, name, rows, status, reason)
+    result = _assign_wgs84(index, x, y, status, reason).frame(index=df.index)
+    return pd.concat([df, result], axis=1)
+
+
+def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.ndarray,
+             geocoded: np.ndarray) -> np.ndarray:
+    """Canonical CRS name per row; rows naming an unknown system become invalid (unless
+    their coordinates came from the geocoder, which answers in WGS84)."""
+    default = normalize_crs(columns.crs)
+    if columns.crs_column is None:
+        return np.full(len(df), default, dtype=object)
+    raw = df[columns.crs_column].astype(object).where(df[columns.crs_column].notna(), "")
+    raw = raw.map(lambda v: str(v).strip()).to_numpy(dtype=object)
+    out = np.full(len(df), default, dtype=object)
+    for name in pd.unique(raw):
+        rows = raw == name
+        if not name:
+            continue
+        try:
+            out[rows] = normalize_crs(name)
+        except InvalidInputError as exc:
+            sel = rows & (status == _UNSET) & ~geocoded
+            status[sel] = _INVALID
+            reason[sel] = f"{columns.crs_column}: {exc}"
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Files
+# -------------------------------------------------------------------------------------------
+
+
+def _format(path: Path, what: str) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(
+            f"{what} {path}: unknown file type {path.suffix!r}; use .csv or .parquet"
+        )
+    return fmt
+
+
+def _read_chunks(path: Path, chunk_size: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+    """Chunks of the input and the row count when the format knows it up front. CSV values
+    are kept as text, so every column comes out exactly as it went in."""
+    if _format(path, "input") == "csv":
+        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
+                             encoding="utf-8-sig")
+        return iter(reader), None
+    pf = pq.ParquetFile(path)
+    batches = pf.iter_batches(batch_size=chunk_size)
+    return (b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), pf.metadata.num_rows
+
+
+class _Writer:
+    """Appends chunks to a CSV or a Parquet file (schema fixed by the first chunk)."""
+
+    def __init__(self, path: str, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self._pq: pq.ParquetWriter | None = None
+        self._first = True
+
+    def write(self, df: pd.DataFrame) -> None:
+        if self.fmt == "csv":
+            df.to_csv(self.path, mode="w" if self._first else "a", header=self._first,
+                      index=False)
+        else:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            fields = [pa.field(c, pa.string()) if c in _STRING_COLUMNS
+                      else pa.field(c, pa.float64()) if c == "distance_m"
+                      else table.schema.field(c) for c in table.column_names]
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(self.path, pa.schema(fields))
+            self._pq.write_table(table.cast(self._pq.schema))
+        self._first = False
+
+    def close(self) -> None:
+        if self._pq is not None:
+            self._pq.close()
+        elif self._first and self.fmt == "parquet":
+            raise InvalidInputError("input has no rows and no schema to write")
+
+
+def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
+                columns: Columns = Columns(), geocoder: Geocoder | None = None,
+                chunk_size: int = 200_000, progress: Progress | None = None
+                ) -> dict[str, int]:
+    """Stream ``src`` (CSV or Parquet) through :func:`assign_frame` into ``dst``.
+
+    Every row and column of the input comes out, in order, with :data:`OUTPUT_COLUMNS`
+    added; ``dst`` appears only once complete. ``progress(rows_done, total_or_None)`` is
+    called after each chunk. Returns the number of rows per status.
+    """
+    src, dst = Path(src), Path(dst)
+    if chunk_size < 1:
+        raise InvalidInputError(f"chunk_size={chunk_size}: give a positive number of rows")
+    if not src.exists():
+        raise InvalidInputError(f"input {src}: no such file")
+    out_fmt = _format(dst, "output")
+    counts = dict.fromkeys(STATUSES, 0)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    writer = _Writer(tmp, out_fmt)
+    done = 0
+    try:
+        try:
+            chunks, total = _read_chunks(src, chunk_size)
+            for chunk in chunks:
+                out = assign_frame(index, chunk, columns=columns, geocoder=geocoder)
+                writer.write(out)
+                for k, v in out["status"].value_counts().items():
+                    counts[k] += int(v)
+                done += len(out)
+                if progress is not None:
+                    progress(done, total)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException,
+                UnicodeDecodeError) as exc:
+            raise InvalidInputError(
+                f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
+                f"({exc}); check the file is complete and well formed"
+            ) from None
+        writer.close()
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return counts

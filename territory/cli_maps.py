@@ -1,0 +1,132 @@
+"""``territory map`` and ``territory export``: maps and files of a saved plan.
+
+Registered on the main app in :mod:`territory.cli`. The helpers of that module are imported
+inside the commands because it imports this one while it is being loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+#: Point tables ``--data`` looks for, as ``<name>.csv`` or ``<name>.parquet``.
+TABLE_NAMES = ("communities", "stores", "key_accounts", "customers")
+
+
+def read_tables(data: Path | None, points_crs: str = "wgs84") -> dict[str, pd.DataFrame]:
+    """The point tables found in folder ``data`` (the demo's ``synthetic/``), coordinates
+    converted to WGS84 from ``points_crs``."""
+    from territory.errors import InvalidInputError
+    from territory.pipeline import read_points
+
+    if data is None:
+        return {}
+    if not data.is_dir():
+        raise InvalidInputError(f"--data {data}: not a folder (give the folder holding "
+                                f"{', '.join(f'{n}.csv' for n in TABLE_NAMES)})")
+    tables = {}
+    for name in TABLE_NAMES:
+        for ext in (".csv", ".parquet"):
+            path = data / f"{name}{ext}"
+            if path.exists():
+                tables[name] = read_points(path, crs=points_crs, name=name)
+                break
+    return tables
+
+
+def _written(paths: list[Path], title: str) -> None:
+    from territory.cli import _table, console
+
+    rows = pd.DataFrame({"file": [str(p) for p in paths],
+                         "size": [f"{p.stat().st_size / 1e6:.2f} MB" for p in paths]})
+    console.print(_table(rows, title))
+
+
+def map_command(
+    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    grid: Annotated[str | None, typer.Option(help="A grid id: write its field map and "
+                                                  "printable map instead of the city's")]
+    = None,
+    measure: Annotated[str | None, typer.Option(help="Choropleth measure, e.g. "
+                                                     "dev_subscribers, penetration, staff "
+                                                     "(default: deviation of the first "
+                                                     "balanced measure)")] = None,
+    level: Annotated[str, typer.Option(help="Level of the choropleth")] = "main_grid",
+    scheme: Annotated[str, typer.Option(help="Quantiles, NaturalBreaks or EqualInterval")]
+    = "Quantiles",
+    data: Annotated[Path | None, typer.Option(help="Folder of communities/stores/"
+                                                   "key_accounts/customers CSV files")] = None,
+    points_crs: Annotated[str, typer.Option(help="CRS of the --data points")] = "wgs84",
+    paper: Annotated[str | None, typer.Option(help="A4 or A3 (default A3 for the city, A4 "
+                                                   "for a grid)")] = None,
+    online_tiles: Annotated[bool, typer.Option(help="Offer an online base map layer (off "
+                                                    "until ticked)")] = True,
+) -> None:
+    """Offline HTML maps and printable PNG/PDF maps of a plan: the city (overview and
+    choropleth) or, with --grid, one grid's field map."""
+    from territory.cli import _errors, console
+    from territory.errors import InvalidInputError
+    from territory.mapdata import PlanLayers
+    from territory.maps import choropleth_map, field_map, overview_map
+    from territory.offline import save_map
+    from territory.plan import Plan
+    from territory.printmaps import print_city, print_grid
+
+    with _errors():
+        if grid is not None and measure is not None:
+            raise InvalidInputError("--measure colours the city maps; drop it with --grid")
+        tables = read_tables(data, points_crs)
+        with console.status("loading the plan and measuring its grids"):
+            layers = PlanLayers(Plan.load(plan))
+        if grid is None:
+            with console.status("drawing the city maps"):
+                written = [
+                    save_map(overview_map(layers, tables, online_tiles=online_tiles),
+                             out / "overview.html"),
+                    save_map(choropleth_map(layers, measure, level=level, scheme=scheme,
+                                            tables=tables, online_tiles=online_tiles),
+                             out / "choropleth.html"),
+                    *print_city(layers, out / "city", tables, paper=paper or "A3"),
+                ]
+        else:
+            with console.status(f"drawing grid {grid}"):
+                written = [
+                    save_map(field_map(layers, grid, tables, online_tiles=online_tiles),
+                             out / f"{grid}.html"),
+                    *print_grid(layers, grid, out / grid, tables, paper=paper or "A4"),
+                ]
+        _written(written, f"maps of plan {layers.plan.plan_id} → {out}")
+
+
+def export(
+    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    format: Annotated[str, typer.Option("--format", help="geojson, gpkg, kml or csv")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    level: Annotated[list[str] | None, typer.Option(help="branch, main_grid or sub_grid "
+                                                         "(repeat; default all)")] = None,
+    crs: Annotated[str, typer.Option(help="wgs84, or gcj02 for Chinese web maps (GeoJSON "
+                                          "only)")] = "wgs84",
+    customers: Annotated[Path | None, typer.Option(help="Customer table (CSV/Parquet) to "
+                                                        "assign to grids (csv format)")]
+    = None,
+    points_crs: Annotated[str, typer.Option(help="CRS of the customer coordinates")]
+    = "wgs84",
+) -> None:
+    """Write a plan's grids as GeoJSON, GeoPackage, KML or CSV (unit → grid, customer →
+    grid), level by level."""
+    from territory.cli import _errors, console
+    from territory.exports import export_plan
+    from territory.pipeline import read_points
+    from territory.plan import Plan
+
+    with _errors():
+        table = (read_points(customers, crs=points_crs, name="customers")
+                 if customers is not None else None)
+        with console.status(f"exporting {format}"):
+            written = export_plan(Plan.load(plan), format, out, levels=level, crs=crs,
+                                  customers=table)
+        _written(written, f"{format} → {out}")

@@ -1,0 +1,174 @@
+"""Exports of a plan for other tools: GeoJSON, GeoPackage, KML and CSV, level by level.
+
+* **GeoJSON** for web maps, in WGS84 (RFC 7946) or, for Chinese web maps (AMap, Tencent)
+  that draw in GCJ-02, converted with :mod:`territory.crs`; the file name then says so
+  (``main_grids.gcj02.geojson``) because GCJ-02 has no code a reader could check.
+* **GeoPackage** for GIS: one file, a layer per level.
+* **KML** for the phone map apps field teams use: one file per level, each grid a
+  placemark named by its id, coloured as on the maps (neighbours differ), with its key
+  figures as the description.
+* **CSV** for BOSS/CRM: ``units.csv`` (unit -> sub-grid, main grid, branch), one KPI table
+  per level, and ``customers.csv`` (each customer with its unit and grids) when a customer
+  table is given.
+
+Every property carries the grid's KPIs (:func:`territory.mapdata.grid_kpis`). Every file is
+written to a temporary file in the target folder and renamed into place, so a reader never
+sees half an export and a failed export leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pyogrio
+
+from territory.crs import normalize_crs, transform_geometries
+from territory.errors import InvalidInputError
+from territory.mapdata import PlanLayers, key_figures, place_points
+from territory.plan import LAYER, LEVELS, Plan
+
+FORMATS = ("geojson", "gpkg", "kml", "csv")
+#: Decimal places of GeoJSON coordinates: 1e-7 degrees is about 1 cm.
+GEOJSON_PRECISION = 7
+#: Boundary width in KML per level (pixels), as on the interactive maps.
+KML_WIDTH = {"branch": 4, "main_grid": 2, "sub_grid": 1}
+#: Fill opacity of KML grids (hex alpha): a phone's base map stays readable underneath.
+KML_FILL_ALPHA = "80"
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it when the block succeeds. It keeps
+    the extension: GDAL picks behaviour by it (LIBKML writes a folder for a name without
+    ``.kml``, GPKG warns)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    os.unlink(tmp)  # GDAL drivers refuse to open an existing empty file
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _levels(levels: Sequence[str] | None) -> list[str]:
+    chosen = list(levels) if levels else list(LEVELS)
+    bad = [lv for lv in chosen if lv not in LEVELS]
+    if bad:
+        raise InvalidInputError(f"levels {bad}: choose from {list(LEVELS)}")
+    return chosen
+
+
+def _export_table(layers: PlanLayers, level: str) -> gpd.GeoDataFrame:
+    """A level's grids with their KPIs, ready for a file (plain column types)."""
+    table = layers.kpis(level)
+    table["contiguous"] = table["contiguous"].astype(bool)
+    return table
+
+
+def write_geojson(layers: PlanLayers, level: str, out_dir: Path, crs: str = "wgs84") -> Path:
+    """``<layer>.geojson`` (or ``<layer>.gcj02.geojson``) of one level."""
+    table = _export_table(layers, level)
+    suffix = ".geojson"
+    if crs == "gcj02":
+        table = table.set_geometry(transform_geometries(table.geometry, "wgs84", "gcj02"))
+        suffix = ".gcj02.geojson"
+    path = out_dir / f"{LAYER[level]}{suffix}"
+    with _atomic(path) as tmp:
+        pyogrio.write_dataframe(table, tmp, driver="GeoJSON", layer=LAYER[level],
+                                layer_options={"RFC7946": "YES",
+                                               "COORDINATE_PRECISION": GEOJSON_PRECISION})
+    return path
+
+
+def write_gpkg(layers: PlanLayers, levels: Sequence[str], out_dir: Path) -> Path:
+    """``grids.gpkg`` with a layer per level (``branches``, ``main_grids``, ``sub_grids``)."""
+    path = out_dir / "grids.gpkg"
+    with _atomic(path) as tmp:
+        for level in levels:
+            pyogrio.write_dataframe(_export_table(layers, level), tmp, driver="GPKG",
+                                    layer=LAYER[level])
+    return path
+
+
+def _kml_driver() -> str:
+    """LIBKML writes each placemark's fill colour from its style; the plain KML driver
+    (GDAL builds without libkml) keeps outlines only."""
+    return "LIBKML" if "LIBKML" in pyogrio.list_drivers(write=True) else "KML"
+
+
+def write_kml(layers: PlanLayers, level: str, out_dir: Path) -> Path:
+    """``<layer>.kml``: placemarks named by grid id, coloured as on the maps, with the key
+    figures as description."""
+    table = _export_table(layers, level)
+    figures = key_figures(table, level, layers.plan.measures)
+    table.insert(0, "Name", table["grid_id"])
+    table.insert(1, "Description", figures.apply(
+        lambda row: "\n".join(f"{k}: {v}" for k, v in row.items()), axis=1))
+    table["OGR_STYLE"] = [f"BRUSH(fc:{c}{KML_FILL_ALPHA});PEN(c:#222222,w:{KML_WIDTH[level]}px)"
+                          for c in table["colour"]]
+    path = out_dir / f"{LAYER[level]}.kml"
+    with _atomic(path) as tmp:
+        pyogrio.write_dataframe(table, tmp, driver=_kml_driver(), layer=LAYER[level])
+    return path
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    with _atomic(path) as tmp:
+        frame.to_csv(tmp, index=False, encoding="utf-8")
+    return path
+
+
+def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
+              customers: pd.DataFrame | None = None) -> list[Path]:
+    """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``."""
+    plan = layers.plan
+    ids = ["sub_grid_id", "main_grid_id", "branch_id"]
+    written = [_write_csv(plan.units[ids].reset_index(), out_dir / "units.csv")]
+    for level in levels:
+        table = pd.DataFrame(_export_table(layers, level).drop(columns="geometry"))
+        written.append(_write_csv(table, out_dir / f"{LAYER[level]}.csv"))
+    if customers is not None:
+        written.append(_write_csv(place_points(plan, customers), out_dir / "customers.csv"))
+    return written
+
+
+def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
+                levels: Sequence[str] | None = None, crs: str = "wgs84",
+                customers: pd.DataFrame | None = None) -> list[Path]:
+    """Write the plan's grids at ``levels`` (default all) in format ``fmt`` into ``out_dir``;
+    returns the files written.
+
+    ``crs`` is ``wgs84`` or, for GeoJSON only, ``gcj02``: GeoPackage and KML readers expect
+    WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) is used by the
+    CSV export.
+    """
+    if fmt not in FORMATS:
+        raise InvalidInputError(f"format {fmt!r}: choose one of {list(FORMATS)}")
+    crs = normalize_crs(crs)
+    if crs not in ("wgs84", "gcj02") or (crs == "gcj02" and fmt != "geojson"):
+        raise InvalidInputError(
+            f"crs {crs!r} with format {fmt!r}: GeoJSON can be wgs84 or gcj02, every other "
+            "format is written in wgs84"
+        )
+    if customers is not None and fmt != "csv":
+        raise InvalidInputError("a customer table is exported with --format csv")
+    layers = PlanLayers.of(plan)
+    chosen = _levels(levels)
+    out = Path(out_dir)
+    writers: dict[str, Callable[[], list[Path]]] = {
+        "geojson": lambda: [write_geojson(layers, lv, out, crs) for lv in chosen],
+        "gpkg": lambda: [write_gpkg(layers, chosen, out)],
+        "kml": lambda: [write_kml(layers, lv, out) for lv in chosen],
+        "csv": lambda: write_csv(layers, chosen, out, customers),
+    }
+    return writers[fmt]()

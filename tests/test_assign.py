@@ -1,0 +1,428 @@
+"""Customer assignment: exact ownership, statuses, CRS, streaming files, geocoding, CLI."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import namedtuple
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from territory.assign import (
+    OUTPUT_COLUMNS,
+    Columns,
+    assign,
+    assign_file,
+    assign_frame,
+    open_index,
+)
+from territory.assign_index import AssignmentIndex, index_path
+from territory.cli import app
+from territory.crs import from_wgs84, local_projected_crs
+from territory.errors import InvalidInputError
+from territory.geocode import Gazetteer, GeopyGeocoder, normalize_address
+from territory.plan import Plan
+from territory.units import locate_points
+
+
+@pytest.fixture(scope="session")
+def plan_file(tmp_path_factory) -> Path:
+    """A real plan, built once: Xiamen island (Siming, Huli), H3 resolution 7-9 clipped to
+    the districts, 3 main grids of 2 sub-grids."""
+    from territory.boundaries import load_city
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions, run
+    from territory.synth import generate_city
+
+    logging.getLogger("territory").setLevel(logging.ERROR)
+    areas = load_city("xiamen")
+    areas = areas[areas["adcode"].isin(["350203", "350206"])].reset_index(drop=True)
+    data = generate_city(areas, n_customers=5000, seed=1)
+    result = run(
+        Inputs(areas, "adcode", data.customers),
+        UnitOptions(resolution=9, target_per_unit=40, min_resolution=7),
+        HierarchySpec(measures={"subscribers": 0.5}, n_main=3, n_sub=2, time_limit_main=3,
+                      time_limit_sub=1, workers=1),
+    )
+    return result.plan.save(tmp_path_factory.mktemp("plan") / "plan.gpkg")
+
+
+@pytest.fixture(scope="session")
+def plan(plan_file) -> Plan:
+    return Plan.load(plan_file)
+
+
+@pytest.fixture(scope="session")
+def index(plan_file) -> AssignmentIndex:
+    return open_index(plan_file)
+
+
+@pytest.fixture(scope="session")
+def inside_points(plan) -> tuple[np.ndarray, np.ndarray]:
+    """One point well inside every unit (far from any boundary)."""
+    pts = shapely.point_on_surface(plan.units.geometry.values)
+    return shapely.get_x(pts), shapely.get_y(pts)
+
+
+def _edge_points(plan: Plan, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points at fraction t along every ring edge of every unit (t=0: the vertices)."""
+    rings = shapely.get_rings(shapely.get_parts(plan.units.geometry.values))
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    same = ring[1:] == ring[:-1]
+    a, b = xy[:-1][same], xy[1:][same]
+    p = a[:, None, :] + t[None, :, None] * (b - a)[:, None, :]
+    return p[..., 0].ravel(), p[..., 1].ravel()
+
+
+# -- ownership -------------------------------------------------------------------------------
+def test_every_vertex_and_edge_point_has_the_reference_owner(plan, index):
+    x, y = _edge_points(plan, np.array([0.0, 0.5, 1 / 3, 1e-9]))
+    assert len(x) > 10_000
+    np.testing.assert_array_equal(index.locate(x, y), locate_points(plan.units, x, y))
+
+
+def test_random_points_have_the_reference_owner(plan, index):
+    rng = np.random.default_rng(7)
+    b = plan.units.total_bounds
+    x = rng.uniform(b[0] - 0.003, b[2] + 0.003, 200_000)
+    y = rng.uniform(b[1] - 0.003, b[3] + 0.003, 200_000)
+    got = index.locate(x, y)
+    np.testing.assert_array_equal(got, locate_points(plan.units, x, y))
+    assert 0.2 < (got >= 0).mean() < 0.9  # both inside and outside points were exercised
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_one_owner_per_point_property(plan, index, data):
+    """Points on shared edges and vertices, near them, and anywhere: one owner, the same as
+    the aggregation's rule (lowest unit_id among the units covering the point)."""
+    geoms = plan.units.geometry.values
+    n = data.draw(st.integers(1, 40))
+    xs, ys = [], []
+    for _ in range(n):
+        kind = data.draw(st.sampled_from(["vertex", "edge", "near", "anywhere"]))
+        if kind == "anywhere":
+            b = plan.units.total_bounds
+            xs.append(data.draw(st.floats(b[0], b[2])))
+            ys.append(data.draw(st.floats(b[1], b[3])))
+            continue
+        ring = shapely.get_coordinates(
+            shapely.get_exterior_ring(geoms[data.draw(st.integers(0, len(geoms) - 1))]))
+        j = data.draw(st.integers(0, len(ring) - 2))
+        t = 0.0 if kind == "vertex" else data.draw(st.floats(0, 1))
+        p = ring[j] + t * (ring[j + 1] - ring[j])
+        if kind == "near":
+            p = p + np.array(data.draw(st.tuples(*[st.floats(-1e-7, 1e-7)] * 2)))
+        xs.append(p[0])
+        ys.append(p[1])
+    x, y = np.array(xs), np.array(ys)
+    got = index.locate(x, y)
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(got, locate_points(plan.units, x, y))
+
+
+# -- statuses and outside points -------------------------------------------------------------
+def test_statuses_reasons_and_order(plan, index, inside_points):
+    x0, y0 = inside_points[0][:3], inside_points[1][:3]
+    lng = np.r_[x0[0], np.nan, 200.0, 118.3, x0[1], 118.0, x0[2]]
+    lat = np.r_[y0[0], 24.5, 24.5, 95.0, y0[1], 24.0, y0[2]]
+    res = assign(index, lng, lat)
+    assert res.status.tolist() == ["ok", "invalid", "invalid", "invalid", "ok", "outside",
+                                   "ok"]
+    assert "lng is missing" in res.reason[1] and "out of range" in res.reason[2]
+    assert "lat 95.0 is out of range" in res.reason[3]
+    units = plan.units
+    assert res.sub_grid_id[[0, 4, 6]].tolist() == units["sub_grid_id"].iloc[:3].tolist()
+    assert res.main_grid_id[0] == units["main_grid_id"].iloc[0]
+    assert res.branch_id[0] == str(units["branch_id"].iloc[0])
+    assert res.sub_grid_id[5] is None and res.nearest_grid_id[5] is not None
+    assert res.distance_m[0] == 0 and res.distance_m[5] > 1000
+    assert np.isnan(res.distance_m[1])
+    projected = assign(index, [np.nan, 6e5, np.inf], [2.7e6, 2.7e6, 2.7e6], crs="EPSG:32650")
+    assert projected.status.tolist() == ["invalid", "outside", "invalid"]
+    assert projected.reason[0] == projected.reason[2] == "lng is missing or not a number"
+
+
+def test_outside_points_nearest_grid_and_distance_match_geos(plan, index):
+    """Nearest sub-grid and distance (metres, local UTM) against GEOS on the dissolved
+    sub-grid polygons: sea and mainland points around the island."""
+    rng = np.random.default_rng(3)
+    b = plan.units.total_bounds
+    x = rng.uniform(b[0] - 0.05, b[2] + 0.05, 20_000)
+    y = rng.uniform(b[1] - 0.05, b[3] + 0.05, 20_000)
+    res = assign(index, x, y)
+    out = res.status == "outside"
+    assert out.sum() > 5000 and (res.status[~out] == "ok").all()
+    grids = plan.grids("sub_grid")
+    crs = local_projected_crs(b[[0, 2]], b[[1, 3]])
+    polys = np.asarray(grids.to_crs(crs).geometry.values)
+    pts = np.asarray(gpd.GeoSeries(gpd.points_from_xy(x[out], y[out]), crs=4326).to_crs(crs))
+    d = shapely.distance(pts[:, None], polys[None, :])
+    np.testing.assert_allclose(res.distance_m[out], d.min(axis=1), rtol=0, atol=1e-3)
+    srt = np.sort(d, axis=1)
+    clear = srt[:, 1] - srt[:, 0] > 1e-2  # no near-tie between two grids
+    expected = grids["grid_id"].to_numpy()[d.argmin(axis=1)]
+    np.testing.assert_array_equal(res.nearest_grid_id[out][clear], expected[clear])
+
+
+@pytest.mark.parametrize("crs", ["gcj02", "bd09", "cgcs2000", "EPSG:32650", "EPSG:4547"])
+def test_converted_points_land_in_the_same_grid(index, inside_points, crs):
+    x, y = inside_points
+    cx, cy = from_wgs84(x, y, crs)
+    if crs in ("gcj02", "bd09"):
+        assert np.abs(cx - x).max() > 1e-3  # hundreds of metres: conversion matters
+    want = assign(index, x, y)
+    got = assign(index, cx, cy, crs=crs)
+    assert (want.status == "ok").all()
+    np.testing.assert_array_equal(got.sub_grid_id, want.sub_grid_id)
+
+
+# -- frames ------------------------------------------------------------------------------------
+def test_frame_keeps_rows_order_index_and_columns(index, inside_points):
+    x, y = inside_points
+    gx, gy = from_wgs84(x[:2], y[:2], "gcj02")
+    df = pd.DataFrame({
+        "id": ["a", "b", "c", "d", "e", "f", "g"],
+        "lng": [str(x[0]), "abc", "", str(gx[0]), str(x[1]), "118.2", str(gx[1])],
+        "lat": [str(y[0]), "24.5", "", str(gy[0]), "", "24.5", str(gy[1])],
+        "sys": ["", "wgs84", "", "GCJ-02", "", "mars", "gcj02"],
+    }, index=[70, 10, 50, 20, 60, 30, 40])
+    out = assign_frame(index, df, columns=Columns(crs_column="sys"))
+    assert list(out.index) == list(df.index)
+    assert list(out.columns) == [*df.columns, *OUTPUT_COLUMNS]
+    pd.testing.assert_frame_equal(out[df.columns], df)
+    assert out["status"].tolist() == ["ok", "invalid", "invalid", "ok", "invalid", "invalid",
+                                      "ok"]
+    assert "'abc' is not a number" in out.loc[10, "reason"]
+    assert "missing" in out.loc[50, "reason"]
+    assert "only one of" in out.loc[60, "reason"]
+    assert "sys" in out.loc[30, "reason"] and "mars" in out.loc[30, "reason"]
+    assert out.loc[20, "sub_grid_id"] == assign(index, x[:1], y[:1]).sub_grid_id[0]
+
+
+def test_frame_rejects_bad_columns(index):
+    df = pd.DataFrame({"x": [1.0], "lat": [2.0]})
+    with pytest.raises(InvalidInputError, match="'lng'"):
+        assign_frame(index, df)
+    with pytest.raises(InvalidInputError, match="status"):
+        assign_frame(index, pd.DataFrame({"lng": [1.0], "lat": [2.0], "status": ["x"]}))
+    with pytest.raises(InvalidInputError, match="geocoder"):
+        assign_frame(index, df, columns=Columns(address_column="x"))
+    with pytest.raises(InvalidInputError, match="not recognised"):
+        assign_frame(index, pd.DataFrame({"lng": [1.0], "lat": [2.0]}),
+                     columns=Columns(crs="mars"))
+
+
+# -- files -------------------------------------------------------------------------------------
+def _customers(plan: Plan, n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    b = plan.units.total_bounds
+    lng = rng.uniform(b[0] - 0.01, b[2] + 0.01, n).round(7).astype(object)
+    lat = rng.uniform(b[1] - 0.01, b[3] + 0.01, n).round(7).astype(object)
+    lng[::97] = None
+    lat[::89] = "n/a"
+    return pd.DataFrame({"customer": [f"C{i:06d}" for i in range(n)], "lng": lng, "lat": lat,
+                         "code": [f"{i % 13:03d}" for i in range(n)]})
+
+
+def test_csv_streaming_equals_in_memory(plan, index, tmp_path):
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    _customers(plan, 2500).to_csv(src, index=False)
+    seen = []
+    counts = assign_file(index, src, dst, chunk_size=700,
+                         progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(700, None), (1400, None), (2100, None), (2500, None)]
+    whole = assign_frame(index, pd.read_csv(src, dtype=str, keep_default_na=False))
+    got = pd.read_csv(dst, dtype=str, keep_default_na=False)
+    expected = pd.read_csv(io.StringIO(whole.to_csv(index=False)), dtype=str,
+                           keep_default_na=False)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got["code"].iloc[1] == "001"  # text columns pass through untouched
+    assert sum(counts.values()) == 2500 and counts["invalid"] > 0 and counts["outside"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
+
+
+def test_parquet_round_trip_keeps_types(plan, index, tmp_path):
+    df = _customers(plan, 1200, seed=1)
+    df["lng"] = pd.to_numeric(df["lng"], errors="coerce")
+    df["lat"] = pd.to_numeric(df["lat"], errors="coerce")
+    df["visits"] = pd.array([i if i % 5 else None for i in range(1200)], dtype="Int64")
+    src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    df.to_parquet(src, index=False)
+    seen = []
+    assign_file(index, src, dst, chunk_size=500, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (1200, 1200)
+    out = pq.read_table(dst)
+    schema_in = pq.read_schema(src)
+    assert out.column_names == [*schema_in.names, *OUTPUT_COLUMNS]
+    for name in schema_in.names:
+        assert out.schema.field(name).type == schema_in.field(name).type
+        assert out.column(name).equals(pq.read_table(src).column(name))
+    assert out.schema.field("distance_m").type == pa.float64()
+    mem = assign_frame(index, df)
+    assert out.column("status").to_pylist() == mem["status"].tolist()
+    assert out.column("sub_grid_id").to_pylist() == [
+        None if pd.isna(v) else v for v in mem["sub_grid_id"]]
+
+
+def test_csv_to_parquet_and_bad_files(plan, index, tmp_path):
+    src = tmp_path / "in.csv"
+    _customers(plan, 50).to_csv(src, index=False)
+    assign_file(index, src, tmp_path / "out.parquet")
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 50
+    with pytest.raises(InvalidInputError, match="unknown file type"):
+        assign_file(index, src, tmp_path / "out.xlsx")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        assign_file(index, bad, tmp_path / "o.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        assign_file(index, empty, tmp_path / "o.csv")
+    assert not (tmp_path / "o.csv").exists()
+    with pytest.raises(InvalidInputError, match="chunk_size"):
+        assign_file(index, src, tmp_path / "o.csv", chunk_size=0)
+
+
+# -- index storage -----------------------------------------------------------------------------
+def test_index_save_load_round_trip_and_refusals(plan, plan_file, index, tmp_path):
+    assert index_path(plan_file).exists()  # open_index saved the sidecar
+    path = index.save(tmp_path / "x.index.npz")
+    again = AssignmentIndex.load(path, plan)
+    rng = np.random.default_rng(5)
+    b = plan.units.total_bounds
+    x, y = rng.uniform(b[0], b[2], 50_000), rng.uniform(b[1], b[3], 50_000)
+    np.testing.assert_array_equal(again.locate(x, y), index.locate(x, y))
+    other = plan.derive(plan.units.assign(subscribers=plan.units["subscribers"] + 1))
+    with pytest.raises(InvalidInputError, match="another plan"):
+        AssignmentIndex.load(path, other)
+    junk = tmp_path / "junk.index.npz"
+    junk.write_bytes(b"junk")
+    with pytest.raises(InvalidInputError, match="not a territory assignment index"):
+        AssignmentIndex.load(junk, plan)
+    with pytest.raises(InvalidInputError, match="no such index"):
+        AssignmentIndex.load(tmp_path / "none.npz", plan)
+
+
+def test_open_index_refuses_a_stale_sidecar(plan, tmp_path):
+    other = plan.derive(plan.units.assign(subscribers=plan.units["subscribers"] * 2))
+    a, b = plan.save(tmp_path / "a.gpkg"), other.save(tmp_path / "b.gpkg")
+    AssignmentIndex.build(plan).save(index_path(b))  # wrong plan's index beside b
+    with pytest.raises(InvalidInputError, match="another plan"):
+        open_index(b)
+    assert open_index(b, rebuild=True).plan.fingerprint == other.fingerprint
+    assert open_index(b).plan.fingerprint == other.fingerprint
+    assert open_index(a).plan.fingerprint == plan.fingerprint
+
+
+# -- geocoding ---------------------------------------------------------------------------------
+def test_address_normalisation():
+    assert normalize_address("幸福花园３栋２单元５０１室") == "幸福"
+    assert normalize_address(" 幸福 花园 ") == "幸福"
+    assert normalize_address("幸福小区") == "幸福"
+    assert normalize_address("ＡＢＣ大厦Ａ座") == "abc"
+    assert normalize_address("海景社区（二期）") == normalize_address("海景社区二期") == "海景"
+    assert normalize_address("花园") == "花园"  # a suffix alone is kept as the name
+    assert normalize_address(None) == normalize_address(np.nan) == ""
+
+
+def test_gazetteer_matching_and_reasons(inside_points):
+    x, y = inside_points
+    gx, gy = from_wgs84(x[:1], y[:1], "gcj02")
+    table = pd.DataFrame({
+        "address": ["幸福花园", "海景小区", "海景社区", "明珠大厦"],
+        "lng": [x[1], x[2], x[3], gx[0]], "lat": [y[1], y[2], y[3], gy[0]],
+        "crs": ["", "wgs84", "wgs84", "gcj02"],
+    })
+    gaz = Gazetteer(table)
+    res = gaz.geocode(["福建省厦门市思明区幸福花园3栋", "明珠大厦", "海景", "不存在小区", ""])
+    assert res.lng[0] == x[1] and res.lat[0] == y[1]
+    np.testing.assert_allclose([res.lng[1], res.lat[1]], [x[0], y[0]], atol=1e-7)
+    assert "several gazetteer entries" in res.reason[2]
+    assert "no gazetteer entry" in res.reason[3] and res.reason[4] == "empty address"
+    assert res.reason[0] is None and np.isnan(res.lng[3])
+    with pytest.raises(InvalidInputError, match="lat"):
+        Gazetteer(table.drop(columns="lat"))
+
+
+def test_geopy_adapter_with_a_fake_service(inside_points):
+    from geopy.exc import GeocoderServiceError
+
+    x, y = inside_points
+    bx, by = from_wgs84(x[:1], y[:1], "bd09")
+    Location = namedtuple("Location", "longitude latitude")
+    calls = []
+
+    class FakeBaidu:
+        def geocode(self, query, exactly_one=True):
+            calls.append(query)
+            if query == "boom":
+                raise GeocoderServiceError("quota exceeded")
+            return Location(bx[0], by[0]) if query.startswith("厦门") else None
+
+    geo = GeopyGeocoder(FakeBaidu(), crs="bd09")
+    res = geo.geocode(["厦门市幸福路1号", "nowhere", "厦门市幸福路1号", "boom", None])
+    assert calls == ["厦门市幸福路1号", "nowhere", "boom"]  # one request per distinct address
+    np.testing.assert_allclose([res.lng[0], res.lat[0]], [x[0], y[0]], atol=1e-7)
+    assert res.lng[2] == res.lng[0]
+    assert "found no match" in res.reason[1] and "quota exceeded" in res.reason[3]
+    assert res.reason[4] == "empty address"
+
+
+def test_frame_geocodes_rows_without_coordinates(index, inside_points):
+    x, y = inside_points
+    gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}))
+    df = pd.DataFrame({"addr": ["幸福花园1栋", "nowhere", "", "幸福花园"],
+                       "lng": [x[0], None, None, None], "lat": [y[0], None, None, None]})
+    out = assign_frame(index, df, columns=Columns(address_column="addr"), geocoder=gaz)
+    assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok"]
+    ref = assign(index, x[[0, 5]], y[[0, 5]]).sub_grid_id
+    assert out["sub_grid_id"].iloc[[0, 3]].tolist() == ref.tolist()
+    assert out["reason"].iloc[2] == "empty address"
+    only = assign_frame(index, df[["addr"]], columns=Columns(address_column="addr"),
+                        geocoder=gaz)
+    assert only["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok"]
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def _said(result) -> str:
+    """The command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_cli_assign(plan, plan_file, tmp_path):
+    runner = CliRunner()
+    src = tmp_path / "in.csv"
+    _customers(plan, 300).rename(columns={"lng": "x", "lat": "y"}).to_csv(src, index=False)
+    out = tmp_path / "out.parquet"
+    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
+                              "--lng-column", "x", "--lat-column", "y", "--chunk-size", "100"])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out)
+    assert table.column_names == ["customer", "x", "y", "code", *OUTPUT_COLUMNS]
+    assert table.num_rows == 300
+
+    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "'lng'" in _said(res) and "Traceback" not in _said(res)
+    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
+                              "--lng-column", "x", "--lat-column", "y", "--crs", "mars"])
+    assert res.exit_code == 2 and "not recognised" in _said(res)
+    res = runner.invoke(app, ["assign", str(src), str(src), "--out", str(out)])
+    assert res.exit_code == 2 and "not a territory plan" in _said(res)
+    gaz = tmp_path / "gaz.csv"
+    gaz.write_text("name,lng\n", encoding="utf-8")
+    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
+                              "--gazetteer", str(gaz), "--address-column", "code"])
+    assert res.exit_code == 2 and "gazetteer" in _said(res)
