@@ -304,11 +304,32 @@ def demo(
             n_sub=sub_grids, workers=workers, random_state=seed,
         )
         result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
-        from territory.maps import write_demo_maps
+        _demo_outputs(result.plan, out, data)
 
-        with console.status("drawing the overview, one field map per main grid, the city print"):
-            maps = write_demo_maps(result.plan, out / "maps", data.tables())
-        console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
+
+def _demo_outputs(plan, out: Path, data) -> None:
+    """After the plan: assign every customer, write the per-grid reports and the maps."""
+    from territory.assign import assign_frame, open_index
+    from territory.exports import export_plan
+    from territory.mapdata import PlanLayers
+    from territory.maps import write_demo_maps
+
+    with console.status("building the assignment index and assigning the customers"):
+        index = open_index(out / "plan.gpkg")
+        assigned = assign_frame(index, data.customers.drop(columns="geometry"))
+        write_csv(assigned, out / "customers_assigned.csv")
+    counts = assigned["status"].value_counts().to_dict()
+    console.print(f"customers assigned → {out / 'customers_assigned.csv'}: {counts}")
+    layers = PlanLayers(plan)
+    with console.status("writing per-grid reports (CSV) and the GeoJSON and KML exports"):
+        reports = export_plan(layers, "csv", out / "reports")
+        exports = export_plan(layers, "geojson", out / "exports")
+        exports += export_plan(layers, "kml", out / "exports")
+    console.print(f"{len(reports)} reports → {out / 'reports'}, {len(exports)} exports → "
+                  f"{out / 'exports'}")
+    with console.status("drawing the overview, one field map per main grid, the city print"):
+        maps = write_demo_maps(layers, out / "maps", data.tables())
+    console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
 
 
 # Commands defined in their own modules register here, one line each.

@@ -117,6 +117,17 @@ def test_demo_and_plan_commands(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["main_grid"]["subscribers"]["max_abs_deviation"] <= 0.05 + 1e-9
     assert metrics["sub_grid"]["all_contiguous"]
+    # every customer assigned, in input order, to the sub-grid of the unit holding it
+    assigned = pd.read_csv(out / "customers_assigned.csv", dtype={"branch_id": str})
+    synthetic = pd.read_csv(out / "synthetic" / "customers.csv")
+    assert list(assigned["customer_id"]) == list(synthetic["customer_id"])
+    assert (assigned["status"] == "ok").all()
+    per_grid = assigned.groupby("sub_grid_id").size()
+    units = plan.units.groupby("sub_grid_id")["customers"].sum()
+    assert per_grid.reindex(units.index, fill_value=0).equals(units.astype(per_grid.dtype))
+    assert (out / "maps" / "overview.html").exists() and (out / "maps" / "city.pdf").exists()
+    assert len(list((out / "maps" / "field").glob("*.html"))) == 8
+    assert list((out / "reports").glob("*.csv")) and list((out / "exports").glob("*.kml"))
     # territory plan on the demo's own files, with customers given in GCJ-02
     cust = pd.read_csv(out / "synthetic" / "customers.csv")
     from territory.crs import wgs84_to_gcj02
