@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from territory.atomic import atomic_path, write_text
 from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
 
 app = typer.Typer(
@@ -61,18 +60,12 @@ def parse_balance(specs: list[str], default: float) -> dict[str, float]:
 
 
 def write_json(data: dict, path: Path) -> None:
-    """Atomic JSON write: a temp file in the same folder, then a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=2, default=str)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 @contextmanager

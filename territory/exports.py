@@ -18,16 +18,14 @@ sees half an export and a failed export leaves the previous one intact.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 import pyogrio
 
+from territory.atomic import atomic_path
 from territory.crs import normalize_crs, transform_geometries
 from territory.errors import InvalidInputError
 from territory.mapdata import PlanLayers, key_figures, place_points
@@ -40,24 +38,6 @@ GEOJSON_PRECISION = 7
 KML_WIDTH = {"branch": 4, "main_grid": 2, "sub_grid": 1}
 #: Fill opacity of KML grids (hex alpha): a phone's base map stays readable underneath.
 KML_FILL_ALPHA = "80"
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it when the block succeeds. It keeps
-    the extension: GDAL picks behaviour by it (LIBKML writes a folder for a name without
-    ``.kml``, GPKG warns)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    os.unlink(tmp)  # GDAL drivers refuse to open an existing empty file
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _levels(levels: Sequence[str] | None) -> list[str]:
@@ -83,7 +63,7 @@ def write_geojson(layers: PlanLayers, level: str, out_dir: Path, crs: str = "wgs
         table = table.set_geometry(transform_geometries(table.geometry, "wgs84", "gcj02"))
         suffix = ".gcj02.geojson"
     path = out_dir / f"{LAYER[level]}{suffix}"
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         pyogrio.write_dataframe(table, tmp, driver="GeoJSON", layer=LAYER[level],
                                 layer_options={"RFC7946": "YES",
                                                "COORDINATE_PRECISION": GEOJSON_PRECISION})
@@ -93,7 +73,7 @@ def write_geojson(layers: PlanLayers, level: str, out_dir: Path, crs: str = "wgs
 def write_gpkg(layers: PlanLayers, levels: Sequence[str], out_dir: Path) -> Path:
     """``grids.gpkg`` with a layer per level (``branches``, ``main_grids``, ``sub_grids``)."""
     path = out_dir / "grids.gpkg"
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         for level in levels:
             pyogrio.write_dataframe(_export_table(layers, level), tmp, driver="GPKG",
                                     layer=LAYER[level])
@@ -117,13 +97,13 @@ def write_kml(layers: PlanLayers, level: str, out_dir: Path) -> Path:
     table["OGR_STYLE"] = [f"BRUSH(fc:{c}{KML_FILL_ALPHA});PEN(c:#222222,w:{KML_WIDTH[level]}px)"
                           for c in table["colour"]]
     path = out_dir / f"{LAYER[level]}.kml"
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         pyogrio.write_dataframe(table, tmp, driver=_kml_driver(), layer=LAYER[level])
     return path
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, encoding="utf-8")
     return path
 

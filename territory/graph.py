@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,6 +25,7 @@ import networkx as nx
 import numpy as np
 import shapely
 
+from territory.atomic import write_text
 from territory.errors import InvalidInputError
 from territory.units import projected
 
@@ -167,11 +166,7 @@ def contiguous_grids(g: nx.Graph, labels) -> dict:
 def write_graph_json(g: nx.Graph, path: str | Path) -> None:
     """Write node-link JSON atomically (GerryChain's ``Graph.to_json`` format)."""
     data = nx.node_link_data(g, edges="edges")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, default=_json_default)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, ensure_ascii=False, default=_json_default))
 
 
 def _json_default(o):

@@ -11,13 +11,13 @@ by the stylesheets become ``data:`` URIs for the same reason.
 from __future__ import annotations
 
 import base64
-import os
 import re
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import folium
+
+from territory.atomic import write_text
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -100,23 +100,6 @@ def offline_html(m: folium.Map) -> str:
     return inline_assets(m.get_root().render())
 
 
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` through a temporary file in the same folder and a rename: a reader
-    never sees half a map and a crash leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # a map is for sharing; mkstemp makes files private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_map(m: folium.Map, path: str | Path) -> Path:
     """Write ``m`` as a self-contained HTML file (atomically); return its path."""
-    return write_text_atomic(offline_html(m), Path(path))
+    return write_text(path, offline_html(m))

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ import pandas as pd
 import pyogrio
 import shapely
 
+from territory.atomic import atomic_path
 from territory.errors import InvalidInputError
 from territory.units import GRID_SIZE_DEG
 
@@ -117,11 +116,7 @@ class Plan:
     def save(self, path: str | Path) -> Path:
         """Write the GeoPackage atomically: a crash leaves any previous file intact."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".gpkg")
-        os.close(fd)
-        os.unlink(tmp)
-        try:
+        with atomic_path(path) as tmp:
             for level in LEVELS:
                 pyogrio.write_dataframe(self.grids(level), tmp, layer=LAYER[level], driver="GPKG")
             pyogrio.write_dataframe(self.units.reset_index(), tmp, layer="units", driver="GPKG")
@@ -133,10 +128,6 @@ class Plan:
                      self.meta().items()],
                 )
             con.close()
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from territory.atomic import atomic_path
 from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
 from territory.mapdata import (
@@ -144,14 +143,8 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     written = []
     for ext in ("png", "pdf"):
         path = stem.with_name(f"{stem.name}.{ext}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, dpi=fig.dpi)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         written.append(path)
     return written
 

@@ -72,8 +72,6 @@ Same seed, same boundaries and same parameters give identical tables; only
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -84,6 +82,7 @@ import pandas as pd
 import pyproj
 import shapely
 
+from territory.atomic import atomic_path
 from territory.errors import InvalidInputError
 
 __all__ = [
@@ -321,14 +320,8 @@ def write_city(city: SyntheticCity, directory: Path) -> dict[str, Path]:
     for name, table in city.tables().items():
         frame = pd.DataFrame(table.drop(columns=table.geometry.name))
         target = directory / f"{name}.csv"
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".csv.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                frame.to_csv(handle, index=False)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_path(target) as tmp:
+            frame.to_csv(tmp, index=False, encoding="utf-8")
         written[name] = target
     return written
 
