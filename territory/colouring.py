@@ -26,6 +26,8 @@ from matplotlib import colormaps
 from matplotlib.colors import to_hex
 from numpy.typing import NDArray
 
+from territory.graph import shared_boundaries
+
 #: Soft qualitative colours that keep dark boundary lines and labels readable on top.
 PALETTE: tuple[str, ...] = (
     "#8dd3c7", "#fdb462", "#bebada", "#fb8072", "#80b1d3", "#b3de69", "#fccde5", "#ffed6f",
@@ -44,15 +46,9 @@ def rook_pairs(geoms: Sequence[shapely.Geometry] | NDArray[np.object_]) -> NDArr
     Lengths are measured in the geometries' own units; any positive length counts, so the
     polygons must be edge-matched (as a plan's grids are: dissolved from snapped units).
     """
-    arr = np.asarray(geoms, dtype=object)
-    if len(arr) < 2:
+    if len(geoms) < 2:
         return np.empty((0, 2), dtype=np.int64)
-    tree = shapely.STRtree(arr)
-    a, b = tree.query(arr, predicate="intersects")
-    keep = a < b
-    a, b = a[keep], b[keep]
-    shared = shapely.length(shapely.intersection(shapely.boundary(arr[a]),
-                                                 shapely.boundary(arr[b])))
+    a, b, shared = shared_boundaries(geoms)
     rook = shared > 0
     return np.column_stack([a[rook], b[rook]]).astype(np.int64)
 

@@ -37,6 +37,22 @@ _GRID_M = 0.01
 MIN_SHARED_M = 0.5
 
 
+def shared_boundaries(geoms, grid_size: float | None = None):
+    """Pairs ``(a, b)``, ``a < b``, of intersecting polygons and the length of boundary they
+    share (in the geometries' units; 0 where they only touch at corners).
+
+    ``grid_size`` runs the overlay on that precision grid: robust where two neighbours'
+    copies of an edge differ by float noise.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    keep = a < b
+    a, b = a[keep], b[keep]
+    shared = shapely.length(shapely.intersection(
+        shapely.boundary(geoms[a]), shapely.boundary(geoms[b]), grid_size=grid_size))
+    return a, b, shared
+
+
 def build_graph(units: gpd.GeoDataFrame, *, join_islands: bool = True) -> nx.Graph:
     """Rook adjacency graph of ``units`` (indexed by unit id) with shared lengths in metres."""
     if len(units) == 0:
@@ -44,15 +60,7 @@ def build_graph(units: gpd.GeoDataFrame, *, join_islands: bool = True) -> nx.Gra
     proj = projected(units)
     geoms = proj.geometry.values
     ids = units.index.to_numpy()
-    tree = shapely.STRtree(geoms)
-    a, b = tree.query(geoms, predicate="intersects")
-    keep = a < b
-    a, b = a[keep], b[keep]
-    shared = shapely.length(
-        shapely.intersection(
-            shapely.boundary(geoms[a]), shapely.boundary(geoms[b]), grid_size=_GRID_M
-        )
-    )
+    a, b, shared = shared_boundaries(geoms, grid_size=_GRID_M)
     rook = shared >= MIN_SHARED_M
     cent = shapely.centroid(geoms)
     wgs_cent = gpd.GeoSeries(cent, crs=proj.crs).to_crs(4326)
