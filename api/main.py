@@ -18,7 +18,7 @@ from api import problems
 from api.assignment import Indexes
 from api.auth import KeyRing
 from api.jobs import JobRunner
-from api.routes import assign, datasets, grids, health, jobs, plans
+from api.routes import assign, datasets, exports, grids, health, jobs, maps, plans
 from api.settings import Settings
 from api.store import PlanStore
 
@@ -69,10 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.runner = runner
     app.state.indexes = Indexes(store, settings.index_cache_size)
+    app.state.layers = maps.LayerCache(store)
     app.state.keys = KeyRing(settings)
     problems.install(app)
     app.add_middleware(problems.BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # assignment first: its routes are the hot path, and routes are matched in order
-    for module in (assign, health, plans, jobs, grids, datasets):
+    for module in (assign, health, plans, jobs, grids, datasets, maps, exports):
         app.include_router(module.router)
     return app
