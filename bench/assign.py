@@ -125,7 +125,7 @@ def main() -> None:
     print(f"index build      {wall:7.2f} s   ({index.nbytes / 1e6:.0f} MB of arrays)")
     side = Path("/tmp") / f"bench-assign-{plan.fingerprint[:12]}.index.npz"
     _, wall, _ = timed(lambda: index.save(side))
-    print(f"index save       {wall:7.2f} s")
+    print(f"index save       {wall:7.2f} s   ({side.stat().st_size / 1e6:.0f} MB file)")
     index, wall, _ = timed(lambda: AssignmentIndex.load(side, plan))
     print(f"index load       {wall:7.2f} s")
     side.unlink()

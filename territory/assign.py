@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from territory.assign_index import AssignmentIndex, index_path
+from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.crs import normalize_crs, to_wgs84
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
@@ -61,11 +61,15 @@ Progress = Callable[[int, int | None], None]
 
 def open_index(plan_path: str | Path, *, rebuild: bool = False) -> AssignmentIndex:
     """The index of a saved plan: read from ``<plan>.index.npz``, or built and saved there
-    when absent (or when ``rebuild``). A sidecar built for another plan is refused."""
+    when absent, of an older format (or when ``rebuild``). A sidecar built for another plan
+    is refused."""
     plan = Plan.load(plan_path)
     path = index_path(plan_path)
     if path.exists() and not rebuild:
-        return AssignmentIndex.load(path, plan)
+        try:
+            return AssignmentIndex.load(path, plan)
+        except IndexFormatError as exc:
+            log.info("%s; rebuilding it", exc)
     index = AssignmentIndex.build(plan)
     index.save(path)
     log.info("assignment index of %s written to %s", plan_path, path)
@@ -119,21 +123,27 @@ class Assignment:
 def _assign_wgs84(index: AssignmentIndex, x: np.ndarray, y: np.ndarray, status: np.ndarray,
                   reason: np.ndarray) -> Assignment:
     """Assign rows whose status is still unset from WGS84 ``x``/``y``."""
+    n = len(x)
     todo = np.flatnonzero(status == _UNSET)
-    unit = np.full(len(x), -1, dtype=np.int64)
-    nearest = np.full(len(x), -1, dtype=np.int64)
-    dist = np.full(len(x), np.nan)
-    tx, ty = (x, y) if len(todo) == len(x) else (x[todo], y[todo])  # no copy when all are
-    found = index.locate(tx, ty)
-    out = np.flatnonzero(found < 0)
-    inside = todo[found >= 0]
-    unit[inside] = found[found >= 0]
-    status[inside] = _OK
-    dist[inside] = 0.0
+    every = len(todo) == n  # the usual case: whole arrays, no gathers and scatters
+    tx, ty = (x, y) if every else (x[todo], y[todo])
+    found = index.locate(tx, ty)  # -1 where outside, as unit wants
+    inside = found >= 0
+    if every:
+        unit = found
+        status[:] = np.where(inside, np.int8(_OK), np.int8(_OUTSIDE))
+        dist = np.where(inside, 0.0, np.nan)
+    else:
+        unit = np.full(n, -1, dtype=np.int64)
+        unit[todo] = found
+        status[todo] = np.where(inside, np.int8(_OK), np.int8(_OUTSIDE))
+        dist = np.full(n, np.nan)
+        dist[todo] = np.where(inside, 0.0, np.nan)
+    nearest = np.full(n, -1, dtype=np.int64)
+    out = np.flatnonzero(~inside)
     if len(out):
-        rows = todo[out]
+        rows = out if every else todo[out]
         nearest[rows], dist[rows] = index.nearest(tx[out], ty[out])
-        status[rows] = _OUTSIDE
     return Assignment(index, unit, status, nearest, dist, reason)
 
 
@@ -159,8 +169,13 @@ def _to_wgs84_checked(x: np.ndarray, y: np.ndarray, crs: str, rows: np.ndarray,
                       status: np.ndarray, reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Convert ``rows`` of x/y from ``crs``; flag the ones that cannot be used as invalid."""
     geographic = crs in _GEOGRAPHIC
-    for vals, name, limit in ((x[rows], "lng", 180), (y[rows], "lat", 90)):
-        bad = ~(np.isfinite(vals) & ((np.abs(vals) <= limit) | (not geographic)))
+    every = len(rows) == len(x)  # then rows is every row in order: no gathers
+    for vals, name, limit in ((x if every else x[rows], "lng", 180),
+                              (y if every else y[rows], "lat", 90)):
+        if geographic:
+            bad = np.flatnonzero(~(np.abs(vals) <= limit))  # NaN fails the test too
+        else:
+            bad = np.flatnonzero(~np.isfinite(vals))
         for r, v in zip(rows[bad], vals[bad], strict=True):
             if status[r] == _UNSET:
                 status[r] = _INVALID

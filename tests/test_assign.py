@@ -26,7 +26,7 @@ from territory.assign import (
     assign_frame,
     open_index,
 )
-from territory.assign_index import AssignmentIndex, index_path
+from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.cli import app
 from territory.crs import from_wgs84, local_projected_crs
 from territory.errors import InvalidInputError
@@ -176,6 +176,32 @@ def test_outside_points_nearest_grid_and_distance_match_geos(plan, index):
     np.testing.assert_array_equal(res.nearest_grid_id[out][clear], expected[clear])
 
 
+def test_outside_points_near_the_coast_match_geos(plan, index):
+    """Within metres of the service area's boundary, where several boundary segments compete
+    (sub-cells of the outside lookup, bisectors between segments, vertices shared by grids):
+    nearest grid and distance against GEOS."""
+    rng = np.random.default_rng(11)
+    coast = shapely.boundary(shapely.union_all(plan.units.geometry.values))
+    at = shapely.line_interpolate_point(coast, rng.uniform(0, 1, 30_000), normalized=True)
+    scale = rng.choice([1e-6, 3e-5, 3e-4, 3e-3], 30_000)  # 10 cm to 300 m
+    x = shapely.get_x(at) + rng.normal(0, 1, 30_000) * scale
+    y = shapely.get_y(at) + rng.normal(0, 1, 30_000) * scale
+    res = assign(index, x, y)
+    out = res.status == "outside"
+    assert out.sum() > 5000
+    b = plan.units.total_bounds
+    grids = plan.grids("sub_grid")
+    crs = local_projected_crs(b[[0, 2]], b[[1, 3]])
+    polys = np.asarray(grids.to_crs(crs).geometry.values)
+    pts = np.asarray(gpd.GeoSeries(gpd.points_from_xy(x[out], y[out]), crs=4326).to_crs(crs))
+    d = shapely.distance(pts[:, None], polys[None, :])
+    np.testing.assert_allclose(res.distance_m[out], d.min(axis=1), rtol=0, atol=1e-3)
+    srt = np.sort(d, axis=1)
+    clear = srt[:, 1] - srt[:, 0] > 1e-2
+    expected = grids["grid_id"].to_numpy()[d.argmin(axis=1)]
+    np.testing.assert_array_equal(res.nearest_grid_id[out][clear], expected[clear])
+
+
 @pytest.mark.parametrize("crs", ["gcj02", "bd09", "cgcs2000", "EPSG:32650", "EPSG:4547"])
 def test_converted_points_land_in_the_same_grid(index, inside_points, crs):
     x, y = inside_points
@@ -314,6 +340,23 @@ def test_index_save_load_round_trip_and_refusals(plan, plan_file, index, tmp_pat
         AssignmentIndex.load(junk, plan)
     with pytest.raises(InvalidInputError, match="no such index"):
         AssignmentIndex.load(tmp_path / "none.npz", plan)
+
+
+def test_an_index_of_another_format_is_refused_and_rebuilt(plan, index, tmp_path):
+    plan_path = plan.save(tmp_path / "p.gpkg")
+    side = index.save(index_path(plan_path))
+    with np.load(side) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta_i"] = arrays["meta_i"].copy()
+    arrays["meta_i"][0] -= 1
+    with open(side, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(IndexFormatError, match="index format"):
+        AssignmentIndex.load(side, plan)
+    again = open_index(plan_path)  # an old cache: rebuilt, not refused
+    x, y = _edge_points(plan, np.array([0.5]))
+    np.testing.assert_array_equal(again.locate(x, y), index.locate(x, y))
+    assert AssignmentIndex.load(side, plan).nbytes == index.nbytes
 
 
 def test_open_index_refuses_a_stale_sidecar(plan, tmp_path):
