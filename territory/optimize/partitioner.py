@@ -290,13 +290,14 @@ class Partitioner:
             raise InvalidInputError("centres: two grids share a centre unit")
         return cp
 
-    def _initial(self, C: Problem, k, lo, hi, locked, centre_pos, rng, deadline):
+    def _initial(self, C: Problem, k, lo, hi, locked, centre_pos, rng, deadline, attempt=0):
         if C.xy is None:
             return _grow_regions(C, k, locked, rng), None
         # anchors: the unit each grid must keep through the repair (given centres, locks)
         anchors = np.full(k, -1) if centre_pos is None else np.array(centre_pos)
         if centre_pos is None:
-            centre_pos = _snap(C.xy, _kmeans(C.xy, C.presence, k, rng, locked), locked)
+            angle = 0.0 if attempt == 0 else float(rng.uniform(0, np.pi))
+            centre_pos = _snap(C.xy, _bisection_centres(C.xy, C.W, k, locked, angle), locked)
         centres = C.xy[centre_pos]
         # shortest paths over the graph: additively weighted graph-Voronoi regions are
         # connected (every unit on the path from a centre to its unit goes to that centre),
@@ -331,12 +332,14 @@ class Partitioner:
         Returns the search (its labels are the plan) and whether it meets every tolerance.
         """
         best = None
+        attempt = 0
         while True:
             if k == 1:
                 labels = np.zeros(C.n, dtype=np.int64)
                 centres = None if C.xy is None else C.xy[:1]
             else:
-                labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng, deadline)
+                labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng,
+                                                deadline, attempt)
             search = LocalSearch(
                 C, labels, k, lo, hi, objective=self.objective, movable=locked < 0,
                 centres=centres, fixed_centres=centre_pos is not None, rng=rng,
@@ -346,6 +349,7 @@ class Partitioner:
                 break
             if best is None or search.violation() < best.violation():
                 best = search
+            attempt += 1
             if centre_pos is not None or time.monotonic() > t0 + 0.4 * self.time_limit:
                 search = best
                 break
@@ -585,23 +589,34 @@ def _graph_distances(P: Problem, sources: np.ndarray) -> np.ndarray:
     return D + 0.5 * E
 
 
-def _kmeans(xy, w, k, rng, locked, iters: int = 12) -> np.ndarray:
-    """Presence-weighted k-means++ seeding and Lloyd iterations: the initial centres."""
-    n = len(xy)
-    w = w + 1e-12
-    centres = np.empty((k, 2))
-    centres[0] = xy[rng.choice(n, p=w / w.sum())]
-    d2 = ((xy - centres[0]) ** 2).sum(axis=1)
-    for j in range(1, k):
-        p = w * d2
-        centres[j] = xy[rng.choice(n, p=p / p.sum())] if p.sum() > 0 else xy[rng.integers(n)]
-        d2 = np.minimum(d2, ((xy - centres[j]) ** 2).sum(axis=1))
-    for _ in range(iters):
-        lab = cKDTree(centres).query(xy)[1]
-        sw = np.bincount(lab, weights=w, minlength=k)
-        for c in range(2):
-            s = np.bincount(lab, weights=w * xy[:, c], minlength=k)
-            centres[:, c] = np.where(sw > 0, s / np.maximum(sw, 1e-300), centres[:, c])
+def _bisection_centres(xy: np.ndarray, W: np.ndarray, k: int, locked,
+                       angle: float = 0.0) -> np.ndarray:
+    """Initial centres: recursive coordinate bisection splitting the combined load (mean of
+    the measures over their means) in proportion to the grid counts on each side; each part's
+    load-weighted centroid is a centre.
+
+    Centres end up as dense as the load, which the balanced LP needs: k-means places them as
+    dense as roughly its square root, and on a flat city of 31 000 units into 100 grids the
+    start was then too far from balance to repair within a minute (bench/partition.py).
+    ``angle`` turns the cutting axes: a restart gets a different start.
+    """
+    comb = (W / np.maximum(W.mean(axis=0), 1e-12)).mean(axis=1) + 1e-3
+    c, s = np.cos(angle), np.sin(angle)
+    axes = xy @ np.array([[c, -s], [s, c]])
+
+    def split(idx: np.ndarray, parts: int) -> list[np.ndarray]:
+        if parts == 1:
+            return [idx]
+        left = parts // 2
+        axis = 0 if np.ptp(axes[idx, 0]) >= np.ptp(axes[idx, 1]) else 1
+        order = idx[np.argsort(axes[idx, axis], kind="stable")]
+        cum = np.cumsum(comb[order])
+        cut = int(np.searchsorted(cum, cum[-1] * left / parts)) + 1
+        cut = min(max(cut, left), len(order) - (parts - left))
+        return split(order[:cut], left) + split(order[cut:], parts - left)
+
+    centres = np.array([(xy[part] * comb[part, None]).sum(axis=0) / comb[part].sum()
+                        for part in split(np.arange(len(xy)), k)])
     lk = np.flatnonzero(locked >= 0)
     for j in np.unique(locked[lk]):  # a grid with locked units is centred on them
         centres[j] = xy[lk[locked[lk] == j]].mean(axis=0)
