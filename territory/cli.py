@@ -72,29 +72,40 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 def _progress(totals: dict[str, int | None]) -> Iterator[Callable[[str, str], None]]:
     """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks.
 
-    Stages run one after the other: when one starts, the previous one is complete.
-    ``totals`` gives the number of steps of a stage where it is known beforehand.
+    ``totals`` lists the stages in the order they run, with their number of steps where it
+    is known. A stage's clock starts when the one before it completes, so the spinner shows
+    the stage under way from the start (building units takes seconds before its callback).
     """
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
         console=err_console, transient=False,
     ) as bar:
-        tasks: dict[str, int] = {}
+        order = list(totals)
+        tasks = {name: bar.add_task(name, total=totals[name], start=i == 0)
+                 for i, name in enumerate(order)}
 
-        def finish_all() -> None:
-            for t in tasks.values():
-                done = bar.tasks[t].completed
-                bar.update(t, total=done, completed=done)
+        def complete(name: str) -> None:
+            done = bar.tasks[tasks[name]].completed
+            bar.update(tasks[name], total=done, completed=done)
+            bar.stop_task(tasks[name])
 
         def step(stage: str, key: str) -> None:
-            if stage not in tasks:
-                finish_all()
-                tasks[stage] = bar.add_task(stage, total=totals.get(stage))
+            i = order.index(stage)
+            for before in order[:i]:  # stages run in order: earlier ones are complete
+                if not bar.tasks[tasks[before]].finished:
+                    complete(before)
+            bar.start_task(tasks[stage])
             bar.advance(tasks[stage])
+            task = bar.tasks[tasks[stage]]
+            if task.total is not None and task.completed >= task.total and i + 1 < len(order):
+                bar.stop_task(tasks[stage])
+                bar.start_task(tasks[order[i + 1]])
 
         yield step
-        finish_all()
+        for name in order:
+            if bar.tasks[tasks[name]].started:
+                complete(name)
 
 
 def _table(df: pd.DataFrame, title: str) -> Table:
