@@ -33,8 +33,8 @@ at most ``--azp-max-units`` units (default 1000): it takes 45-90 s on 863 units 
 spend 10 minutes confirming it (``--azp-max-units 0`` tries every case). ``--parallel`` runs
 two competitors at a time (faster, but each runs 1.3-2x slower than alone on 2 vCPUs).
 
-    .venv/bin/python bench/partition.py            # full: about 15 min on 2 cores
-    .venv/bin/python bench/partition.py --quick    # small cases, 60 s caps: about 3 min
+    .venv/bin/python bench/partition.py            # full: about 12 min on 2 cores
+    .venv/bin/python bench/partition.py --quick    # small cases, 60 s caps: about 1.5 min
 """
 
 from __future__ import annotations
@@ -273,6 +273,7 @@ COMPETITORS = {"gerrychain": run_gerrychain, "spopt-azp": run_spopt_azp,
                "spopt-ward": run_spopt_ward}
 OURS = {"ours": run_ours}
 METHODS = (*OURS, *COMPETITORS)
+DEFAULT_METHODS = METHODS
 
 
 # ----------------------------------------------------------------------------------------
@@ -505,6 +506,22 @@ def ratios(cases: list[Case], methods: list[str], results: dict, metrics: dict,
     return df
 
 
+def code_fingerprint() -> str:
+    """sha1 and newest change time of the optimizer's sources: which code the table is of."""
+    import hashlib
+    from pathlib import Path
+
+    import territory.optimize
+
+    files = sorted(Path(territory.optimize.__file__).parent.glob("*.py"))
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f.read_bytes())
+    newest = max(f.stat().st_mtime for f in files)
+    return (f"sha1 {h.hexdigest()[:12]} of {len(files)} files, newest changed "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(newest))} UTC")
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -515,7 +532,8 @@ def main(argv=None) -> int:
                     help="districts and a ~6 000-cell lattice, no city-wide case, 60 s caps")
     ap.add_argument("--cap", type=float, help="competitors' time cap in s (600; quick 60)")
     ap.add_argument("--time-limit", type=float, help="ours' time_limit in s (60; quick 30)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"of {','.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"comma-separated, of {','.join(METHODS)} (default: all)")
     ap.add_argument("--cases", help="only these case names (prefixes), comma-separated")
     ap.add_argument("--lattice-radius", type=int, help="H3 disc radius (131; quick 45)")
     ap.add_argument("--lattice-k", type=int, help="grids on the lattice (300; quick 40)")
@@ -533,6 +551,12 @@ def main(argv=None) -> int:
     bad = set(methods) - set(METHODS)
     if bad:
         ap.error(f"unknown methods {sorted(bad)}")
+    # import the optimizer once, before any child forks: every run uses the same code even
+    # when the files change during the benchmark
+    import territory.errors  # noqa: F401
+    import territory.optimize  # noqa: F401
+
+    code = code_fingerprint()
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     t_start = time.perf_counter()
@@ -554,9 +578,8 @@ def main(argv=None) -> int:
     for m in (m for m in methods if m in COMPETITORS):
         for c in sorted(cases, key=lambda c: c.n):
             if m == "spopt-azp" and 0 < a.azp_max_units < c.n:
-                results[(c.name, m)] = ("skipped", None, {"error": (
-                    f"not run: over --azp-max-units {a.azp_max_units} (cut at 600 s on 4 249 "
-                    "units when tried)")})
+                results[(c.name, m)] = ("skipped", None, {
+                    "error": f"not run: > --azp-max-units {a.azp_max_units}"})
                 continue
             comp.append(Job(c, m, COMPETITORS[m], (c, a.seed), cap, True))
     if comp:
@@ -587,6 +610,8 @@ def main(argv=None) -> int:
         print(r.to_string(index=False))
     print("\ncases: " + "; ".join(f"{c.name}: {c.note}, {c.n} units, "
                                    f"{c.graph.number_of_edges()} edges" for c in cases))
+    print(f"territory/optimize: {code}" + ("" if code_fingerprint() == code else
+          " (the files changed during the run; every run used this version, imported first)"))
     print(f"total bench time {time.perf_counter() - t_start:.0f} s on {os.cpu_count()} cores")
     if a.csv:
         flat = []

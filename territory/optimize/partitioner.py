@@ -2,7 +2,8 @@
 
 The quality comes from a heuristic; the MIP certifies small cases and supplies bounds:
 
-1. centres: given (stores), or a presence-weighted k-means++ and Lloyd on unit centroids;
+1. centres: given (stores), or a recursive coordinate bisection of the load (each part's
+   load-weighted centroid snapped to a unit);
 2. the balanced assignment LP (:mod:`.lp`, HiGHS through its arrays) assigns units to
    centres within the balance tolerance; the few split units go to their largest share;
 3. contiguity repair keeps one piece per grid and hands orphans to the neighbour they share
