@@ -153,9 +153,9 @@ def _unit_cells(
     for r in range(min_res, res):
         parents = np.array([h3.cell_to_parent(c, r) for c in fine_cells], dtype=object)
         totals = pd.Series(counts).groupby(parents).transform("sum").to_numpy()
-        take = (chosen == None) & (totals <= target)  # noqa: E711 - elementwise on objects
+        take = pd.isna(chosen) & (totals <= target)
         chosen[take] = parents[take]
-    rest = chosen == None  # noqa: E711
+    rest = pd.isna(chosen)
     chosen[rest] = fine_cells[rest]
     return chosen
 

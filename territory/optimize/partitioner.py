@@ -210,7 +210,7 @@ class Partitioner:
             if not feasible and res["labels"] is not None:
                 search.set_labels(self._root_labels(res["labels"], c_locked, centre_pos, k_rest))
                 feasible = True
-            c_labels, _, status, bound, bound_kind = self._take_exact(
+            c_labels, status, bound, bound_kind = self._take_exact(
                 res, C, search.labels, search.compactness(), c_locked, centre_pos, k_rest
             )
             search.set_labels(c_labels)
@@ -225,7 +225,7 @@ class Partitioner:
                 )
                 bound_kind = "LP relaxation over all balanced assignments to the plan's centres"
         labels[rest] = c_labels[member]
-        self._finish(graph, P, labels, k, own, measures, tol, mu, search, objective, bound,
+        self._finish(P, labels, k, own, measures, tol, mu, search, objective, bound,
                      bound_kind, status, feasible, t0)
         return self
 
@@ -377,16 +377,16 @@ class Partitioner:
         """The MIP's plan when it is at least as good; status and bound either way."""
         if res["labels"] is None:
             log.info("exact MIP: %s, no better plan", res["status"])
-            return labels, objective, "feasible", res["bound"], "MIP dual bound"
+            return labels, "feasible", res["bound"], "MIP dual bound"
         new = self._root_labels(res["labels"], locked, centre_pos, k)
         proven = res["status"] == "Optimal"
         mip_obj = res["objective"]
         if mip_obj is not None and mip_obj <= objective + 1e-9 * max(1, abs(objective)):
-            return new, mip_obj, "optimal" if proven else "feasible", (
+            return new, "optimal" if proven else "feasible", (
                 mip_obj if proven else res["bound"]), "MIP dual bound"
-        return labels, objective, "feasible", res["bound"], "MIP dual bound"
+        return labels, "feasible", res["bound"], "MIP dual bound"
 
-    def _finish(self, graph, P, labels, k, own, measures, tol, mu, search, objective, bound,
+    def _finish(self, P, labels, k, own, measures, tol, mu, search, objective, bound,
                 bound_kind, status, feasible, t0) -> None:
         arr = np.zeros((k, len(measures)))
         np.add.at(arr, labels, P.W)
