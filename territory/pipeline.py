@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from territory.crs import normalize_crs, to_wgs84
+from territory.crs_check import Sample, Warn, report, service_area
 from territory.errors import InvalidInputError
 from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
@@ -75,9 +76,14 @@ class Result:
     report: dict = field(default_factory=dict)
 
 
-def read_points(path: str | Path, *, crs: str = "wgs84", lng: str = "lng", lat: str = "lat",
-                name: str = "points") -> pd.DataFrame:
-    """Read a CSV or Parquet point table; convert ``lng``/``lat`` to WGS84 in place."""
+def read_points(path: str | Path, *, crs: str | None = None, lng: str = "lng", lat: str = "lat",
+                name: str = "points", areas: gpd.GeoDataFrame | None = None,
+                on_warning: Warn | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet point table; convert ``lng``/``lat`` to WGS84 in place.
+
+    ``crs`` is required (never assumed); see :func:`to_wgs84_columns` for ``areas``.
+    """
+    crs = _points_crs(crs, name)
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"{name}: {path} does not exist")
@@ -92,12 +98,29 @@ def read_points(path: str | Path, *, crs: str = "wgs84", lng: str = "lng", lat: 
         if isinstance(exc, InvalidInputError):
             raise
         raise InvalidInputError(f"{name}: cannot read {path} ({exc})") from None
-    return to_wgs84_columns(df, crs=crs, lng=lng, lat=lat, name=name)
+    return to_wgs84_columns(df, crs=crs, lng=lng, lat=lat, name=name, areas=areas,
+                            on_warning=on_warning)
 
 
-def to_wgs84_columns(df: pd.DataFrame, *, crs: str, lng: str = "lng", lat: str = "lat",
-                     name: str = "points") -> pd.DataFrame:
-    """A copy of ``df`` with WGS84 ``lng``/``lat`` columns converted from ``crs``."""
+def _points_crs(crs: str | None, name: str) -> str:
+    if crs is None:
+        raise InvalidInputError(f"{name}: crs is required: name the system of the coordinates "
+                                "(wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>); it is never "
+                                "assumed")
+    return normalize_crs(crs)
+
+
+def to_wgs84_columns(df: pd.DataFrame, *, crs: str | None = None, lng: str = "lng",
+                     lat: str = "lat", name: str = "points",
+                     areas: gpd.GeoDataFrame | None = None, on_warning: Warn | None = None
+                     ) -> pd.DataFrame:
+    """A copy of ``df`` with WGS84 ``lng``/``lat`` columns converted from ``crs`` (required).
+
+    With ``areas`` (the boundary layer, EPSG:4326), the table is checked for a mistaken
+    ``crs`` against the service area before any plan exists (see :mod:`territory.crs_check`;
+    a mismatch goes to ``on_warning``, else warns).
+    """
+    crs = _points_crs(crs, name)
     for c in (lng, lat):
         if c not in df.columns:
             raise InvalidInputError(
@@ -106,7 +129,11 @@ def to_wgs84_columns(df: pd.DataFrame, *, crs: str, lng: str = "lng", lat: str =
             )
     x = pd.to_numeric(df[lng], errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float)
-    x, y = to_wgs84(x, y, normalize_crs(crs))
+    if areas is not None:
+        check = Sample()
+        check.add(x, y, crs)
+        report(check.fits(service_area(areas), what=name), on_warning)
+    x, y = to_wgs84(x, y, crs)
     out = df.copy()
     out["lng"], out["lat"] = x, y
     return out
