@@ -92,7 +92,9 @@ def _inputs(source: dict[str, Any]) -> Inputs:
     areas = read_boundaries(source["boundaries"], crs=opts.boundaries_crs)
     tables = {
         name: read_points(source[name], crs=opts.points_crs, lng=opts.lng_column,
-                          lat=opts.lat_column, name=name) if source.get(name) else None
+                          lat=opts.lat_column, name=name, areas=areas,
+                          on_warning=lambda m: log.warning("%s", m))
+        if source.get(name) else None
         for name in POINT_TABLES
     }
     return Inputs(areas, opts.branch_column, **tables)

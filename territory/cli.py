@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from territory.atomic import atomic_path, write_text
 from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
@@ -33,6 +34,19 @@ err_console = Console(stderr=True)
 def _fail(exc: TerritoryError) -> None:
     err_console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(3 if isinstance(exc, InfeasibleError) else 2)
+
+
+def warn(message: str) -> None:
+    """Print a library warning (e.g. a batch that fits better in another CRS) for the user."""
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def require_crs(value: str | None, option: str) -> str:
+    """The CRS an option gives; coordinates are never assumed to be WGS84."""
+    if value is None:
+        raise InvalidInputError(f"{option} is required: name the system of the coordinates "
+                                "(wgs84, cgcs2000, gcj02, bd09 or EPSG:N)")
+    return value
 
 
 @contextmanager
@@ -199,8 +213,9 @@ def plan(
     communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
     stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
     key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
-    points_crs: Annotated[str, typer.Option(help="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")]
-    = "wgs84",
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required): "
+                                                        "wgs84, cgcs2000, gcj02, bd09 or "
+                                                        "EPSG:N")] = None,
     lng_column: Annotated[str, typer.Option()] = "lng",
     lat_column: Annotated[str, typer.Option()] = "lat",
     resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
@@ -237,12 +252,14 @@ def plan(
     from territory.pipeline import Inputs, UnitOptions, read_points
 
     with _errors():
+        points_crs = require_crs(points_crs, "--points-crs")
         areas = read_boundaries(boundaries, crs=boundaries_crs)
 
         def pts(path, name):
             if path is None:
                 return None
-            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name)
+            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name,
+                               areas=areas, on_warning=warn)
 
         inputs = Inputs(areas, branch_column, pts(customers, "customers"),
                         pts(communities, "communities"), pts(stores, "stores"),
@@ -313,14 +330,15 @@ def demo(
 
 def _demo_outputs(plan, out: Path, data) -> None:
     """After the plan: assign every customer, write the per-grid reports and the maps."""
-    from territory.assign import assign_frame, open_index
+    from territory.assign import Columns, assign_frame, open_index
     from territory.exports import export_plan
     from territory.mapdata import PlanLayers
     from territory.maps import write_demo_maps
 
     with console.status("building the assignment index and assigning the customers"):
         index = open_index(out / "plan.gpkg")
-        assigned = assign_frame(index, data.customers.drop(columns="geometry"))
+        assigned = assign_frame(index, data.customers.drop(columns="geometry"),
+                                columns=Columns(crs="wgs84"), on_warning=warn)
         write_csv(assigned, out / "customers_assigned.csv")
     counts = assigned["status"].value_counts().to_dict()
     console.print(f"customers assigned → {out / 'customers_assigned.csv'}: {counts}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from territory.cli import _errors, _table, console, err_console
+from territory.cli import _errors, _table, console, err_console, require_crs, warn
 from territory.errors import InvalidInputError
 
 
@@ -37,7 +37,9 @@ def assign(
     plan: Annotated[Path, typer.Argument(help="Plan GeoPackage (territory plan/demo output)")],
     input: Annotated[Path, typer.Argument(help="Customers, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output file, CSV or Parquet by suffix")],
-    crs: Annotated[str, typer.Option(help="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")] = "wgs84",
+    crs: Annotated[str | None, typer.Option(help="CRS of the coordinates (required unless "
+                                                 "--crs-column names every row's): wgs84, "
+                                                 "cgcs2000, gcj02, bd09 or EPSG:N")] = None,
     crs_column: Annotated[str | None, typer.Option(help="Column naming each row's CRS "
                                                         "(blank: --crs)")] = None,
     lng_column: Annotated[str, typer.Option(help="Longitude / easting column")] = "lng",
@@ -61,6 +63,8 @@ def assign(
     from territory.assign import Columns, assign_file, open_index
 
     with _errors():
+        if crs_column is None:
+            require_crs(crs, "--crs (or --crs-column)")
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
@@ -75,6 +79,6 @@ def assign(
                 bar.update(task, completed=done, total=total)
 
             counts = assign_file(index, input, out, columns=columns, geocoder=geocoder,
-                                 chunk_size=chunk_size, progress=progress)
+                                 chunk_size=chunk_size, progress=progress, on_warning=warn)
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))

@@ -21,7 +21,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from pydantic import ValidationError
 
 from api.auth import Planner, Principal, Reader
-from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today
+from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today, resolve_crs
 from api.jobs import POINT_TABLES, JobRunner, save_upload
 from api.problems import ProblemError, field_errors, field_problem, unsupported_file
 from api.routes.jobs import public_job
@@ -145,6 +145,7 @@ def create_plan(body: PlanCreate, user: Planner, store: StoreDep, runner: Runner
             source[name] = _dataset(store, getattr(src, name), f"source.{name}",
                                     POINT_SUFFIXES)
         area = body.service_area or Path(src.boundaries).stem
+        source["points_crs"] = resolve_crs(src.points_crs, settings, area, "source.points_crs")
     else:
         source, area = src.model_dump(), body.service_area or src.city
     return _submit(store, runner, user, response, service_area=area, source=source,
@@ -189,6 +190,8 @@ def upload_plan(
     """Queue a plan job on the uploaded files (multipart/form-data)."""
     _check_capacity(store, settings)
     body = _upload_request(request)
+    area = body.service_area or Path(boundaries.filename or "upload").stem
+    points_crs = resolve_crs(body.points_crs, settings, area, "request.points_crs")
     files = {"boundaries": (boundaries, _suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
     for name, upload in (("customers", customers), ("communities", communities),
                          ("stores", stores), ("key_accounts", key_accounts)):
@@ -196,10 +199,9 @@ def upload_plan(
             files[name] = (upload, _suffix(upload, name, POINT_SUFFIXES))
     job_id = store.new_job_id()
     source: dict[str, Any] = body.model_dump(exclude={"service_area", "parameters"})
-    source["kind"] = "files"
+    source["kind"], source["points_crs"] = "files", points_crs
     for name, (upload, suffix) in files.items():
         source[name] = str(save_upload(store, job_id, name, suffix, upload.file))
-    area = body.service_area or Path(boundaries.filename or "upload").stem
     return _submit(store, runner, user, response, service_area=area, source=source,
                    parameters=body.parameters, job_id=job_id)
 
