@@ -210,7 +210,8 @@ class Columns:
     """Which input columns hold what (the names a caller or the CLI gives).
 
     ``crs`` is the system of every row, or of the rows whose ``crs_column`` cell is blank;
-    one of the two must be given: coordinates are never assumed to be WGS84.
+    given coordinates need one of the two (checked with the input's columns): they are never
+    assumed to be WGS84.
     """
 
     lng: str = "lng"
@@ -220,8 +221,8 @@ class Columns:
     address_column: str | None = None
 
     def __post_init__(self) -> None:
-        if self.crs is not None or self.crs_column is None:
-            normalize_crs(self.crs)  # a missing or unknown system fails before any row is read
+        if self.crs is not None:
+            normalize_crs(self.crs)  # an unknown system fails before any row is read
 
 
 def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
@@ -249,6 +250,12 @@ def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -
             f"input has only one of the coordinate columns {cols.lng!r}, {cols.lat!r}; "
             "give both or neither"
         )
+    if cols.crs is None and cols.crs_column is None and cols.lng in df.columns:
+        raise InvalidInputError(
+            f"crs is required for the coordinates in {cols.lng!r}/{cols.lat!r}: name their "
+            "system (wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>) with crs, or each row's with "
+            "crs_column; it is never assumed"
+        )
 
 
 def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -262,28 +269,21 @@ def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return num, present
 
 
-def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns | None = None,
+def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns = Columns(),
                  geocoder: Geocoder | None = None, on_warning: Warn | None = None
                  ) -> pd.DataFrame:
     """``df`` with :data:`OUTPUT_COLUMNS` added: same rows, same order, same index.
 
     Coordinates are read from ``columns.lng``/``columns.lat`` in ``columns.crs``, or per row
     in the system named by ``columns.crs_column`` (blank: ``columns.crs``). Rows without
-    coordinates are geocoded from ``columns.address_column`` when one is given. ``columns``
-    is required (it names the system); the batch is checked for a mistaken one.
+    coordinates are geocoded from ``columns.address_column`` when one is given. Given
+    coordinates need ``columns.crs`` or ``columns.crs_column`` (never assumed); the batch is
+    checked for a mistaken one.
     """
     check = Sample()
-    out = _assign_chunk(index, df, _required(columns), geocoder, check)
+    out = _assign_chunk(index, df, columns, geocoder, check)
     report(check.fits(populated_units(index)), on_warning)
     return out
-
-
-def _required(columns: Columns | None) -> Columns:
-    if columns is None:
-        raise InvalidInputError("columns is required: give columns=Columns(crs=...) naming "
-                                "the system of the coordinates (wgs84, cgcs2000, gcj02, bd09 "
-                                "or EPSG:<code>); it is never assumed")
-    return columns
 
 
 def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
@@ -419,7 +419,7 @@ class _Writer:
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
-                columns: Columns | None = None, geocoder: Geocoder | None = None,
+                columns: Columns = Columns(), geocoder: Geocoder | None = None,
                 chunk_size: int = 200_000, progress: Progress | None = None,
                 on_warning: Warn | None = None) -> dict[str, int]:
     """Stream ``src`` (CSV or Parquet) through :func:`assign_frame` into ``dst``.
@@ -429,7 +429,6 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
     called after each chunk. Returns the number of rows per status. The whole file is
     checked for a mistaken ``columns.crs``, on a sample drawn across every chunk.
     """
-    columns = _required(columns)
     check = Sample()
     src, dst = Path(src), Path(dst)
     if chunk_size < 1:

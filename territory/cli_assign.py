@@ -63,7 +63,7 @@ def assign(
     from territory.assign import Columns, assign_file, open_index
 
     with _errors():
-        if crs_column is None:
+        if crs_column is None and address_column is None:
             require_crs(crs, "--crs (or --crs-column)")
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
