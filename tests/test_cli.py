@@ -160,7 +160,8 @@ def test_plan_missing_customer_columns_exit_2(tmp_path):
 
     res = runner.invoke(app, ["plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"),
                               "--boundaries-crs", "gcj02", "--customers",
-                              str(tmp_path / "c.csv"), "--main-grids", "6"])
+                              str(tmp_path / "c.csv"), "--main-grids", "6",
+                              "--points-crs", "wgs84"])
     assert res.exit_code == 2 and "lng" in res.output
 
 
@@ -180,6 +181,7 @@ def test_plan_on_planner_supplied_units(tmp_path):
         "plan", str(tmp_path / "districts.gpkg"), "--customers",
         str(tmp_path / "data" / "customers.csv"), "--units", str(tmp_path / "villages.gpkg"),
         "--unit-id-column", "village", "--main-grids", "6", "--sub-grids", "1",
+        "--points-crs", "wgs84",
         "--balance", "customers=0.25", "--out", str(tmp_path / "p"), "--workers", "1",
         "--time-limit-main", "5",
     ])
