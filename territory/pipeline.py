@@ -103,11 +103,11 @@ def read_points(path: str | Path, *, crs: str | None = None, lng: str = "lng", l
 
 
 def _points_crs(crs: str | None, name: str) -> str:
-    if crs is None:
-        raise InvalidInputError(f"{name}: crs is required: name the system of the coordinates "
-                                "(wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>); it is never "
-                                "assumed")
-    return normalize_crs(crs)
+    """The table's system, canonical; a missing or unknown one names the table."""
+    try:
+        return normalize_crs(crs)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{name}: {exc}") from None
 
 
 def to_wgs84_columns(df: pd.DataFrame, *, crs: str | None = None, lng: str = "lng",
