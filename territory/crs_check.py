@@ -72,17 +72,18 @@ class Reference:
 
 def populated_units(index: AssignmentIndex) -> Reference:
     """The plan's units that hold customers (its ``customers`` count, else its first measure
-    with a value), through the assignment index."""
-    units = index.plan.units
-    column = "customers" if "customers" in units else next(iter(index.plan.measures), None)
-    if column is None:
-        populated = np.ones(len(units), dtype=bool)
-    else:
-        populated = units[column].fillna(0).to_numpy(dtype=float) > 0
-    populated = np.append(populated, False)  # position -1 (outside) picks the trailing False
+    with a value), through the assignment index. Nothing is computed until a batch large
+    enough to check asks, so a single lookup pays nothing."""
 
     def fits(lng: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        return populated[index.locate(lng, lat)]
+        units = index.plan.units
+        column = "customers" if "customers" in units else next(iter(index.plan.measures), None)
+        if column is None:
+            populated = np.ones(len(units), dtype=bool)
+        else:
+            populated = units[column].fillna(0).to_numpy(dtype=float) > 0
+        # position -1 (outside the service area) picks the trailing False
+        return np.append(populated, False)[index.locate(lng, lat)]
 
     return Reference("the plan's populated units", fits)
 

@@ -300,6 +300,12 @@ def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_pat
         bad = client.post("/plans", headers=h, json={
             **request, "source": {**request["source"], "points_crs": "mars"}})
         assert bad.status_code == 422 and "not recognised" in bad.text
+        upload = client.post("/plans/upload", headers=h, data={
+            "request": json.dumps({"parameters": {"main_grids": 2}})}, files={
+            "boundaries": ("b.geojson", (datasets / "b.geojson").read_bytes()),
+            "customers": ("c.csv", (datasets / "c.csv").read_bytes(), "text/csv")})
+        assert upload.status_code == 422, upload.text
+        assert upload.json()["errors"][0]["field"] == "request.points_crs"
     configured = Settings(data_dir=data_dir, api_keys=keys, points_crs="b:wgs84",
                           max_running_jobs=1)
     with TestClient(create_app(configured)) as client:
