@@ -91,6 +91,11 @@ def test_a_correctly_declared_batch_does_not_warn(city, truth):
         assign(index, tx, ty, crs=truth, on_warning=found.append)
         assign(index, tx, ty, crs=truth)  # no warning raised either
     assert found == []
+    sample = Sample()
+    sample.add(tx, ty, truth)
+    (fit,) = sample.fits(populated_units(index))
+    assert fit.likely is None and fit.message.startswith(f"points declared {truth} fit as "
+                                                          "declared: ")
     # and the figures say why: the declared reading lands best (oracle: GEOS, not the index)
     shares = {c: float((locate_points(city[1].units, *to_wgs84(tx, ty, c)) >= 0).mean())
               for c in CANDIDATES}
