@@ -248,7 +248,10 @@ Upload = Annotated[UploadFile, File(description="CSV or Parquet with coordinate 
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {m: {} for m in MEDIA.values()},
           "description": "The input rows with sub_grid_id, main_grid_id, branch_id, status, "
-                         "nearest_grid_id, distance_m, reason added"},
+                         "nearest_grid_id, distance_m, reason added",
+          "headers": {"X-Assign-Warnings": {
+              "description": "JSON list of doubts about the batch, e.g. points that fit the "
+                             "plan better in another crs", "schema": {"type": "string"}}}},
     **ERRORS,
 }
 
