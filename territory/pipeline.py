@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import plan_metrics
 from territory.plan import Plan
+from territory.progress import GRAPH, UNITS, Progress
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 
 log = logging.getLogger(__name__)
@@ -191,21 +191,28 @@ def run(
     spec: HierarchySpec,
     *,
     stores_as_centres: bool = False,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Result:
-    """The whole job; returns the plan, its units and graph, and the metrics."""
+    """The whole job; returns the plan, its units and graph, and the metrics.
+
+    ``progress`` receives every stage (:mod:`territory.progress`) as it starts and steps.
+    """
+    if progress:
+        progress(UNITS, 0, None)
     units, report = build_unit_table(inputs, opts)
     if progress:
-        progress("units", str(len(units)))
+        progress(UNITS, len(units), len(units))
     missing = [m for m in spec.measures if m not in units.columns]
     if missing:
         raise InvalidInputError(
             f"balance measures {missing} are not unit attributes; available: "
             f"{sorted(c for c in units.columns if pd.api.types.is_numeric_dtype(units[c]))}"
         )
+    if progress:
+        progress(GRAPH, 0, None)
     graph = build_graph(units)
     if progress:
-        progress("graph", str(graph.number_of_edges()))
+        progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
     if not spec.together:
         spec.together = key_account_groups(units, inputs.key_accounts)
     if stores_as_centres:
