@@ -20,7 +20,13 @@ from datetime import datetime, timedelta
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.progress import Progress as RichBars
 
 from territory.progress import Progress
@@ -34,9 +40,6 @@ _command = "territory"
 
 class _StderrHandler(logging.StreamHandler):
     """A handler on whatever ``sys.stderr`` is when a record comes (test runners swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property
     def stream(self) -> TextIO:  # type: ignore[override]
@@ -68,8 +71,6 @@ def configure(*, verbose: bool = False, quiet: bool = False,
     _handler.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
     _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
                           if verbose else _Concise())
-    if root.level > logging.WARNING or root.level == logging.NOTSET:
-        root.setLevel(logging.WARNING)
     logging.getLogger("territory").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
@@ -114,6 +115,13 @@ class PlainProgress:
             elif t - self._last >= self.interval:
                 self._write(self._count(t), t)
 
+    def next_beat(self) -> float:
+        """Seconds until the running stage is due a heartbeat line (``interval`` if none)."""
+        with self._lock:
+            if not self._running:
+                return self.interval
+            return max(self._last + self.interval - self.clock(), 0.01)
+
     def tick(self) -> None:
         """The heartbeat: a line if the running stage has been silent ``interval`` s."""
         with self._lock:
@@ -137,7 +145,7 @@ class PlainProgress:
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(self.interval / 2):
+            while not stop.wait(self.next_beat()):
                 self.tick()
 
         thread = threading.Thread(target=beat, name="progress-heartbeat", daemon=True)
@@ -180,7 +188,7 @@ def progress(console: Console) -> Iterator[Progress]:
         return
     if console.is_terminal:
         with RichBars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bars:
             yield RichProgress(bars)
         return

@@ -70,7 +70,11 @@ def test_plain_lines_at_start_end_and_at_most_one_per_interval_between():
 
 def test_heartbeat_reports_a_silent_stage_once_per_interval():
     show, clock, out = plain(interval=10.0)
+    assert show.next_beat() == 10.0  # nothing runs: the thread just waits
     show(UNITS, 0, None)
+    clock.t = 4.0
+    assert show.next_beat() == 6.0  # the thread wakes exactly when a line is due
+    clock.t = 0.0
     for _ in range(25):  # 25 s without a step, the heartbeat asked every second
         clock.t += 1.0
         show.tick()
@@ -81,6 +85,7 @@ def test_heartbeat_reports_a_silent_stage_once_per_interval():
     show(UNITS, 5000, 5000)
     clock.t += 30.0
     show.tick()  # an ended stage is silent
+    assert show.next_beat() == 10.0
     assert out.getvalue().splitlines()[-1].endswith("units built 5000/5000 done (0:00:25)")
     assert len(out.getvalue().splitlines()) == 4
 
@@ -183,5 +188,5 @@ def test_quiet_plan_prints_only_the_summary(small_city, tmp_path):
     res = run_plan(small_city, tmp_path / "p", "--quiet")
     assert res.returncode == 0, res.stderr
     assert not re.search(STAMP, res.stderr), res.stderr
-    assert "HiGHS" not in res.stdout + res.stderr
     assert "units; customers 3000 inside" in res.stdout
+    assert "HiGHS" not in res.stdout + res.stderr
