@@ -139,9 +139,10 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     with progress(err_console) as show:
         result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
                      progress=show)
-    path = result.plan.save(out / "plan.gpkg")
-    write_json(result.metrics, out / "metrics.json")
-    write_json(result.plan.meta(), out / "plan.json")
+    with stage(err_console, "plan written"):
+        path = result.plan.save(out / "plan.gpkg")
+        write_json(result.metrics, out / "metrics.json")
+        write_json(result.plan.meta(), out / "plan.json")
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})

@@ -96,7 +96,7 @@ def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     branch, and every island is reported again relative to this part."""
     sub = induced_subgraph(graph, nodes)
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
-    sub.graph["islands"] = join_components(sub)
+    sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
     return sub
 
 

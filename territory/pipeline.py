@@ -20,7 +20,7 @@ from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import plan_metrics
 from territory.plan import Plan
-from territory.progress import GRAPH, UNITS, Progress
+from territory.progress import GRAPH, METRICS, UNITS, Progress
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,10 @@ def run(
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "key_account_groups": len(spec.together), "aggregation": report}
     plan = build_plan(units, graph, spec, progress=progress, params=params)
+    if progress:
+        progress(METRICS, 0, 1)
     metrics = plan_metrics(plan, graph, inputs.areas)
+    if progress:
+        progress(METRICS, 1, 1)
     plan = Plan(**{**plan.__dict__, "metrics": metrics})
     return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)

@@ -14,6 +14,7 @@ UNITS = "units built"
 GRAPH = "adjacency graph edges"
 BRANCHES = "branches → main grids"
 MAIN_GRIDS = "main grids → sub-grids"
+METRICS = "plan metrics"
 
 
 class Progress(Protocol):

@@ -637,7 +637,7 @@ def test_job_progress_has_the_stages_and_counts_of_the_command(tmp_path: Path) -
     from api.jobs import _Progress
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, run
-    from territory.progress import BRANCHES, GRAPH, MAIN_GRIDS, UNITS
+    from territory.progress import BRANCHES, GRAPH, MAIN_GRIDS, METRICS, UNITS
 
     class Recording(PlanStore):
         def update_job(self, job_id: str, **fields: Any) -> None:
@@ -659,6 +659,7 @@ def test_job_progress_has_the_stages_and_counts_of_the_command(tmp_path: Path) -
     n_units, n_edges = len(result.units), result.graph.number_of_edges()
     assert seen == [(UNITS, 0, None), (UNITS, n_units, n_units), (GRAPH, 0, None),
                     (GRAPH, n_edges, n_edges), (BRANCHES, 0, 2), (BRANCHES, 1, 2),
-                    (BRANCHES, 2, 2), *[(MAIN_GRIDS, i, 4) for i in range(5)]]
+                    (BRANCHES, 2, 2), *[(MAIN_GRIDS, i, 4) for i in range(5)],
+                    (METRICS, 0, 1), (METRICS, 1, 1)]
     last = store.get_job(job.job_id)
-    assert last is not None and (last.stage, last.done, last.total) == (MAIN_GRIDS, 4, 4)
+    assert last is not None and (last.stage, last.done, last.total) == (METRICS, 1, 1)
