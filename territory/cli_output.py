@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -60,6 +61,12 @@ class _Concise(logging.Formatter):
 _handler = _StderrHandler()
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str,
+                  lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.warn`` of the library and its dependencies, as one log line."""
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
 def configure(*, verbose: bool = False, quiet: bool = False,
               command: str = "territory") -> None:
     """Set the verbosity of a run of ``command`` (from the global ``--verbose``/``--quiet``)."""
@@ -71,6 +78,7 @@ def configure(*, verbose: bool = False, quiet: bool = False,
     _handler.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
     _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
                           if verbose else _Concise())
+    warnings.showwarning = _show_warning
     logging.getLogger("territory").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 

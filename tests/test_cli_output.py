@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timedelta
 
 import geopandas as gpd
@@ -129,8 +130,10 @@ def test_log_lines_are_concise_and_follow_the_verbosity(capsys):
     except ValueError:
         log.warning("island joined to the mainland", exc_info=True)
     log.info("not shown by default")
+    warnings.warn("Not enough unique values", UserWarning, stacklevel=1)
     err = capsys.readouterr().err
-    assert err == "warning: island joined to the mainland\n"
+    assert err == ("warning: island joined to the mainland\n"
+                   "warning: UserWarning: Not enough unique values\n")
     assert not logging.getLogger("territory.optimize").isEnabledFor(logging.DEBUG)
     configure(quiet=True)
     log.warning("hidden by --quiet")
