@@ -282,7 +282,6 @@ def _demo_outputs(plan, out: Path, data) -> None:
     from territory.assign import assign_frame, open_index
     from territory.exports import export_plan
     from territory.mapdata import PlanLayers
-    from territory.maps import write_demo_maps
 
     with stage(err_console, "customers assigned"):
         index = open_index(out / "plan.gpkg")
@@ -298,6 +297,8 @@ def _demo_outputs(plan, out: Path, data) -> None:
     console.print(f"{len(reports)} reports → {out / 'reports'}, {len(exports)} exports → "
                   f"{out / 'exports'}")
     with stage(err_console, "maps written"):
+        from territory.maps import write_demo_maps  # seconds to import: part of the stage
+
         maps = write_demo_maps(layers, out / "maps", data.tables())
     console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
 

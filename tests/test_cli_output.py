@@ -183,6 +183,16 @@ def test_plan_through_a_pipe_prints_timestamped_stage_lines(small_city, tmp_path
     assert re.search(rf"^{STAMP} \[plan\] {BRANCHES} 2/2 done", err, re.M), err
     assert re.search(rf"^{STAMP} \[plan\] {MAIN_GRIDS} 4/4 done", err, re.M), err
     assert "plan " in res.stdout and "units; customers 3000 inside" in res.stdout
+    # the same plan's customers, assigned in chunks
+    assigned = subprocess.run(
+        [sys.executable, "-c", "from territory.cli import main; main()", "assign",
+         str(tmp_path / "p" / "plan.gpkg"), str(small_city / "customers.csv"), "--crs",
+         "wgs84", "--chunk-size", "1000", "--out", str(tmp_path / "a.csv")],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert assigned.returncode == 0, assigned.stderr
+    assert re.search(rf"^{STAMP} \[assign\] customers assigned started$", assigned.stderr, re.M)
+    assert re.search(rf"^{STAMP} \[assign\] customers assigned 3000/3000 done",
+                     assigned.stderr, re.M), assigned.stderr
     # the solvers keep quiet unless --verbose asks for their logs
     assert "HiGHS" not in res.stdout + res.stderr
 
