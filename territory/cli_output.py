@@ -76,7 +76,8 @@ def configure(*, verbose: bool = False, quiet: bool = False,
     if _handler not in root.handlers:
         root.addHandler(_handler)
     _handler.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING)
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s",
+                                            datefmt="%Y-%m-%dT%H:%M:%S")
                           if verbose else _Concise())
     warnings.showwarning = _show_warning
     logging.getLogger("territory").setLevel(logging.DEBUG if verbose else logging.NOTSET)
