@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichBars
 
-from territory.progress import Progress
+from territory.progress import Progress, silent
 
 HEARTBEAT_S = 10.0
 """Longest silence of the plain renderer while a stage runs."""
@@ -185,15 +185,11 @@ class RichProgress:
             self.bars.stop_task(self.tasks[stage])
 
 
-def _silent(stage: str, done: int, total: int | None) -> None:
-    """``--quiet``: no progress at all."""
-
-
 @contextmanager
 def progress(console: Console) -> Iterator[Progress]:
     """The progress display for this command's work, drawn on ``console`` (stderr)."""
     if _quiet:
-        yield _silent
+        yield silent
         return
     if console.is_terminal:
         with RichBars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),

@@ -23,7 +23,7 @@ from territory.errors import InfeasibleError, InvalidInputError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize import Partitioner
 from territory.plan import Plan
-from territory.progress import BRANCHES, MAIN_GRIDS, Progress
+from territory.progress import BRANCHES, MAIN_GRIDS, Progress, silent
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
 
 def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
-    branch, and every island is reported again relative to this part."""
+    branch, and every island is joined again relative to this part (logged at DEBUG: the
+    city's graph has warned of it already)."""
     sub = induced_subgraph(graph, nodes)
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
     sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
@@ -117,13 +118,12 @@ def _solve(job: dict) -> dict:
     }
 
 
-def _run(jobs: list[dict], workers: int, stage: str, progress: Progress | None) -> list[dict]:
+def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list[dict]:
     """Solve every job, reporting ``stage`` as it starts and after each job."""
     results: list[dict] = []
 
     def step() -> None:
-        if progress:
-            progress(stage, len(results), len(jobs))
+        progress(stage, len(results), len(jobs))
 
     step()
     if workers <= 1 or len(jobs) <= 1:
@@ -185,7 +185,7 @@ def build_plan(
                        "own_grids": own or None,
                        "centres": spec.centres.get(b) if spec.centres else None},
         })
-    main_results = _run(jobs, spec.workers, BRANCHES, progress)
+    main_results = _run(jobs, spec.workers, BRANCHES, progress or silent)
     _raise_errors(main_results, "branch")
     main_id = {}
     figures = {"branch": {}, "main_grid": {}}
@@ -213,7 +213,7 @@ def build_plan(
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
         })
-    sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress)
+    sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress or silent)
     _raise_errors(sub_results, "main grid")
     sub_id = {}
     for res in sub_results:

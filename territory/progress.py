@@ -21,3 +21,7 @@ class Progress(Protocol):
     """Receives ``done`` steps of ``stage`` out of ``total`` (None: not known yet)."""
 
     def __call__(self, stage: str, done: int, total: int | None) -> None: ...
+
+
+def silent(stage: str, done: int, total: int | None) -> None:
+    """The progress of a caller that wants none."""
