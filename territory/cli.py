@@ -7,8 +7,7 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -16,11 +15,11 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from territory.atomic import atomic_path, write_text
+from territory.cli_output import configure, progress, stage
 from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
 
 app = typer.Typer(
@@ -29,6 +28,21 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs of territory "
+                                                                "and the solvers' own logs")]
+    = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only errors and "
+                                                              "the final summary")] = False,
+) -> None:
+    """Draw and keep the grid map of a telecom operator's city."""
+    if verbose and quiet:
+        raise typer.BadParameter("give --verbose or --quiet, not both")
+    configure(verbose=verbose, quiet=quiet, command=ctx.invoked_subcommand or "territory")
 
 
 def _fail(exc: TerritoryError) -> None:
@@ -82,46 +96,6 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-@contextmanager
-def _progress(totals: dict[str, int | None]) -> Iterator[Callable[[str, str], None]]:
-    """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks.
-
-    ``totals`` lists the stages in the order they run, with their number of steps where it
-    is known. A stage's clock starts when the one before it completes, so the spinner shows
-    the stage under way from the start (building units takes seconds before its callback).
-    """
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-        console=err_console, transient=False,
-    ) as bar:
-        order = list(totals)
-        tasks = {name: bar.add_task(name, total=totals[name], start=i == 0)
-                 for i, name in enumerate(order)}
-
-        def complete(name: str) -> None:
-            done = bar.tasks[tasks[name]].completed
-            bar.update(tasks[name], total=done, completed=done)
-            bar.stop_task(tasks[name])
-
-        def step(stage: str, key: str) -> None:
-            i = order.index(stage)
-            for before in order[:i]:  # stages run in order: earlier ones are complete
-                if not bar.tasks[tasks[before]].finished:
-                    complete(before)
-            bar.start_task(tasks[stage])
-            bar.advance(tasks[stage])
-            task = bar.tasks[tasks[stage]]
-            if task.total is not None and task.completed >= task.total and i + 1 < len(order):
-                bar.stop_task(tasks[stage])
-                bar.start_task(tasks[order[i + 1]])
-
-        yield step
-        for name in order:
-            if bar.tasks[tasks[name]].started:
-                complete(name)
-
-
 def _table(df: pd.DataFrame, title: str) -> Table:
     t = Table(title=title)
     for c in df.columns:
@@ -159,9 +133,9 @@ def partition(
 
     with _errors():
         measures = parse_balance(balance, 0.05)
-        with console.status("reading units and building the adjacency graph"):
+        with stage(err_console, "units and graph read"):
             graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs)
-        with console.status(f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
+        with stage(err_console, f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
             labels, figures = run_partition(
                 graph, grids, measures, objective=objective, exact=exact,
                 time_limit=time_limit, seed=seed,
@@ -176,20 +150,13 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.pipeline import run
 
     out.mkdir(parents=True, exist_ok=True)
-    totals = {"units built": 1, "adjacency graph": 1,
-              "branches → main grids": int(inputs.areas[inputs.branch_column].nunique()),
-              "main grids → sub-grids": spec.n_main if isinstance(spec.n_main, int) else None}
-    with _progress(totals) as step:
-        def progress(stage: str, key: str) -> None:
-            step({"units": "units built", "graph": "adjacency graph",
-                  "branch": "branches → main grids",
-                  "main_grid": "main grids → sub-grids"}[stage], key)
-
+    with progress(err_console) as show:
         result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
-                     progress=progress)
-    path = result.plan.save(out / "plan.gpkg")
-    write_json(result.metrics, out / "metrics.json")
-    write_json(result.plan.meta(), out / "plan.json")
+                     progress=show)
+    with stage(err_console, "plan written"):
+        path = result.plan.save(out / "plan.gpkg")
+        write_json(result.metrics, out / "metrics.json")
+        write_json(result.plan.meta(), out / "plan.json")
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})
@@ -312,9 +279,8 @@ def demo(
     from territory.synth import generate_city, write_city
 
     with _errors():
-        logging.getLogger("territory").setLevel(logging.ERROR)
         areas = load_city(city)
-        with console.status(f"generating {customers} synthetic customers"):
+        with stage(err_console, f"{customers} synthetic customers generated"):
             data = generate_city(areas, n_customers=customers, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
         write_city(data, out / "synthetic")
@@ -333,9 +299,8 @@ def _demo_outputs(plan, out: Path, data) -> None:
     from territory.assign import Columns, assign_frame, open_index
     from territory.exports import export_plan
     from territory.mapdata import PlanLayers
-    from territory.maps import write_demo_maps
 
-    with console.status("building the assignment index and assigning the customers"):
+    with stage(err_console, "customers assigned"):
         index = open_index(out / "plan.gpkg")
         assigned = assign_frame(index, data.customers.drop(columns="geometry"),
                                 columns=Columns(crs="wgs84"), on_warning=warn)
@@ -343,13 +308,15 @@ def _demo_outputs(plan, out: Path, data) -> None:
     counts = assigned["status"].value_counts().to_dict()
     console.print(f"customers assigned → {out / 'customers_assigned.csv'}: {counts}")
     layers = PlanLayers(plan)
-    with console.status("writing per-grid reports (CSV) and the GeoJSON and KML exports"):
+    with stage(err_console, "reports and exports written"):
         reports = export_plan(layers, "csv", out / "reports")
         exports = export_plan(layers, "geojson", out / "exports")
         exports += export_plan(layers, "kml", out / "exports")
     console.print(f"{len(reports)} reports → {out / 'reports'}, {len(exports)} exports → "
                   f"{out / 'exports'}")
-    with console.status("drawing the overview, one field map per main grid, the city print"):
+    with stage(err_console, "maps written"):
+        from territory.maps import write_demo_maps  # seconds to import: part of the stage
+
         maps = write_demo_maps(layers, out / "maps", data.tables())
     console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from territory.cli import _errors, _table, console, err_console, require_crs, warn
+from territory.cli_output import progress, stage
 from territory.errors import InvalidInputError
 
 
@@ -68,17 +68,15 @@ def assign(
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
-        with console.status(f"opening the plan and its assignment index ({plan})"):
+        with stage(err_console, f"assignment index of {plan} opened"):
             index = open_index(plan, rebuild=rebuild_index)
-        with Progress(SpinnerColumn(), TextColumn("assigning"), BarColumn(),
-                      TextColumn("{task.completed:,} rows"), TimeElapsedColumn(),
-                      console=err_console) as bar:
-            task = bar.add_task("assign", total=None)
+        with progress(err_console) as show:
+            def rows(done: int, total: int | None) -> None:
+                show("customers assigned", done, total)
 
-            def progress(done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=total)
-
+            rows(0, None)
             counts = assign_file(index, input, out, columns=columns, geocoder=geocoder,
-                                 chunk_size=chunk_size, progress=progress, on_warning=warn)
+                                 chunk_size=chunk_size, progress=rows, on_warning=warn)
+            rows(sum(counts.values()), sum(counts.values()))  # CSV totals are known at the end
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))

@@ -117,12 +117,14 @@ def induced_subgraph(g: nx.Graph, nodes) -> nx.Graph:
     return sub
 
 
-def join_components(g: nx.Graph) -> list[dict]:
+def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
     """Join every component but the largest to its nearest unit elsewhere; report the joins.
 
     Nearest means the closest pair of centroids between the component and the rest, in
     metres. The added edge carries ``bridge=True`` and ``length_m=0`` so compactness
-    measures do not count it as a shared boundary.
+    measures do not count it as a shared boundary. Each join is logged at ``level``: a
+    warning for the city's graph, where the planner learns of it once; parts of it that
+    re-join the same islands for their own solve log at DEBUG.
     """
     comps = sorted(nx.connected_components(g), key=len, reverse=True)
     joins: list[dict] = []
@@ -142,7 +144,7 @@ def join_components(g: nx.Graph) -> list[dict]:
         g.add_edge(u, v, length_m=0.0, bridge=True)
         joins.append({"units": sorted(map(str, comp)), "joined": [u, v],
                       "distance_m": float(dist[k])})
-        log.warning("island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
+        log.log(level, "island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
         main |= comp
     return joins
 

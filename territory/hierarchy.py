@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +23,7 @@ from territory.errors import InfeasibleError, InvalidInputError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize import Partitioner
 from territory.plan import Plan
+from territory.progress import BRANCHES, MAIN_GRIDS, Progress, silent
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,11 @@ def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
 
 def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
-    branch, and every island is reported again relative to this part."""
+    branch, and every island is joined again relative to this part (logged at DEBUG: the
+    city's graph has warned of it already)."""
     sub = induced_subgraph(graph, nodes)
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
-    sub.graph["islands"] = join_components(sub)
+    sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
     return sub
 
 
@@ -117,19 +118,23 @@ def _solve(job: dict) -> dict:
     }
 
 
-def _run(jobs: list[dict], workers: int, progress: Callable[[str], None] | None) -> list[dict]:
-    results = []
+def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list[dict]:
+    """Solve every job, reporting ``stage`` as it starts and after each job."""
+    results: list[dict] = []
+
+    def step() -> None:
+        progress(stage, len(results), len(jobs))
+
+    step()
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             results.append(_solve(job))
-            if progress:
-                progress(str(job["key"]))
+            step()
         return results
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
         for res in ex.map(_solve, jobs):
             results.append(res)
-            if progress:
-                progress(str(res["key"]))
+            step()
     return results
 
 
@@ -144,12 +149,12 @@ def build_plan(
     graph: nx.Graph,
     spec: HierarchySpec,
     *,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
     params: dict | None = None,
 ) -> Plan:
     """Partition ``units`` (with a ``branch_id`` column) into the three-level plan.
 
-    ``progress(stage, key)`` is called after every solved branch or main grid.
+    ``progress`` receives the branches, then the main grids, as done out of total.
     """
     if "branch_id" not in units.columns:
         raise InvalidInputError("units need a branch_id column (the branch of every unit)")
@@ -180,8 +185,7 @@ def build_plan(
                        "own_grids": own or None,
                        "centres": spec.centres.get(b) if spec.centres else None},
         })
-    main_results = _run(jobs, spec.workers, (lambda key: progress("branch", key))
-                        if progress else None)
+    main_results = _run(jobs, spec.workers, BRANCHES, progress or silent)
     _raise_errors(main_results, "branch")
     main_id = {}
     figures = {"branch": {}, "main_grid": {}}
@@ -209,8 +213,7 @@ def build_plan(
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
         })
-    sub_results = _run(sub_jobs, spec.workers, (lambda key: progress("main_grid", key))
-                       if progress else None)
+    sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress or silent)
     _raise_errors(sub_results, "main grid")
     sub_id = {}
     for res in sub_results:

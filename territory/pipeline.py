@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import plan_metrics
 from territory.plan import Plan
+from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 
 log = logging.getLogger(__name__)
@@ -218,21 +218,25 @@ def run(
     spec: HierarchySpec,
     *,
     stores_as_centres: bool = False,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Result:
-    """The whole job; returns the plan, its units and graph, and the metrics."""
+    """The whole job; returns the plan, its units and graph, and the metrics.
+
+    ``progress`` receives every stage (:mod:`territory.progress`) as it starts and steps.
+    """
+    progress = progress or silent
+    progress(UNITS, 0, None)
     units, report = build_unit_table(inputs, opts)
-    if progress:
-        progress("units", str(len(units)))
+    progress(UNITS, len(units), len(units))
     missing = [m for m in spec.measures if m not in units.columns]
     if missing:
         raise InvalidInputError(
             f"balance measures {missing} are not unit attributes; available: "
             f"{sorted(c for c in units.columns if pd.api.types.is_numeric_dtype(units[c]))}"
         )
+    progress(GRAPH, 0, None)
     graph = build_graph(units)
-    if progress:
-        progress("graph", str(graph.number_of_edges()))
+    progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
     if not spec.together:
         spec.together = key_account_groups(units, inputs.key_accounts)
     if stores_as_centres:
@@ -244,6 +248,8 @@ def run(
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "key_account_groups": len(spec.together), "aggregation": report}
     plan = build_plan(units, graph, spec, progress=progress, params=params)
+    progress(METRICS, 0, 1)
     metrics = plan_metrics(plan, graph, inputs.areas)
+    progress(METRICS, 1, 1)
     plan = Plan(**{**plan.__dict__, "metrics": metrics})
     return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)

@@ -632,3 +632,39 @@ def test_api_keys_from_env_and_config_file(tmp_path: Path,
     assert Settings().max_batch_points == 9
     (tmp_path / "c.json").write_text(json.dumps({"api_keys": {"j": "viewer"}}))
     assert Settings(config=tmp_path / "c.json").api_keys == {"j": frozenset({Role.viewer})}
+
+
+def test_job_progress_has_the_stages_and_counts_of_the_command(tmp_path: Path) -> None:
+    """The job's row goes through the pipeline's stages with their done/total counts."""
+    import geopandas as gpd
+    import shapely
+
+    from api.jobs import _Progress
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions, run
+    from territory.progress import BRANCHES, GRAPH, MAIN_GRIDS, METRICS, UNITS
+
+    class Recording(PlanStore):
+        def update_job(self, job_id: str, **fields: Any) -> None:
+            super().update_job(job_id, **fields)
+            seen.append((fields["stage"], fields["done"], fields["total"]))
+
+    seen: list[tuple[str, int, int | None]] = []
+    store = Recording(tmp_path)
+    job = store.create_job(service_area="x", request={}, created_by="t", runner="1:t")
+    areas = gpd.GeoDataFrame({"adcode": ["A", "B"]}, crs="EPSG:4326", geometry=[
+        shapely.box(114.00, 22.50, 114.06, 22.55), shapely.box(114.06, 22.50, 114.12, 22.55)])
+    rng = np.random.default_rng(5)
+    customers = pd.DataFrame({"lng": rng.uniform(114.0, 114.12, 1500),
+                              "lat": rng.uniform(22.5, 22.55, 1500)})
+    spec = HierarchySpec(measures={"customers": 0.3}, n_main=4, n_sub=2, workers=1,
+                         time_limit_main=5, time_limit_sub=3)
+    result = run(Inputs(areas, "adcode", customers), UnitOptions(8, None, 8), spec,
+                 progress=_Progress(store, job.job_id))
+    n_units, n_edges = len(result.units), result.graph.number_of_edges()
+    assert seen == [(UNITS, 0, None), (UNITS, n_units, n_units), (GRAPH, 0, None),
+                    (GRAPH, n_edges, n_edges), (BRANCHES, 0, 2), (BRANCHES, 1, 2),
+                    (BRANCHES, 2, 2), *[(MAIN_GRIDS, i, 4) for i in range(5)],
+                    (METRICS, 0, 1), (METRICS, 1, 1)]
+    last = store.get_job(job.job_id)
+    assert last is not None and (last.stage, last.done, last.total) == (METRICS, 1, 1)
