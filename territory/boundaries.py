@@ -48,7 +48,6 @@ _CITY_COLUMNS = ["adcode", "name", "city", "province"]
 # Shapely type ids.
 _POLYGON = 3
 _MULTIPOLYGON = 6
-_GEOMETRYCOLLECTION = 7
 
 # How many offending rows an error message lists before "and N more".
 _MAX_LISTED = 10
@@ -86,32 +85,15 @@ def _layer_text(layer: str | int | None) -> str:
 
 
 def repair_polygons(geoms: NDArray[np.object_] | Sequence[object]) -> NDArray[np.object_]:
-    """Make polygons valid with :func:`shapely.make_valid`, keeping only their polygonal parts.
+    """Make polygons valid, keeping only polygonal parts: a bow-tie becomes two triangles.
 
-    ``make_valid`` splits a self-intersecting ring into valid pieces (a bow-tie becomes two
-    triangles) but can also return lines or points for collapsed parts; those have no area and
-    would break every later area and overlay step, so they are dropped. A geometry with no
-    polygonal part left becomes an empty Polygon (the caller decides whether that is an error).
+    GEOS' "structure" repair (:func:`shapely.make_valid`) rebuilds areas from the rings and,
+    with ``keep_collapsed=False``, drops parts that collapse to lines or points (they have no
+    area and would break every later area and overlay step). A geometry with no area left
+    becomes an empty Polygon (the caller decides whether that is an error).
     """
-    arr = np.asarray(geoms, dtype=object)
-    fixed = shapely.make_valid(arr)
-    types = shapely.get_type_id(fixed)
-    for i in np.flatnonzero(~np.isin(types, (_POLYGON, _MULTIPOLYGON))):
-        geom = fixed[i]
-        if geom is None:
-            continue
-        if types[i] == _GEOMETRYCOLLECTION:
-            parts = shapely.get_parts(geom)
-            polys = parts[np.isin(shapely.get_type_id(parts), (_POLYGON, _MULTIPOLYGON))]
-        else:
-            polys = np.empty(0, dtype=object)
-        if len(polys) == 0:
-            fixed[i] = shapely.Polygon()
-        elif len(polys) == 1:
-            fixed[i] = polys[0]
-        else:
-            fixed[i] = shapely.union_all(polys)
-    return fixed
+    return shapely.make_valid(np.asarray(geoms, dtype=object), method="structure",
+                              keep_collapsed=False)
 
 
 def _normalize_city(city: str) -> str:
@@ -330,8 +312,8 @@ def read_boundaries(
             )
             raise InvalidInputError(
                 f"{what} {_list_ids(labels[invalid])} of {path} have invalid (e.g. "
-                f"self-intersecting) polygons ({reasons}); repair them (e.g. shapely.make_valid) "
-                "or pass repair=True"
+                f"self-intersecting) polygons ({reasons}); repair them in your GIS, or set "
+                "`repair` to make them valid (self-intersections split into valid parts)"
             )
         geoms = geoms.copy()
         geoms[invalid] = repair_polygons(geoms[invalid])

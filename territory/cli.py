@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,17 +32,39 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(exc: TerritoryError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+def as_flags(message: str, ctx: typer.Context | None,
+             aliases: Mapping[str, str] | None = None) -> str:
+    """``message`` with the library's parameter names said as the command's options.
+
+    Library messages name a parameter in backticks (`encoding`, `repair`); where the command
+    of ``ctx`` has that option (or the one ``aliases`` maps it to, e.g. ``crs`` to
+    ``boundaries_crs``) it becomes the flag (``--encoding``); other names stay as they are.
+    """
+    if ctx is None:
+        return message
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts[0].startswith("--")}
+    aliases = aliases or {}
+
+    def flag(m: re.Match[str]) -> str:
+        return flags.get(aliases.get(m[1], m[1]), m[0])
+
+    return re.sub(r"`(\w+)`", flag, message)
+
+
+def _fail(exc: TerritoryError, ctx: typer.Context | None = None,
+          aliases: Mapping[str, str] | None = None) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(as_flags(str(exc), ctx, aliases))}")
     raise typer.Exit(3 if isinstance(exc, InfeasibleError) else 2)
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(ctx: typer.Context | None = None, **aliases: str) -> Iterator[None]:
+    """Print a library error as one message and exit 2, or 3 for unmet balance targets;
+    with ``ctx``, parameters are named as the command's options (see :func:`as_flags`)."""
     try:
         yield
     except TerritoryError as exc:
-        _fail(exc)
+        _fail(exc, ctx, aliases)
 
 
 def parse_balance(specs: list[str], default: float) -> dict[str, float]:
@@ -125,8 +149,10 @@ def _partition_table(metrics: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 @app.command()
 def partition(
-    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or an "
-                                               "adjacency JSON graph")],
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or a "
+                                               "networkx JSON graph (node-link or adjacency, "
+                                               "as GerryChain writes)")],
     grids: Annotated[int, typer.Option("--grids", "-k", help="Number of grids")],
     out: Annotated[Path, typer.Option(help="CSV to write: unit_id, grid_id")],
     balance: Annotated[list[str], typer.Option(help="COLUMN=TOL, e.g. subscribers=0.005")],
@@ -136,17 +162,22 @@ def partition(
                                                    "then")] = 60.0,
     id_column: Annotated[str | None, typer.Option(help="Unit id column of a polygon layer")]
     = None,
-    xy: Annotated[str, typer.Option(help="Coordinate node attributes of a JSON graph")] = "x,y",
+    xy: Annotated[str | None, typer.Option(help="Coordinate node attributes of a JSON graph, "
+                                                "e.g. C_X,C_Y (default: x,y or a known pair)")]
+    = None,
     crs: Annotated[str | None, typer.Option(help="CRS of a polygon layer without one")] = None,
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) polygons "
+                                              "valid instead of refusing them")] = False,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:
     """Partition units into k contiguous grids balanced on one or several measures."""
     from territory.partition_io import load_units_graph, run_partition
 
-    with _errors():
+    with _errors(ctx):
         measures = parse_balance(balance, 0.05)
         with console.status("reading units and building the adjacency graph"):
-            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs)
+            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs,
+                                     repair=repair)
         with console.status(f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
             labels, figures = run_partition(
                 graph, grids, measures, objective=objective, exact=exact,

@@ -14,17 +14,23 @@ from territory.optimize import Partitioner
 from territory.units import units_from_polygons
 
 
-def load_units_graph(path: Path, *, id_column: str | None, xy: str = "x,y",
-                     crs: str | None = None) -> nx.Graph:
-    """A unit graph from an adjacency JSON file or from a polygon layer."""
+def load_units_graph(path: Path, *, id_column: str | None, xy: str | None = None,
+                     crs: str | None = None, repair: bool = False) -> nx.Graph:
+    """A unit graph from a networkx JSON graph (node-link or adjacency) or a polygon layer.
+
+    ``xy`` is "XNAME,YNAME", the coordinate attributes of a JSON graph's nodes (by default
+    the first known pair every node carries, see :data:`territory.graph.XY_CANDIDATES`).
+    """
     if path.suffix.lower() == ".json":
-        names = tuple(s.strip() for s in xy.split(","))
-        if len(names) != 2 or not all(names):
-            raise InvalidInputError(f"--xy {xy!r}: give two attribute names, e.g. x,y")
+        names = None
+        if xy is not None:
+            names = tuple(s.strip() for s in xy.split(","))
+            if len(names) != 2 or not all(names):
+                raise InvalidInputError(f"`xy` {xy!r}: give two attribute names, e.g. x,y")
         return read_graph_json(path, xy=names)  # type: ignore[arg-type]
     if id_column is None:
-        raise InvalidInputError("--id-column is required for a polygon layer: name the unit id")
-    layer = read_boundaries(path, crs=crs, id_column=id_column)
+        raise InvalidInputError("`id_column` is required for a polygon layer: name the unit id")
+    layer = read_boundaries(path, crs=crs, id_column=id_column, repair=repair)
     return build_graph(units_from_polygons(layer, id_column=id_column))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import geopandas as gpd
+import gerrychain
 import pandas as pd
 import pyogrio
 import pytest
@@ -64,6 +65,26 @@ def test_partition_graph_json_boundary_objective(tmp_path):
     assert "status" in res.output
 
 
+def test_partition_graph_written_by_gerrychain(tmp_path):
+    """GerryChain's own Graph.to_json file (adjacency JSON, C_X/C_Y centroids) is read."""
+    gdf = gpd.read_file(square_layer(tmp_path, n=5)).to_crs(32650)
+    gdf["C_X"], gdf["C_Y"] = gdf.centroid.x, gdf.centroid.y
+    gdf["population"] = gdf["subscribers"] * 10
+    src = tmp_path / "gerrychain.json"
+    gerrychain.Graph.from_geodataframe(gdf.set_index("uid")).to_json(str(src))
+    assert {"nodes", "adjacency"} <= set(json.loads(src.read_text()))
+    out = tmp_path / "out.csv"
+    res = runner.invoke(app, ["partition", str(src), "-k", "3", "--balance", "population=0.1",
+                              "--time-limit", "10", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert sorted(df["unit_id"]) == sorted(gdf["uid"]) and set(df["grid_id"]) == {0, 1, 2}
+    # every grid within ±10 % of the mean population, checked here from the file
+    load = df.merge(gdf[["uid", "population"]], left_on="unit_id", right_on="uid").groupby(
+        "grid_id")["population"].sum()
+    assert (abs(load / load.mean() - 1) <= 0.1 + 1e-9).all()
+
+
 def test_partition_infeasible_exits_3_with_explanation(tmp_path):
     src = square_layer(tmp_path, n=3)
     res = runner.invoke(app, ["partition", str(src), "--grids", "9", "--id-column", "uid",
@@ -93,9 +114,13 @@ def test_partition_bad_arguments_exit_2(tmp_path, args, match):
 
 def test_partition_self_intersecting_polygon_exit_2(tmp_path):
     src = square_layer(tmp_path, n=3, bad=True)
-    res = runner.invoke(app, ["partition", str(src), "--grids", "2", "--id-column", "uid",
-                              "--balance", "subscribers", "--out", str(tmp_path / "o.csv")])
-    assert res.exit_code == 2 and "repair" in res.output
+    args = ["partition", str(src), "--grids", "2", "--id-column", "uid", "--balance",
+            "subscribers=0.3", "--out", str(tmp_path / "o.csv")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--repair" in res.output and "repair=True" not in res.output
+    res = runner.invoke(app, [*args, "--repair"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 9
 
 
 def test_partition_malformed_file_exit_2(tmp_path):

@@ -167,7 +167,8 @@ class Partitioner:
             )
         if self.objective == "distance" and P.xy is None:
             raise InvalidInputError(
-                "objective='distance' needs unit coordinates (node attributes x, y; see --xy); "
+                "objective='distance' needs unit coordinates (node attributes x, y; name them with "
+                "`xy` when reading a graph); "
                 "use objective='boundary' for graphs without coordinates"
             )
         pos = {nid: i for i, nid in enumerate(P.ids)}
