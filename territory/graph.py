@@ -22,9 +22,9 @@ from pathlib import Path
 
 import geopandas as gpd
 import networkx as nx
-from networkx.readwrite import json_graph
 import numpy as np
 import shapely
+from networkx.readwrite import json_graph
 
 from territory.atomic import write_text
 from territory.errors import InvalidInputError

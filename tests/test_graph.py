@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import geopandas as gpd
+import gerrychain
 import networkx as nx
 import pytest
 import shapely
-import gerrychain
 from networkx.readwrite import json_graph
 
 from territory.errors import InvalidInputError
