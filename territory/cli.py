@@ -220,6 +220,7 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
     customers: Annotated[Path, typer.Option(help="Customer points, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
@@ -234,6 +235,14 @@ def plan(
     = "wgs84",
     lng_column: Annotated[str, typer.Option()] = "lng",
     lat_column: Annotated[str, typer.Option()] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")] = "utf-8",
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) boundary "
+                                              "polygons valid instead of refusing them")]
+    = False,
+    dissolve_branches: Annotated[bool, typer.Option(help="Merge boundary rows that share a "
+                                                         "branch code into one branch")]
+    = False,
     resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
     target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
                                                                "resolution)")] = 30.0,
@@ -267,17 +276,8 @@ def plan(
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
 
-    with _errors():
-        areas = read_boundaries(boundaries, crs=boundaries_crs)
-
-        def pts(path, name):
-            if path is None:
-                return None
-            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name)
-
-        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
-                        pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"))
+    with _errors(ctx, crs="boundaries_crs", id_column="unit_id_column", lng="lng_column",
+                 lat="lat_column", n_main="main_grids", n_sub="sub_grids"):
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
@@ -292,10 +292,6 @@ def plan(
                     f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
                 )
             n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
-        if n_main is None and main_size is None:
-            raise InvalidInputError(
-                "give --main-grids (a number), --branch-grids (one per branch) or --main-size"
-            )
         spec = HierarchySpec(
             measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
@@ -303,8 +299,20 @@ def plan(
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed,
         )
-        layer = None if units is None else read_boundaries(units, crs=boundaries_crs,
-                                                           id_column=unit_id_column)
+        spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
+        areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)
+
+        def pts(path, name):
+            if path is None:
+                return None
+            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name,
+                               encoding=encoding)
+
+        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
+                        pts(communities, "communities"), pts(stores, "stores"),
+                        pts(key_accounts, "key_accounts"), dissolve_branches=dissolve_branches)
+        layer = None if units is None else read_boundaries(
+            units, crs=boundaries_crs, id_column=unit_id_column, repair=repair)
         opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
         _plan_job(inputs, opts, spec, out, stores_as_centres)
 

@@ -34,6 +34,7 @@ def _geocoder(gazetteer: Path | None, service: str | None, options: list[str],
 
 
 def assign(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="Plan GeoPackage (territory plan/demo output)")],
     input: Annotated[Path, typer.Argument(help="Customers, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output file, CSV or Parquet by suffix")],
@@ -42,6 +43,8 @@ def assign(
                                                         "(blank: --crs)")] = None,
     lng_column: Annotated[str, typer.Option(help="Longitude / easting column")] = "lng",
     lat_column: Annotated[str, typer.Option(help="Latitude / northing column")] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input, e.g. gb18030 "
+                                               "or gbk")] = "utf-8",
     address_column: Annotated[str | None, typer.Option(help="Address column, geocoded for "
                                                             "rows without coordinates")] = None,
     gazetteer: Annotated[Path | None, typer.Option(help="CSV address,lng,lat[,crs]: offline "
@@ -60,7 +63,7 @@ def assign(
 
     from territory.assign import Columns, assign_file, open_index
 
-    with _errors():
+    with _errors(ctx, lng="lng_column", lat="lat_column"):
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
@@ -75,6 +78,7 @@ def assign(
                 bar.update(task, completed=done, total=total)
 
             counts = assign_file(index, input, out, columns=columns, geocoder=geocoder,
-                                 chunk_size=chunk_size, progress=progress)
+                                 chunk_size=chunk_size, progress=progress,
+                                 encoding=encoding)
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))

@@ -56,20 +56,23 @@ class Violation:
         return self.load / self.mean - 1
 
 
-def _tolerances(measures, tolerance) -> dict[str, float]:
+def check_tolerances(measures, tolerance) -> dict[str, float]:
+    """``{measure: tolerance}`` from ``measures`` (names, or a dict whose None values take
+    ``tolerance``); every tolerance a fraction in (0, 1). Shared by :class:`Partitioner` and
+    the plan's up-front checks, so both accept exactly the same values."""
     if isinstance(measures, str):
         measures = [measures]
-    tol = dict(measures) if isinstance(measures, dict) else {m: tolerance for m in measures}
+    tol = dict(measures) if isinstance(measures, dict) else dict.fromkeys(measures)
     if not tol:
         raise InvalidInputError("measures: give at least one balance measure, e.g. subscribers")
     for m, t in tol.items():
-        if t is None:
-            tol[m] = tolerance
-        elif not (isinstance(t, int | float) and 0 < t < 1):
+        t = tolerance if t is None else t
+        if not (isinstance(t, int | float) and 0 < t < 1):
             raise InvalidInputError(
                 f"tolerance for {m!r} is {t!r}: give a fraction between 0 and 1 "
                 "(0.05 = ±5 % of the mean)"
             )
+        tol[m] = t
     return tol
 
 
@@ -148,7 +151,7 @@ class Partitioner:
     def solve(self, graph: nx.Graph) -> Partitioner:
         t0 = time.monotonic()
         deadline = t0 + float(self.time_limit)
-        tol = _tolerances(self.measures, self.tolerance)
+        tol = check_tolerances(self.measures, self.tolerance)
         measures = list(tol)
         if self.objective not in OBJECTIVES:
             raise InvalidInputError(
