@@ -6,6 +6,7 @@ import json
 
 import geopandas as gpd
 import gerrychain
+import numpy as np
 import pandas as pd
 import pyogrio
 import pytest
@@ -212,3 +213,108 @@ def test_plan_on_planner_supplied_units(tmp_path):
     plan = Plan.load(tmp_path / "p" / "plan.gpkg")
     assert set(plan.units.index) == set(villages["village"])
     assert plan.units["customers"].sum() == 5000
+
+
+# -- formats people bring, and cheap checks first ------------------------------------------
+def small_city(tmp_path, *, codes=("440305", "440306"), n=400, seed=0):
+    """Two districts side by side near Shenzhen and ``n`` customers with Chinese addresses."""
+    boxes = [shapely.box(113.90 + 0.03 * i, 22.50, 113.93 + 0.03 * i, 22.53)
+             for i in range(len(codes))]
+    areas = gpd.GeoDataFrame({"adcode": list(codes), "name": ["南山区", "宝安区", "福田区"][
+        :len(codes)]}, geometry=boxes, crs="EPSG:4326")
+    path = tmp_path / "districts.geojson"
+    pyogrio.write_dataframe(areas, path)
+    rng = np.random.default_rng(seed)
+    cust = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "address": [f"深圳市南山区科技园{i}号" for i in range(n)],
+        "lng": rng.uniform(113.90, 113.90 + 0.03 * len(codes), n),
+        "lat": rng.uniform(22.50, 22.53, n),
+        "subscribers": rng.integers(1, 4, n),
+    })
+    return path, cust
+
+
+def plan_args(boundaries, customers, out, *extra):
+    return ["plan", str(boundaries), "--customers", str(customers), "--main-grids", "2",
+            "--sub-grids", "1", "--resolution", "8", "--balance", "customers=0.3",
+            "--workers", "1", "--time-limit-main", "5", "--out", str(out), *extra]
+
+
+def test_plan_reads_gb18030_customers(tmp_path):
+    src, cust = small_city(tmp_path)
+    csv = tmp_path / "customers.csv"
+    cust.to_csv(csv, index=False, encoding="gb18030")  # what a Chinese CRM exports
+    res = runner.invoke(app, plan_args(src, csv, tmp_path / "p"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "--encoding" in text and "line 2" in text and "gb18030" in text
+    res = runner.invoke(app, plan_args(src, csv, tmp_path / "p", "--encoding", "gb18030"))
+    assert res.exit_code == 0, res.output
+    assert Plan.load(tmp_path / "p" / "plan.gpkg").units["customers"].sum() == len(cust)
+
+
+@pytest.fixture
+def no_unit_building(monkeypatch):
+    """Unit building fails the test if reached: the checks under test must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_units was called before the input was checked")
+
+    monkeypatch.setattr("territory.pipeline.build_units", refuse)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--tolerance", "2", "--balance", "customers"], "tolerance for 'customers' is 2.0"),
+    (["--balance", "customers=1.5"], "between 0 and 1"),
+    (["--main-grids", "0"], "--main-grids 0"),
+    (["--main-grids", "1"], "each of 2 branches"),
+    (["--sub-grids", "0"], "--sub-grids 0"),
+    (["--time-limit-main", "0"], "--time-limit-main 0"),
+    (["--objective", "round"], "--objective 'round'"),
+    (["--balance", "revenue"], "the tables given provide ['customers', 'subscribers']"),
+])
+def test_plan_cheap_checks_fail_before_building_units(tmp_path, no_unit_building, args, match):
+    src, cust = small_city(tmp_path)
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    base = plan_args(src, tmp_path / "c.csv", tmp_path / "p")
+    for opt in ("--tolerance", "--main-grids", "--sub-grids", "--time-limit-main",
+                "--objective", "--balance"):
+        if opt in args and opt in base:
+            i = base.index(opt)
+            del base[i:i + 2]
+    res = runner.invoke(app, base + args)
+    assert res.exit_code == 2, res.output
+    assert match in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_plan_refuses_duplicate_branch_codes_unless_dissolved(tmp_path):
+    src, cust = small_city(tmp_path, codes=("440305", "440306", "440305"))
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'440305' in rows [0, 2]" in text
+    assert "--dissolve-branches" in text
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p",
+                                       "--dissolve-branches"))
+    assert res.exit_code == 0, res.output
+    units = Plan.load(tmp_path / "p" / "plan.gpkg").units
+    assert sorted(units["branch_id"].unique()) == ["440305", "440306"]
+    assert units["customers"].sum() == len(cust)
+
+
+def test_plan_says_lat_and_lng_are_swapped(tmp_path, no_unit_building):
+    src, cust = small_city(tmp_path)
+    cust.rename(columns={"lng": "lat", "lat": "lng"}).to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "looks like lat and lng are swapped" in text
+    assert "'lng'" in text and "'lat'" in text and "--lng-column" in text
+
+
+@pytest.mark.parametrize("content", ["", "customer_id,lng,lat,subscribers\n"])
+def test_plan_says_the_customer_file_is_empty(tmp_path, no_unit_building, content):
+    src, _ = small_city(tmp_path)
+    (tmp_path / "c.csv").write_text(content)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "c.csv is empty" in text and "sums to 0" not in text
