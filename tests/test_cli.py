@@ -318,3 +318,18 @@ def test_plan_says_the_customer_file_is_empty(tmp_path, no_unit_building, conten
     res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "c.csv is empty" in text and "sums to 0" not in text
+
+
+def test_local_cs_boundaries_name_the_option_of_each_command(tmp_path):
+    from tests.test_boundaries import local_shapefile
+
+    src = local_shapefile(tmp_path)
+    _, cust = small_city(tmp_path)
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'Site grid'" in text and "--boundaries-crs" in text
+    res = runner.invoke(app, ["partition", str(src), "-k", "2", "--id-column", "adcode",
+                              "--balance", "area_m2", "--out", str(tmp_path / "o.csv")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "pass --crs" in text and "Traceback" not in text
