@@ -92,6 +92,12 @@ class TableOptions(Strict):
     points_crs: str = Field("wgs84", description="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")
     lng_column: str = "lng"
     lat_column: str = "lat"
+    encoding: str = Field("utf-8", description="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")
+    repair: bool = Field(False, description="Make invalid (self-intersecting) boundary "
+                                            "polygons valid instead of refusing them")
+    dissolve_branches: bool = Field(False, description="Merge boundary rows that share a "
+                                                       "branch code into one branch")
 
 
 class DemoSource(Strict):

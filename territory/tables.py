@@ -48,13 +48,13 @@ def decode_error(path: Path, encoding: str, what: str) -> InvalidInputError:
             except UnicodeDecodeError as exc:
                 bad = line[exc.start:exc.end + 3].hex(" ")
                 return InvalidInputError(
-                    f"{what} {path} is not {encoding} text: line {number} (byte "
+                    f"{what}: {path} is not {encoding} text: line {number} (byte "
                     f"{offset + exc.start}) holds bytes {bad} that {encoding} cannot decode; "
                     "set `encoding` to the file's encoding (Chinese CRM exports are often "
                     "'gb18030' or 'gbk')"
                 )
             offset += len(line)
-    return InvalidInputError(f"{what} {path} is not {encoding} text; set `encoding`")
+    return InvalidInputError(f"{what}: {path} is not {encoding} text; set `encoding`")
 
 
 def read_point_table(path: str | Path, *, encoding: str = DEFAULT_ENCODING,

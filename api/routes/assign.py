@@ -29,7 +29,13 @@ from starlette.background import BackgroundTask
 from api.assignment import Indexes, LockedIndex
 from api.auth import Operator
 from api.deps import PlanDep, SettingsDep, StoreDep, Today
-from api.problems import ProblemError, field_problem, too_large, unsupported_file
+from api.problems import (
+    ProblemError,
+    field_problem,
+    public_message,
+    too_large,
+    unsupported_file,
+)
 from api.routes.plans import ERRORS
 from api.schemas import (
     BatchAssignment,
@@ -41,7 +47,7 @@ from api.settings import Settings
 from api.store import PlanRecord, PlanStore
 from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
 from territory.crs import normalize_crs
-from territory.errors import InvalidInputError
+from territory.errors import InvalidInputError, TerritoryError
 
 router = APIRouter(tags=["assign"])
 
@@ -188,8 +194,11 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: Columns
                                 "file", f"split it into files of at most "
                                         f"{settings.max_batch_points} rows")
 
-        counts = assign_file(index, src, dst, columns=columns, chunk_size=FILE_CHUNK,
-                             progress=limit)
+        try:
+            counts = assign_file(index, src, dst, columns=columns, chunk_size=FILE_CHUNK,
+                                 progress=limit)
+        except TerritoryError as exc:  # the same error, without the server's path
+            raise type(exc)(public_message(str(exc), {str(src): "the uploaded file"})) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
