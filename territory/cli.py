@@ -171,18 +171,19 @@ def partition(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:
     """Partition units into k contiguous grids balanced on one or several measures."""
+    from territory.optimize import Partitioner
     from territory.partition_io import load_units_graph, run_partition
 
-    with _errors(ctx):
-        measures = parse_balance(balance, 0.05)
+    with _errors(ctx, n_grids="grids"):
+        partitioner = Partitioner(grids, measures=parse_balance(balance, 0.05),
+                                  objective=objective, exact=exact, time_limit=time_limit,
+                                  random_state=seed)
+        partitioner.check_parameters()  # before the seconds of reading and building a graph
         with console.status("reading units and building the adjacency graph"):
             graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs,
                                      repair=repair)
         with console.status(f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
-            labels, figures = run_partition(
-                graph, grids, measures, objective=objective, exact=exact,
-                time_limit=time_limit, seed=seed,
-            )
+            labels, figures = run_partition(graph, partitioner)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(pd.DataFrame({"unit_id": labels.index, "grid_id": labels.to_numpy()}), out)
         console.print(_table(_partition_table(figures), f"{grids} grids → {out}"))

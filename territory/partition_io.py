@@ -34,15 +34,14 @@ def load_units_graph(path: Path, *, id_column: str | None, xy: str | None = None
     return build_graph(units_from_polygons(layer, id_column=id_column))
 
 
-def run_partition(graph: nx.Graph, k: int, measures: dict[str, float], *, objective: str,
-                  exact: bool, time_limit: float, seed: int) -> tuple[pd.Series, dict]:
+def run_partition(graph: nx.Graph, partitioner: Partitioner) -> tuple[pd.Series, dict]:
     """Solve and return unit -> grid labels and the figures the command prints."""
-    p = Partitioner(k, measures=measures, objective=objective, exact=exact,
-                    time_limit=time_limit, random_state=seed).solve(graph)
+    p = partitioner.solve(graph)
+    tolerances = p.check_parameters()
     figures = {
         "units": graph.number_of_nodes(),
         "objective": f"{p.objective_:.6g}" + (" m (weighted mean distance to centre)"
-                                            if objective == "distance" else " (boundary)"),
+                                            if p.objective == "distance" else " (boundary)"),
         "lower bound": "none" if p.bound_ is None else f"{p.bound_:.6g} ({p.bound_kind_})",
         "gap": "n/a" if p.gap_ is None else f"{p.gap_:.2%}",
         "status": p.status_ + (" (proven optimal)" if p.status_ == "optimal" else ""),
@@ -50,5 +49,5 @@ def run_partition(graph: nx.Graph, k: int, measures: dict[str, float], *, object
         "time": f"{p.time_:.1f} s",
     }
     for m, dev in p.max_deviation_.items():
-        figures[f"max deviation {m}"] = f"{dev:.3%} (tolerance ±{measures[m]:.2%})"
+        figures[f"max deviation {m}"] = f"{dev:.3%} (tolerance ±{tolerances[m]:.2%})"
     return p.labels_, figures

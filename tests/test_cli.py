@@ -333,3 +333,23 @@ def test_local_cs_boundaries_name_the_option_of_each_command(tmp_path):
                               "--balance", "area_m2", "--out", str(tmp_path / "o.csv")])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "pass --crs" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-k", "0"], "--grids 0"),
+    (["--time-limit", "0"], "--time-limit 0"),
+    (["--balance", "subscribers=2"], "between 0 and 1"),
+    (["--objective", "round"], "--objective 'round'"),
+])
+def test_partition_checks_parameters_before_reading_units(tmp_path, monkeypatch, args, match):
+    def refuse(*a, **kw):
+        raise AssertionError("the units were read before the parameters were checked")
+
+    monkeypatch.setattr("territory.partition_io.read_boundaries", refuse)
+    base = {"-k": "2", "--time-limit": "5", "--balance": "subscribers=0.1",
+            "--objective": "distance"} | dict(zip(args[::2], args[1::2], strict=True))
+    res = runner.invoke(app, ["partition", str(square_layer(tmp_path, n=3)), "--id-column",
+                              "uid", "--out", str(tmp_path / "o.csv"),
+                              *[x for kv in base.items() for x in kv]])
+    assert res.exit_code == 2, res.output
+    assert match in " ".join(res.output.split())

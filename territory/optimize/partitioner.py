@@ -148,20 +148,30 @@ class Partitioner:
         raise AttributeError(name)
 
     # ------------------------------------------------------------------------------------
-    def solve(self, graph: nx.Graph) -> Partitioner:
-        t0 = time.monotonic()
-        deadline = t0 + float(self.time_limit)
+    def check_parameters(self) -> dict[str, float]:
+        """Validate every parameter that needs no graph; returns ``{measure: tolerance}``.
+
+        :meth:`solve` calls it first; a caller with slow input to prepare calls it before
+        preparing it, so that a bad value fails at once.
+        """
         tol = check_tolerances(self.measures, self.tolerance)
-        measures = list(tol)
         if self.objective not in OBJECTIVES:
             raise InvalidInputError(
-                f"objective={self.objective!r}: choose one of {list(OBJECTIVES)}"
+                f"`objective` {self.objective!r}: choose one of {list(OBJECTIVES)}"
             )
         if not (isinstance(self.time_limit, int | float) and self.time_limit > 0):
-            raise InvalidInputError(f"time_limit={self.time_limit!r}: give seconds > 0")
+            raise InvalidInputError(f"`time_limit` {self.time_limit!r}: give seconds > 0")
         k = self.n_grids
         if not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidInputError(f"n_grids={k!r}: give a whole number >= 1")
+            raise InvalidInputError(f"`n_grids` {k!r}: give a whole number >= 1")
+        return tol
+
+    def solve(self, graph: nx.Graph) -> Partitioner:
+        t0 = time.monotonic()
+        tol = self.check_parameters()
+        deadline = t0 + float(self.time_limit)
+        measures = list(tol)
+        k = self.n_grids
         P = problem_from_graph(graph, measures, allow_zero=k == 1)
         if k > P.n:
             raise InvalidInputError(
