@@ -277,6 +277,13 @@ def read_graph_json(path: str | Path, *, xy: tuple[str, str] | None = None) -> n
     for _, _, d in g.edges(data=True):
         d.setdefault("length_m", 1.0)
         d.setdefault("bridge", False)
+    if not g.graph["has_xy"] and not nx.is_connected(g):
+        parts = sorted(nx.connected_components(g), key=len)
+        raise InvalidInputError(
+            f"{path}: the graph has {len(parts)} separate parts (the smallest: nodes "
+            f"{sorted(parts[0], key=str)[:10]}) and no coordinates to join them by; add the "
+            "edges that connect them, or name the nodes' coordinate attributes with `xy`"
+        )
     g.graph.setdefault("islands", join_components(g))
     return g
 

@@ -8,8 +8,11 @@ from pathlib import Path
 import geopandas as gpd
 import gerrychain
 import networkx as nx
+import numpy as np
 import pytest
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from networkx.readwrite import json_graph
 
 from territory.errors import InvalidInputError
@@ -100,6 +103,28 @@ def test_json_round_trip_in_both_forms(tmp_path, form):
     assert back.graph["has_xy"]
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), m=st.integers(0, 30), seed=st.integers(0, 10_000),
+       form=st.sampled_from(["node-link", "adjacency"]), ids=st.sampled_from([int, str]))
+def test_round_trip_keeps_every_node_edge_and_attribute(tmp_path_factory, n, m, seed, form,
+                                                        ids):
+    g = nx.path_graph(n)  # connected, plus random chords
+    g.add_edges_from(nx.gnm_random_graph(n, m, seed=seed).edges)
+    g = nx.relabel_nodes(g, ids)
+    rng = np.random.default_rng(seed)
+    for node, d in g.nodes(data=True):
+        d["population"], d["名称"] = int(rng.integers(0, 1000)), f"区{node}"
+    for _, _, d in g.edges(data=True):
+        d["length_m"] = float(rng.uniform(1, 100))
+    path = tmp_path_factory.mktemp("g") / "g.json"
+    write_graph_json(g, path, form=form)
+    back = read_graph_json(path)
+    assert dict(back.nodes(data=True)) == dict(g.nodes(data=True))
+    assert {frozenset(e) for e in back.edges} == {frozenset(e) for e in g.edges}
+    for u, v, d in g.edges(data=True):
+        assert back.edges[u, v]["length_m"] == d["length_m"]
+
+
 def test_node_link_links_key_and_named_coordinates(tmp_path):
     g = build_graph(squares())
     path = tmp_path / "g.json"
@@ -174,6 +199,22 @@ def test_malformed_graph_files(tmp_path, text, match):
     with pytest.raises(InvalidInputError, match="bad.json") as err:
         read_graph_json(path)
     assert match in str(err.value)
+
+
+def test_separate_parts_without_coordinates_are_refused(tmp_path):
+    g = nx.Graph([(0, 1), (1, 4), (2, 3)])
+    path = tmp_path / "g.json"
+    write_graph_json(g, path, form="adjacency")
+    with pytest.raises(InvalidInputError, match="2 separate parts") as err:
+        read_graph_json(path)
+    assert "[2, 3]" in str(err.value) and "`xy`" in str(err.value)
+    # with coordinates the smaller part is joined at the closest pair of nodes
+    for n, x in {0: 0.0, 1: 1.0, 4: 2.0, 2: 10.0, 3: 11.0}.items():
+        g.nodes[n]["x"], g.nodes[n]["y"] = x, 0.0
+    write_graph_json(g, path, form="adjacency")
+    back = read_graph_json(path)
+    assert back.has_edge(2, 4) and back.edges[2, 4]["bridge"]
+    assert back.number_of_edges() == g.number_of_edges() + 1
 
 
 def test_partial_coordinates_are_refused(tmp_path):
