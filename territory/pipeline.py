@@ -162,6 +162,13 @@ def validate(inputs: Inputs, opts: UnitOptions, spec: HierarchySpec, *,
     for name, table in tables.items():
         _check_not_swapped(table["lng"].to_numpy(float), table["lat"].to_numpy(float), name,
                            bounds)
+    x, y = inputs.customers["lng"].to_numpy(float), inputs.customers["lat"].to_numpy(float)
+    if not ((x >= bounds[0]) & (x <= bounds[2]) & (y >= bounds[1]) & (y <= bounds[3])).any():
+        raise InvalidInputError(
+            f"customers: none of the {len(x)} rows lies within the service area (longitude "
+            f"{bounds[0]:.4f}..{bounds[2]:.4f}, latitude {bounds[1]:.4f}..{bounds[3]:.4f}); "
+            "check the coordinate columns and the coordinate system they are given in"
+        )
     available = {COUNTS[name] for name in tables}
     available |= {out for (t, col), out in SUMS.items() if col in tables.get(t, ())}
     if opts.layer is not None:

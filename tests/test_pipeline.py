@@ -88,3 +88,10 @@ def test_empty_customer_frame():
     with pytest.raises(InvalidInputError, match="customers: the table is empty"):
         validate(Inputs(AREAS, "adcode", customers().iloc[:0]), UnitOptions(),
                  HierarchySpec({"subscribers": 0.05}, n_main=2))
+
+
+def test_customers_all_outside_the_service_area(no_unit_building):
+    elsewhere = customers().assign(lng=lambda d: d["lng"] + 40)  # in another country
+    with pytest.raises(InvalidInputError, match="none of the 50 rows lies within"):
+        run(Inputs(AREAS, "adcode", elsewhere), UnitOptions(),
+            HierarchySpec({"subscribers": 0.05}, n_main=2))
