@@ -67,16 +67,31 @@ def _inputs(source: dict[str, Any]) -> Inputs:
         data = generate_city(areas, n_customers=source["customers"], seed=source["seed"])
         return Inputs(areas, "adcode", data.customers, data.communities, data.stores,
                       data.key_accounts)
-    opts = TableOptions.model_validate({k: source[k] for k in TableOptions.model_fields})
-    areas = read_boundaries(source["boundaries"], crs=opts.boundaries_crs)
+    opts = TableOptions.model_validate({k: source[k] for k in TableOptions.model_fields
+                                        if k in source})
+    areas = read_boundaries(source["boundaries"], crs=opts.boundaries_crs, repair=opts.repair)
     tables = {
         name: read_points(source[name], crs=opts.points_crs, lng=opts.lng_column,
                           lat=opts.lat_column, name=name, areas=areas,
-                          on_warning=lambda m: log.warning("%s", m))
+                          encoding=opts.encoding, on_warning=lambda m: log.warning("%s", m))
         if source.get(name) else None
         for name in POINT_TABLES
     }
-    return Inputs(areas, opts.branch_column, **tables)
+    return Inputs(areas, opts.branch_column, **tables,
+                  dissolve_branches=opts.dissolve_branches)
+
+
+def _public_paths(store: PlanStore, source: dict[str, Any]) -> dict[str, str]:
+    """The job's files by the names a client knows them by: an upload by its form field,
+    a dataset by its name in ``datasets/``; never the server's paths."""
+    out = {}
+    root = store.datasets_dir.resolve()
+    for name in ("boundaries", *POINT_TABLES):
+        if source.get(name) and source.get("kind") == "files":
+            path = Path(source[name])
+            out[str(path)] = (f"dataset {path.relative_to(root).as_posix()!r}"
+                              if path.is_relative_to(root) else f"the uploaded {name} file")
+    return out
 
 
 def run_job(root: str, job_id: str, solver_workers: int) -> None:
@@ -114,9 +129,11 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
     except _Interrupted:
         _fail(store, job_id, INTERRUPTED.model_dump())
     except _Malformed as exc:
-        _fail(store, job_id, territory_problem(exc.cause, status=400).model_dump())
+        _fail(store, job_id, territory_problem(
+            exc.cause, status=400, paths=_public_paths(store, request["source"])).model_dump())
     except TerritoryError as exc:
-        _fail(store, job_id, territory_problem(exc).model_dump())
+        _fail(store, job_id, territory_problem(
+            exc, paths=_public_paths(store, request["source"])).model_dump())
     except Exception as exc:
         log.exception("plan job %s failed", job_id)
         _fail(store, job_id, make_problem(

@@ -94,6 +94,12 @@ class TableOptions(Strict):
                                    "the service area has one configured")
     lng_column: str = "lng"
     lat_column: str = "lat"
+    encoding: str = Field("utf-8", description="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")
+    repair: bool = Field(False, description="Make invalid (self-intersecting) boundary "
+                                            "polygons valid instead of refusing them")
+    dissolve_branches: bool = Field(False, description="Merge boundary rows that share a "
+                                                       "branch code into one branch")
 
 
 class DemoSource(Strict):

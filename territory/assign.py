@@ -47,6 +47,7 @@ from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan
+from territory.tables import DEFAULT_ENCODING, codec, decode_error
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +238,13 @@ def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -
     elif geocoder is None:
         raise InvalidInputError(
             f"address column {cols.address_column!r} needs a geocoder: give a gazetteer "
-            "(--gazetteer FILE) or configure a geocoding service"
+            "(`gazetteer`) or configure a geocoding service"
         )
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise InvalidInputError(
-            f"input has no column(s) {missing}; name them with --lng-column/--lat-column/"
-            f"--crs-column/--address-column (columns found: {list(df.columns)[:20]})"
+            f"input has no column(s) {missing}; name them with `lng`, `lat`, `crs_column` "
+            f"or `address_column` (columns found: {list(df.columns)[:20]})"
         )
     if cols.address_column is not None and (cols.lng in df.columns) != (cols.lat in df.columns):
         raise InvalidInputError(
@@ -377,12 +378,13 @@ def _format(path: Path, what: str) -> str:
     return fmt
 
 
-def _read_chunks(path: Path, chunk_size: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+def _read_chunks(path: Path, chunk_size: int, encoding: str
+                 ) -> tuple[Iterator[pd.DataFrame], int | None]:
     """Chunks of the input and the row count when the format knows it up front. CSV values
     are kept as text, so every column comes out exactly as it went in."""
     if _format(path, "input") == "csv":
         reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                             encoding="utf-8-sig")
+                             encoding=codec(encoding))
         return iter(reader), None
     pf = pq.ParquetFile(path)
     batches = pf.iter_batches(batch_size=chunk_size)
@@ -421,8 +423,10 @@ class _Writer:
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
                 chunk_size: int = 200_000, progress: Progress | None = None,
-                on_warning: Warn | None = None) -> dict[str, int]:
-    """Stream ``src`` (CSV or Parquet) through :func:`assign_frame` into ``dst``.
+                on_warning: Warn | None = None,
+                encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
+    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) through :func:`assign_frame`
+    into ``dst``.
 
     Every row and column of the input comes out, in order, with :data:`OUTPUT_COLUMNS`
     added; ``dst`` appears only once complete. ``progress(rows_done, total_or_None)`` is
@@ -435,6 +439,7 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
         raise InvalidInputError(f"chunk_size={chunk_size}: give a positive number of rows")
     if not src.exists():
         raise InvalidInputError(f"input {src}: no such file")
+    codec(encoding)  # an unknown encoding fails before any output is started
     out_fmt = _format(dst, "output")
     counts = dict.fromkeys(STATUSES, 0)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -444,7 +449,7 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
     done = 0
     try:
         try:
-            chunks, total = _read_chunks(src, chunk_size)
+            chunks, total = _read_chunks(src, chunk_size, encoding)
             for chunk in chunks:
                 out = _assign_chunk(index, chunk, columns, geocoder, check)
                 writer.write(out)
@@ -453,8 +458,9 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 done += len(out)
                 if progress is not None:
                     progress(done, total)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException,
-                UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise decode_error(src, encoding, "input") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException) as exc:
             raise InvalidInputError(
                 f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
                 f"({exc}); check the file is complete and well formed"

@@ -7,7 +7,8 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -45,8 +47,28 @@ def _options(
     configure(verbose=verbose, quiet=quiet, command=ctx.invoked_subcommand or "territory")
 
 
-def _fail(exc: TerritoryError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+def as_flags(message: str, ctx: typer.Context | None,
+             aliases: Mapping[str, str] | None = None) -> str:
+    """``message`` with the library's parameter names said as the command's options.
+
+    Library messages name a parameter in backticks (`encoding`, `repair`); where the command
+    of ``ctx`` has that option (or the one ``aliases`` maps it to, e.g. ``crs`` to
+    ``boundaries_crs``) it becomes the flag (``--encoding``); other names stay as they are.
+    """
+    if ctx is None:
+        return message
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts[0].startswith("--")}
+    aliases = aliases or {}
+
+    def flag(m: re.Match[str]) -> str:
+        return flags.get(aliases.get(m[1], m[1]), m[0])
+
+    return re.sub(r"`(\w+)`", flag, message)
+
+
+def _fail(exc: TerritoryError, ctx: typer.Context | None = None,
+          aliases: Mapping[str, str] | None = None) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(as_flags(str(exc), ctx, aliases))}")
     raise typer.Exit(3 if isinstance(exc, InfeasibleError) else 2)
 
 
@@ -64,11 +86,13 @@ def require_crs(value: str | None, option: str) -> str:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(ctx: typer.Context | None = None, **aliases: str) -> Iterator[None]:
+    """Print a library error as one message and exit 2, or 3 for unmet balance targets;
+    with ``ctx``, parameters are named as the command's options (see :func:`as_flags`)."""
     try:
         yield
     except TerritoryError as exc:
-        _fail(exc)
+        _fail(exc, ctx, aliases)
 
 
 def parse_balance(specs: list[str], default: float) -> dict[str, float]:
@@ -113,8 +137,10 @@ def _partition_table(metrics: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 @app.command()
 def partition(
-    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or an "
-                                               "adjacency JSON graph")],
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or a "
+                                               "networkx JSON graph (node-link or adjacency, "
+                                               "as GerryChain writes)")],
     grids: Annotated[int, typer.Option("--grids", "-k", help="Number of grids")],
     out: Annotated[Path, typer.Option(help="CSV to write: unit_id, grid_id")],
     balance: Annotated[list[str], typer.Option(help="COLUMN=TOL, e.g. subscribers=0.005")],
@@ -124,22 +150,28 @@ def partition(
                                                    "then")] = 60.0,
     id_column: Annotated[str | None, typer.Option(help="Unit id column of a polygon layer")]
     = None,
-    xy: Annotated[str, typer.Option(help="Coordinate node attributes of a JSON graph")] = "x,y",
+    xy: Annotated[str | None, typer.Option(help="Coordinate node attributes of a JSON graph, "
+                                                "e.g. C_X,C_Y (default: x,y or a known pair)")]
+    = None,
     crs: Annotated[str | None, typer.Option(help="CRS of a polygon layer without one")] = None,
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) polygons "
+                                              "valid instead of refusing them")] = False,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:
     """Partition units into k contiguous grids balanced on one or several measures."""
+    from territory.optimize import Partitioner
     from territory.partition_io import load_units_graph, run_partition
 
-    with _errors():
-        measures = parse_balance(balance, 0.05)
+    with _errors(ctx, n_grids="grids"):
+        partitioner = Partitioner(grids, measures=parse_balance(balance, 0.05),
+                                  objective=objective, exact=exact, time_limit=time_limit,
+                                  random_state=seed)
+        partitioner.check_parameters()  # before the seconds of reading and building a graph
         with stage(err_console, "units and graph read"):
-            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs)
+            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs,
+                                     repair=repair)
         with stage(err_console, f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
-            labels, figures = run_partition(
-                graph, grids, measures, objective=objective, exact=exact,
-                time_limit=time_limit, seed=seed,
-            )
+            labels, figures = run_partition(graph, partitioner)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(pd.DataFrame({"unit_id": labels.index, "grid_id": labels.to_numpy()}), out)
         console.print(_table(_partition_table(figures), f"{grids} grids → {out}"))
@@ -170,6 +202,7 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
     customers: Annotated[Path, typer.Option(help="Customer points, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
@@ -185,6 +218,14 @@ def plan(
                                                         "EPSG:N")] = None,
     lng_column: Annotated[str, typer.Option()] = "lng",
     lat_column: Annotated[str, typer.Option()] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")] = "utf-8",
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) boundary "
+                                              "polygons valid instead of refusing them")]
+    = False,
+    dissolve_branches: Annotated[bool, typer.Option(help="Merge boundary rows that share a "
+                                                         "branch code into one branch")]
+    = False,
     resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
     target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
                                                                "resolution)")] = 30.0,
@@ -218,19 +259,9 @@ def plan(
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
 
-    with _errors():
+    with _errors(ctx, crs="boundaries_crs", id_column="unit_id_column", lng="lng_column",
+                 lat="lat_column", n_main="main_grids", n_sub="sub_grids"):
         points_crs = require_crs(points_crs, "--points-crs")
-        areas = read_boundaries(boundaries, crs=boundaries_crs)
-
-        def pts(path, name):
-            if path is None:
-                return None
-            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name,
-                               areas=areas, on_warning=warn)
-
-        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
-                        pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"))
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
@@ -245,10 +276,6 @@ def plan(
                     f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
                 )
             n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
-        if n_main is None and main_size is None:
-            raise InvalidInputError(
-                "give --main-grids (a number), --branch-grids (one per branch) or --main-size"
-            )
         spec = HierarchySpec(
             measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
@@ -256,8 +283,20 @@ def plan(
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed,
         )
-        layer = None if units is None else read_boundaries(units, crs=boundaries_crs,
-                                                           id_column=unit_id_column)
+        spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
+        areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)
+
+        def pts(path, name):
+            if path is None:
+                return None
+            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name,
+                               encoding=encoding, areas=areas, on_warning=warn)
+
+        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
+                        pts(communities, "communities"), pts(stores, "stores"),
+                        pts(key_accounts, "key_accounts"), dissolve_branches=dissolve_branches)
+        layer = None if units is None else read_boundaries(
+            units, crs=boundaries_crs, id_column=unit_id_column, repair=repair)
         opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
         _plan_job(inputs, opts, spec, out, stores_as_centres)
 

@@ -34,6 +34,7 @@ def _geocoder(gazetteer: Path | None, service: str | None, options: list[str],
 
 
 def assign(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="Plan GeoPackage (territory plan/demo output)")],
     input: Annotated[Path, typer.Argument(help="Customers, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output file, CSV or Parquet by suffix")],
@@ -44,6 +45,8 @@ def assign(
                                                         "(blank: --crs)")] = None,
     lng_column: Annotated[str, typer.Option(help="Longitude / easting column")] = "lng",
     lat_column: Annotated[str, typer.Option(help="Latitude / northing column")] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input, e.g. gb18030 "
+                                               "or gbk")] = "utf-8",
     address_column: Annotated[str | None, typer.Option(help="Address column, geocoded for "
                                                             "rows without coordinates")] = None,
     gazetteer: Annotated[Path | None, typer.Option(help="CSV address,lng,lat[,crs]: offline "
@@ -62,7 +65,7 @@ def assign(
 
     from territory.assign import Columns, assign_file, open_index
 
-    with _errors():
+    with _errors(ctx, lng="lng_column", lat="lat_column"):
         if crs_column is None and address_column is None:
             require_crs(crs, "--crs (or --crs-column)")
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
@@ -76,7 +79,8 @@ def assign(
 
             rows(0, None)
             counts = assign_file(index, input, out, columns=columns, geocoder=geocoder,
-                                 chunk_size=chunk_size, progress=rows, on_warning=warn)
+                                 chunk_size=chunk_size, progress=rows, on_warning=warn,
+                                 encoding=encoding)
             rows(sum(counts.values()), sum(counts.values()))  # CSV totals are known at the end
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))

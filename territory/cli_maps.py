@@ -103,6 +103,7 @@ def map_command(
 
 
 def export(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
     format: Annotated[str, typer.Option("--format", help="geojson, gpkg, kml or csv")],
     out: Annotated[Path, typer.Option(help="Output folder")],
@@ -123,7 +124,7 @@ def export(
     from territory.pipeline import read_points
     from territory.plan import Plan
 
-    with _errors():
+    with _errors(ctx):
         table = (read_points(customers, crs=points_crs, name="customers")
                  if customers is not None else None)
         with console.status(f"exporting {format}"):

@@ -141,7 +141,7 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
             "format is written in wgs84"
         )
     if customers is not None and fmt != "csv":
-        raise InvalidInputError("a customer table is exported with --format csv")
+        raise InvalidInputError("a customer table is exported with `format` 'csv'")
     layers = PlanLayers.of(plan)
     chosen = _levels(levels)
     out = Path(out_dir)

@@ -10,6 +10,7 @@ worker processes.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import pandas as pd
 
 from territory.errors import InfeasibleError, InvalidInputError
 from territory.graph import induced_subgraph, join_components
-from territory.optimize import Partitioner
+from territory.optimize import OBJECTIVES, Partitioner
+from territory.optimize.partitioner import check_tolerances
 from territory.plan import Plan
 from territory.progress import BRANCHES, MAIN_GRIDS, Progress, silent
 
@@ -66,6 +68,50 @@ class HierarchySpec:
     centres: dict = field(default_factory=dict)  # branch -> list of unit ids (stores)
     workers: int = 2
     random_state: int = 0
+
+    def validate(self, *, centred: bool = False) -> None:
+        """Check every parameter that needs no data, so that a bad value fails at once and
+        not after the seconds of unit building (the pipeline calls this first, and so does
+        the CLI before it reads any file). ``centred``: main grids will be centred on stores,
+        which then set their number."""
+        check_tolerances(self.measures, 0.05)
+        if self.objective not in OBJECTIVES:
+            raise InvalidInputError(
+                f"`objective` {self.objective!r}: choose one of {list(OBJECTIVES)}"
+            )
+        if isinstance(self.n_main, dict):
+            counts = list(self.n_main.items())
+        else:
+            counts = [] if self.n_main is None else [(None, self.n_main)]
+        for branch, n in counts:
+            if not _whole(n, 1):
+                where = "" if branch is None else f" for branch {branch!r}"
+                raise InvalidInputError(f"`n_main` {n!r}{where}: give a whole number >= 1")
+        if self.n_main is None and self.main_size is None and not centred:
+            raise InvalidInputError(
+                "give the number of main grids, `n_main` (one for the city or one per "
+                "branch), or their size, `main_size`"
+            )
+        if self.n_sub is not None and not _whole(self.n_sub, 1):
+            raise InvalidInputError(f"`n_sub` {self.n_sub!r}: give a whole number >= 1")
+        for name in ("main_size", "sub_size"):
+            value = getattr(self, name)
+            if value is not None and not (_number(value) and 0 < value < math.inf):
+                raise InvalidInputError(f"`{name}` {value!r}: give a load > 0")
+        for name in ("time_limit_main", "time_limit_sub"):
+            value = getattr(self, name)
+            if not (_number(value) and value > 0):
+                raise InvalidInputError(f"`{name}` {value!r}: give seconds > 0")
+        if not _whole(self.workers, 1):
+            raise InvalidInputError(f"`workers` {self.workers!r}: give a whole number >= 1")
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _whole(v: object, minimum: int) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= minimum
 
 
 def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:

@@ -408,7 +408,8 @@ def test_csv_and_parquet_files_come_back_in_kind(client: TestClient, versions: d
                                files={"file": ("c.xlsx", b"PK..", "application/zip")}), 415)
     no_column = client.post("/assign/file", params={"lng_column": "x"}, headers=o,
                             files={"file": ("c.csv", frame.to_csv(index=False), "text/csv")})
-    assert "no column" in assert_problem(no_column, 422)["detail"]
+    detail = assert_problem(no_column, 422)["detail"]
+    assert "no column" in detail and "`lng_column`" in detail and "--" not in detail
 
 
 # -- limits and errors ---------------------------------------------------------------------
@@ -504,6 +505,31 @@ def test_upload_checks_file_types_then_reports_a_failed_job(client: TestClient) 
     job = wait_for_job(client, r.headers["location"])
     assert job["status"] == "failed" and job["service_area"] == "areas"
     assert job["error"]["status"] == 400 and "could not be read" in job["error"]["detail"]
+
+
+@pytest.mark.parametrize("kind, match", [("gb18030", "`encoding`"), ("bow-tie", "`repair`")])
+def test_upload_errors_name_request_fields_not_flags_or_server_paths(
+        client: TestClient, data_dir: Path, kind: str, match: str) -> None:
+    areas = (Path(__file__).parent / "data" / "xiamen_districts_wgs84.geojson").read_bytes()
+    customers = "customer_id,address,lng,lat\nC1,厦门市思明区,118.1,24.5\n".encode()
+    if kind == "gb18030":  # a CRM export read as UTF-8
+        customers = customers.decode().encode("gb18030")
+    else:
+        bow_tie = {"type": "Polygon", "coordinates": [[[118.0, 24.4], [118.1, 24.5],
+                                                       [118.1, 24.4], [118.0, 24.5],
+                                                       [118.0, 24.4]]]}
+        areas = json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {"adcode": "350203"}, "geometry": bow_tie}]}
+        ).encode()
+    r = client.post("/plans/upload", headers=headers("planner"),
+                    data={"request": json.dumps({"parameters": SMALL_PARAMETERS})},
+                    files={"boundaries": ("areas.geojson", areas, "application/geo+json"),
+                           "customers": ("c.csv", customers, "text/csv")})
+    job = wait_for_job(client, r.headers["location"])
+    detail = job["error"]["detail"]
+    assert job["status"] == "failed" and job["error"]["status"] == 400
+    assert match in detail and "the uploaded" in detail
+    assert "--" not in detail and str(data_dir) not in detail and "/" not in detail
 
 
 def test_library_errors_map_to_422() -> None:

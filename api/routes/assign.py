@@ -38,7 +38,13 @@ from starlette.background import BackgroundTask
 from api.assignment import Indexes, LockedIndex
 from api.auth import Operator
 from api.deps import CRS_FIX, PlanDep, SettingsDep, StoreDep, Today, resolve_crs
-from api.problems import ProblemError, field_problem, too_large, unsupported_file
+from api.problems import (
+    ProblemError,
+    field_problem,
+    public_message,
+    too_large,
+    unsupported_file,
+)
 from api.routes.plans import ERRORS
 from api.schemas import (
     BatchAssignment,
@@ -50,7 +56,7 @@ from api.settings import Settings
 from api.store import PlanRecord, PlanStore
 from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
 from territory.crs import normalize_crs
-from territory.errors import InvalidInputError
+from territory.errors import InvalidInputError, TerritoryError
 
 router = APIRouter(tags=["assign"])
 
@@ -209,9 +215,12 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: FileCol
                                         f"{settings.max_batch_points} rows")
 
         warnings: list[str] = []
-        counts = assign_file(index, src, dst, columns=Columns(crs=crs, **vars(columns)),
-                             chunk_size=FILE_CHUNK, progress=limit,
-                             on_warning=warnings.append)
+        try:
+            counts = assign_file(index, src, dst, columns=Columns(crs=crs, **vars(columns)),
+                                 chunk_size=FILE_CHUNK, progress=limit,
+                                 on_warning=warnings.append)
+        except TerritoryError as exc:  # the same error, without the server's path
+            raise type(exc)(public_message(str(exc), {str(src): "the uploaded file"})) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
