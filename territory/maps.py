@@ -38,6 +38,7 @@ from matplotlib.colors import to_hex
 
 from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
+from territory.filenames import safe_filename
 from territory.mapdata import (
     COMMUNITY_COLOUR,
     DECIMALS,
@@ -122,10 +123,19 @@ def _features(table: gpd.GeoDataFrame, properties: pd.DataFrame) -> dict:
     return frame.to_geo_dict(drop_id=False)
 
 
+def html_figures(figures: pd.DataFrame) -> pd.DataFrame:
+    """``figures`` with every label and value as escaped HTML text. folium's
+    ``GeoJsonTooltip`` writes both into the page with ``innerHTML``, and grid ids, parent
+    ids and measure names are the operator's text: this is where they enter a tooltip."""
+    out = figures.astype(str).map(html.escape)
+    out.columns = [html.escape(str(c)) for c in figures.columns]
+    return out
+
+
 def _grid_layer(table: gpd.GeoDataFrame, level: str, measures: list[str], *, name: str,
                 fill: dict[str, str], show: bool, overlay: bool = False) -> folium.GeoJson:
     """Filled grids with a key-figures tooltip; ``fill`` maps grid id -> colour."""
-    figures = key_figures(table, level, measures)
+    figures = html_figures(key_figures(table, level, measures))
     weight = LINE_WEIGHT[level]
     return folium.GeoJson(
         _features(table, figures),
@@ -270,14 +280,30 @@ KEY_ACCOUNT_FIELDS = {"Kind": ("kind", ""), "Employees": ("employees", ",.0f"),
                       "Subscribers": ("subscribers", ",.0f")}
 
 
+class _Tooltip(folium.Tooltip):
+    """A tooltip of plain text. folium's own puts its text in a JavaScript template literal,
+    where ``${…}``, a backtick or a backslash in a store's name would run or break the
+    script; this one escapes the text for HTML and hands it to Leaflet as a JSON string."""
+
+    _template = Template("""
+        {% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindTooltip({{ this.text|tojson }},
+            {{ this.options|tojavascript }});
+        {% endmacro %}
+    """)
+
+    def __init__(self, text: str) -> None:
+        super().__init__(html.escape(text))
+
+
 def _store_marker(row: pd.Series, note: str = "") -> folium.Marker:
-    label = html.escape(str(row.get("name", row.get("store_id", "store"))))
-    kind = html.escape(str(row.get("kind", "store")).replace("_", " "))
+    label = str(row.get("name", row.get("store_id", "store")))
+    kind = str(row.get("kind", "store")).replace("_", " ")
     return folium.Marker(
         [row["lat"], row["lng"]],
         icon=folium.DivIcon(html=STORE_SVG, icon_size=(20, 20),
                             icon_anchor=(10, 10), class_name="territory-store-icon"),
-        tooltip=f"{label} ({kind}){note}",
+        tooltip=_Tooltip(f"{label} ({kind}){note}"),
     )
 
 
@@ -387,8 +413,10 @@ def choropleth_map(plan: Plan | PlanLayers, measure: str | None = None, *,
     fill = {g: colours[c] if c >= 0 else "#ffffff"
             for g, c in zip(table["grid_id"], classes, strict=True)}
     m = _base_map(table.total_bounds, online_tiles)
-    _grid_layer(table, level, layers.plan.measures, name=f"{LEVEL_NAME[level]}: {measure}",
-                fill=fill, show=True, overlay=True).add_to(m)
+    # Leaflet's layer control writes layer names with innerHTML
+    _grid_layer(table, level, layers.plan.measures,
+                name=html.escape(f"{LEVEL_NAME[level]}: {measure}"), fill=fill, show=True,
+                overlay=True).add_to(m)
     coarser = list(LEVELS[: LEVELS.index(level)])
     for lv in coarser:
         _BoundaryLayer(lv, table=layers.display(lv)).add_to(m)
@@ -514,11 +542,13 @@ def write_demo_maps(plan: Plan | PlanLayers, out_dir: str | Path,
                     tables: Tables | None = None) -> list[Path]:
     """Everything a demo hands out, into ``out_dir``: ``overview.html``,
     ``choropleth.html`` (balance of the first measure), ``field/<main grid>.html`` for every
-    main grid and the printable city map ``city.png``/``city.pdf``. Returns the files."""
+    main grid (the id made a safe file name by :func:`territory.filenames.safe_filename`)
+    and the printable city map ``city.png``/``city.pdf``. Returns the files."""
     layers = PlanLayers.of(plan)
     out = Path(out_dir)
     written = [save_map(overview_map(layers, tables), out / "overview.html"),
                save_map(choropleth_map(layers, tables=tables), out / "choropleth.html")]
-    written += [save_map(field_map(layers, gid, tables), out / "field" / f"{gid}.html")
+    written += [save_map(field_map(layers, gid, tables),
+                         out / "field" / f"{safe_filename(gid)}.html")
                 for gid in layers.kpis("main_grid")["grid_id"]]
     return written + print_city(layers, out / "city", tables)
