@@ -97,7 +97,8 @@ def kml_text(table: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     that)."""
     geometry = table.geometry.name
     text = {c: table[c].map(lambda v: v if pd.isna(v) else html.escape(str(v)))
-            for c in table.columns if c != geometry and pd.api.types.is_object_dtype(table[c])}
+            for c in table.columns if c != geometry and (pd.api.types.is_string_dtype(table[c])
+                                                         or pd.api.types.is_object_dtype(table[c]))}
     names = {c: html.escape(str(c)) for c in table.columns if c != geometry}
     return table.assign(**text).rename(columns=names)
 

@@ -33,7 +33,7 @@ def safe_filename(name: object) -> str:
     """
     text = str(name)
     cleaned = _UNSAFE_RUN.sub("_", text).strip("._")[:MAX_STEM].rstrip("._")
-    if cleaned == text and cleaned.upper().split(".")[0] not in _RESERVED:
+    if cleaned and cleaned == text and cleaned.upper().split(".")[0] not in _RESERVED:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{cleaned}-{digest}" if cleaned else digest

@@ -115,20 +115,39 @@ def _base_map(bounds: Sequence[float], online_tiles: bool) -> folium.Map:
     return m
 
 
+#: Characters escaped on top of ``html.escape``'s: see :func:`html_text`.
+_MORE = str.maketrans({"{": "&#123;", "}": "&#125;", "/": "&#47;"})
+
+
+def html_text(value: object) -> str:
+    """``value`` as text in a map page; every name, id and label the operator supplied
+    enters the page through here (or as a number).
+
+    HTML's ``&<>"'`` are escaped, so Leaflet's ``innerHTML`` (tooltips, popups, the layer
+    control) shows markup as text. So are ``{`` and ``}``: folium compiles each element's
+    rendered script once more as a Jinja template (branca's ``MacroElement.render``), where
+    a name holding ``{{ … }}`` would be evaluated on the server. And ``/``, as OWASP's
+    HTML-escaping rule has it: a name then never reads as an outside URL (``src=//host``)
+    to :func:`territory.offline.inline_assets`, which refuses such pages.
+    """
+    return html.escape(str(value)).translate(_MORE)
+
+
 def _features(table: gpd.GeoDataFrame, properties: pd.DataFrame) -> dict:
-    """A FeatureCollection with feature ids = grid ids and the given text properties."""
+    """A FeatureCollection of ``table``'s geometry with the given (already escaped) text
+    properties. Feature ids are row positions: an id is written into the page's scripts
+    as it is, so a grid id, the operator's text, cannot be one."""
     frame = gpd.GeoDataFrame(properties.astype(str), geometry=table.geometry.values,
                              crs=table.crs)
-    frame.index = table["grid_id"].to_numpy()
-    return frame.to_geo_dict(drop_id=False)
+    return frame.reset_index(drop=True).to_geo_dict(drop_id=False)
 
 
 def html_figures(figures: pd.DataFrame) -> pd.DataFrame:
-    """``figures`` with every label and value as escaped HTML text. folium's
+    """``figures`` with every label and value as :func:`html_text`: folium's
     ``GeoJsonTooltip`` writes both into the page with ``innerHTML``, and grid ids, parent
-    ids and measure names are the operator's text: this is where they enter a tooltip."""
-    out = figures.astype(str).map(html.escape)
-    out.columns = [html.escape(str(c)) for c in figures.columns]
+    ids and measure names are the operator's text."""
+    out = figures.astype(str).map(html_text)
+    out.columns = [html_text(c) for c in figures.columns]
     return out
 
 
@@ -136,11 +155,12 @@ def _grid_layer(table: gpd.GeoDataFrame, level: str, measures: list[str], *, nam
                 fill: dict[str, str], show: bool, overlay: bool = False) -> folium.GeoJson:
     """Filled grids with a key-figures tooltip; ``fill`` maps grid id -> colour."""
     figures = html_figures(key_figures(table, level, measures))
+    colours = table["grid_id"].map(fill).tolist()  # by feature id, the row position
     weight = LINE_WEIGHT[level]
     return folium.GeoJson(
         _features(table, figures),
         name=name, overlay=overlay, show=show,
-        style_function=lambda f: {"fillColor": fill[f["id"]], "fillOpacity": 0.6,
+        style_function=lambda f: {"fillColor": colours[int(f["id"])], "fillOpacity": 0.6,
                                   "color": LINE_COLOUR, "weight": weight},
         highlight_function=lambda f: {"fillOpacity": 0.85, "weight": weight + 1.5},
         tooltip=folium.GeoJsonTooltip(fields=list(figures.columns), sticky=True),
@@ -164,21 +184,31 @@ class _BoundaryLayer(Layer):
         super().__init__(name=f"{LEVEL_NAME[level]}: boundaries", overlay=True, show=True)
         self._name = "BoundaryLayer"
         self.data = (f"{source.get_name()}.toGeoJSON({DECIMALS})" if source is not None
-                     else json.dumps(_features(table, table[["grid_id"]])))
+                     else json.dumps(_features(table, table[[]])))
         self.colour = LINE_COLOUR
         self.weight = LINE_WEIGHT[level] if weight is None else weight
 
 
+class _Markup(folium.Element):
+    """Finished HTML, put in the page as it is. A branca ``Element`` compiles its first
+    argument as a Jinja template, so a grid id or a name holding ``{{ … }}`` in it would
+    be evaluated on the server; here the markup is a value the template only prints."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__("{{ this.markup }}")
+        self.markup = markup
+
+
 def _html_box(m: folium.Map, css_class: str, title: str, body: str) -> None:
     """A box fixed over the map that folds away (a phone screen is small)."""
-    m.get_root().html.add_child(folium.Element(
-        f'<details open class="territory-box {css_class}"><summary>{html.escape(title)}'
+    m.get_root().html.add_child(_Markup(
+        f'<details open class="territory-box {css_class}"><summary>{html_text(title)}'
         f"</summary>{body}</details>"))
 
 
 def _legend(m: folium.Map, title: str, rows: Iterable[tuple[str, str]]) -> None:
     """A fixed legend box; ``rows`` are (symbol HTML, label)."""
-    body = "".join(f"<tr><td>{sym}</td><td>{html.escape(label)}</td></tr>" for sym, label in rows)
+    body = "".join(f"<tr><td>{sym}</td><td>{html_text(label)}</td></tr>" for sym, label in rows)
     _html_box(m, "territory-legend", title, f"<table>{body}</table>")
 
 
@@ -199,8 +229,8 @@ def _line_rows(levels: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _text(values: Iterable[object], fmt: str = "") -> list[str]:
-    """Popup text: formatted and HTML-escaped (names come from the operator's data)."""
-    return [html.escape(t) for t in as_text(values, fmt)]
+    """Popup text: formatted and escaped (:func:`html_text`; names are the operator's)."""
+    return [html_text(t) for t in as_text(values, fmt)]
 
 
 class _PointLayer(Layer):
@@ -283,7 +313,8 @@ KEY_ACCOUNT_FIELDS = {"Kind": ("kind", ""), "Employees": ("employees", ",.0f"),
 class _Tooltip(folium.Tooltip):
     """A tooltip of plain text. folium's own puts its text in a JavaScript template literal,
     where ``${…}``, a backtick or a backslash in a store's name would run or break the
-    script; this one escapes the text for HTML and hands it to Leaflet as a JSON string."""
+    script; this one escapes the text (:func:`html_text`) and hands it to Leaflet as a
+    JSON string."""
 
     _template = Template("""
         {% macro script(this, kwargs) %}
@@ -293,7 +324,7 @@ class _Tooltip(folium.Tooltip):
     """)
 
     def __init__(self, text: str) -> None:
-        super().__init__(html.escape(text))
+        super().__init__(html_text(text))
 
 
 def _store_marker(row: pd.Series, note: str = "") -> folium.Marker:
@@ -415,7 +446,7 @@ def choropleth_map(plan: Plan | PlanLayers, measure: str | None = None, *,
     m = _base_map(table.total_bounds, online_tiles)
     # Leaflet's layer control writes layer names with innerHTML
     _grid_layer(table, level, layers.plan.measures,
-                name=html.escape(f"{LEVEL_NAME[level]}: {measure}"), fill=fill, show=True,
+                name=html_text(f"{LEVEL_NAME[level]}: {measure}"), fill=fill, show=True,
                 overlay=True).add_to(m)
     coarser = list(LEVELS[: LEVELS.index(level)])
     for lv in coarser:
@@ -480,7 +511,7 @@ def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = Non
         for gid, g in zip(kids["grid_id"], kids.geometry, strict=True):
             p = g.point_on_surface()
             folium.Marker([p.y, p.x], icon=folium.DivIcon(
-                html=f'<div class="territory-label">{html.escape(gid)}</div>',
+                html=f'<div class="territory-label">{html_text(gid)}</div>',
                 icon_size=(120, 16), icon_anchor=(0, 8), class_name="territory-label-icon"),
             ).add_to(labels)
         labels.add_to(m)
@@ -528,7 +559,7 @@ def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = Non
     _legend(m, "Legend", legend_rows)
 
     figures = key_figures(grid, level, measures).iloc[0]
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(str(v))}</b></td></tr>"
+    body = "".join(f"<tr><td>{html_text(k)}</td><td><b>{html_text(v)}</b></td></tr>"
                    for k, v in figures.items())
     if top:
         body += "<tr><td colspan=2><h4>Top communities by value</h4></td></tr>"
