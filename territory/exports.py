@@ -95,12 +95,12 @@ def kml_text(table: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     a grid id like ``<img src=x onerror=…>`` would run there; escaped, it shows as written
     (the XML writer escapes once more for XML, and the reader's XML parser undoes only
     that)."""
-    geometry = table.geometry.name
-    text = {c: table[c].map(lambda v: v if pd.isna(v) else html.escape(str(v)))
-            for c in table.columns if c != geometry and (pd.api.types.is_string_dtype(table[c])
-                                                         or pd.api.types.is_object_dtype(table[c]))}
-    names = {c: html.escape(str(c)) for c in table.columns if c != geometry}
-    return table.assign(**text).rename(columns=names)
+    columns = [c for c in table.columns if c != table.geometry.name]
+    text = [c for c in columns if pd.api.types.is_string_dtype(table[c])
+            or pd.api.types.is_object_dtype(table[c])]
+    escaped = {c: table[c].map(lambda v: v if pd.isna(v) else html.escape(str(v)))
+               for c in text}
+    return table.assign(**escaped).rename(columns={c: html.escape(str(c)) for c in columns})
 
 
 def kml_description(figures: pd.Series) -> str:
