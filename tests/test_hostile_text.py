@@ -534,3 +534,16 @@ def test_service_serves_hostile_ids_exactly(client, hostile, layers):
     names = re.findall(r'filename="([^"]*)"', disposition)
     assert names and all("/" not in n and ".." not in n for n in names)
     assert "%2F" not in disposition  # no separator in the UTF-8 name either
+
+
+@pytest.mark.parametrize("field", ["boundaries", "customers"])
+def test_dataset_names_with_nul_bytes_are_422(client, field):
+    city = client.app.state.store.datasets_dir / "city"
+    city.mkdir(parents=True, exist_ok=True)
+    (city / "districts.geojson").touch()  # so a NUL in the customers' name is what fails
+    source = {"kind": "datasets", "boundaries": "city/districts.geojson",
+              "customers": "city/customers.csv", field: "city/a\0b.csv"}
+    r = client.post("/plans", json={"source": source, "parameters": {"main_grids": 2}},
+                    headers=headers("planner"))
+    body = _problem(r, 422)
+    assert body["errors"][0]["field"] == f"source.{field}" and "NUL" in body["detail"]
