@@ -117,9 +117,12 @@ def _dataset(store: PlanStore, name: str | None, field: str, suffixes: tuple[str
     if name is None:
         return None
     root = store.datasets_dir.resolve()
-    path = (root / name).resolve()
+    path = None if "\0" in name else (root / name).resolve()
     problem = None
-    if not path.is_relative_to(root) or path == root:
+    if path is None:
+        problem = ("holds a NUL byte, which no file name can", "GET /datasets lists the files "
+                   "you can name")
+    elif not path.is_relative_to(root) or path == root:
         problem = ("is outside the datasets folder", "name a file inside datasets/")
     elif not path.is_file():
         problem = ("does not exist", "GET /datasets lists the files you can name")
