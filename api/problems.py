@@ -74,17 +74,23 @@ def territory_problem(exc: TerritoryError, status: int = 422) -> Problem:
 
 
 def field_problem(field: str, message: str, fix: str, *, status: int = 422,
-                  kind: str = "validation-error", title: str = "Invalid request"
-                  ) -> ProblemError:
+                  kind: str = "validation-error", title: str = "Invalid request",
+                  headers: dict[str, str] | None = None) -> ProblemError:
     """A problem with one offending field: what is wrong with it and what to send instead."""
-    return ProblemError(status, message, kind=kind, title=title,
+    return ProblemError(status, message, kind=kind, title=title, headers=headers,
                         errors=[FieldError(field=field, message=message, fix=fix)])
 
 
-def too_large(detail: str, field: str, fix: str) -> ProblemError:
-    """A 413 naming what was too large and how to split it."""
+#: On an answer sent before the request's body was read to its end: the server closes the
+#: connection instead of reading (and discarding) the rest of the upload.
+CLOSE = {"Connection": "close"}
+
+
+def too_large(detail: str, field: str, fix: str, *, unread: bool = False) -> ProblemError:
+    """A 413 naming what was too large and how to split it; ``unread``: answered before the
+    whole body was received."""
     return field_problem(field, detail, fix, status=413, kind="too-large",
-                         title="Content too large")
+                         title="Content too large", headers=CLOSE if unread else None)
 
 
 def unsupported_file(field: str, message: str, fix: str) -> ProblemError:
@@ -181,7 +187,7 @@ class BodyLimitMiddleware:
 
     def _error(self) -> ProblemError:
         return too_large(f"the request body is larger than {self.max_bytes} bytes",
-                         "body", "split the data into smaller requests")
+                         "body", "split the data into smaller requests", unread=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,7 +195,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await render(self._error().body, {"Connection": "close"})(scope, receive, send)
+            await render(self._error().body, CLOSE)(scope, receive, send)
             return
         seen = 0
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import TypedDict
 
 MAX_LIMIT = 200
 """Largest page a list endpoint returns: a bounded answer whatever the store holds."""
@@ -208,13 +209,20 @@ class Activate(Strict):
 
 
 # -- assignment ----------------------------------------------------------------------------
-class PointIn(Strict):
-    id: str | int | None = Field(None, description="Your key, echoed back")
-    lng: float | None = Field(allow_inf_nan=False,
-                              description="Longitude (or easting in a projected crs); null "
-                                          "when the customer has no coordinates")
-    lat: float | None = Field(allow_inf_nan=False,
-                              description="Latitude (or northing in a projected crs)")
+# A TypedDict, not a model: a batch holds up to a million points, and validating into plain
+# dicts costs a third of building model instances.
+class PointIn(TypedDict):
+    """One point of a JSON batch."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+
+    id: NotRequired[Annotated[str | int | None, Field(description="Your key, echoed back")]]
+    lng: Annotated[float | None, Field(allow_inf_nan=False,
+                                       description="Longitude (or easting in a projected "
+                                                   "crs); null when the customer has no "
+                                                   "coordinates")]
+    lat: Annotated[float | None, Field(allow_inf_nan=False,
+                                       description="Latitude (or northing in a projected crs)")]
 
 
 AssignStatus = Literal["ok", "outside", "invalid", "not_geocoded"]
