@@ -17,6 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import FieldError, Problem
@@ -26,6 +27,18 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:territory:problem:"
+
+
+def problem_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """An error answer in the OpenAPI document: a Problem, as ``application/problem+json``
+    only (FastAPI's ``model=`` would also list it as ``application/json``)."""
+    return {"description": description or HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+#: The error answers of the service's routes, for the OpenAPI document.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: problem_response(code) for code in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
 
 
 class ProblemError(HTTPException):
@@ -143,10 +156,23 @@ def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
 
 
 # -- handlers ------------------------------------------------------------------------------
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Starlette's own 405 names only the
+    methods of the first route whose path matched, and FastAPI has one route per method."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if isinstance(exc, ProblemError):
         return render(exc.body, exc.headers)
-    return render(make_problem(exc.status_code, str(exc.detail)), exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return render(make_problem(exc.status_code, str(exc.detail)), headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,11 +7,12 @@ change inside the library does not change the API by accident.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
 MAX_LIMIT = 200
@@ -23,6 +24,19 @@ SERVICE_AREA = Field(
                 "file's name); one plan is in force per service area",
     examples=["xiamen"],
 )
+
+
+def _iso_day(value: Any) -> Any:
+    """Only ``YYYY-MM-DD`` (or a date): pydantic alone would also read ``0`` as 1970-01-01."""
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("give a date as YYYY-MM-DD")
+    if not isinstance(value, str | date):
+        raise ValueError("give a date as YYYY-MM-DD")
+    return value
+
+
+#: A calendar day, written ``YYYY-MM-DD``, in a query or a body.
+Day = Annotated[date, BeforeValidator(_iso_day)]
 
 
 class Strict(BaseModel):
@@ -203,7 +217,7 @@ class PlansPublic(BaseModel):
 
 
 class Activate(Strict):
-    effective_from: date | None = Field(
+    effective_from: Day | None = Field(
         None, description="First day in force (the service's time zone); today when omitted. "
                           "Never in the past: history already answered stays as it was")
 

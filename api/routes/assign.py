@@ -34,6 +34,7 @@ from api.problems import ProblemError, field_problem, too_large, unsupported_fil
 from api.routes.plans import ERRORS
 from api.schemas import (
     BatchAssignment,
+    Day,
     PlanRef,
     SingleAssignment,
 )
@@ -77,7 +78,7 @@ Lng = Annotated[float, Query(allow_inf_nan=False,
                              description="Longitude (or easting in a projected crs)")]
 Lat = Annotated[float, Query(allow_inf_nan=False,
                              description="Latitude (or northing in a projected crs)")]
-AsOf = Annotated[date | None, Query(description="The day whose plan answers (default today, "
+AsOf = Annotated[Day | None, Query(description="The day whose plan answers (default today, "
                                                 "in the service's time zone)")]
 Area = Annotated[str | None, Query(description="Service area; needed only when several "
                                                "have a plan in force")]
