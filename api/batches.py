@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -34,11 +34,17 @@ from pydantic import TypeAdapter, ValidationError
 
 from api.problems import CLOSE, ProblemError, field_problem, too_large
 from api.schemas import PointIn
+from territory.assign import Assignment
 
 T = TypeVar("T")
 
-#: Bytes of JSON parsed per worker-thread call: a few milliseconds of work each.
+#: Bytes of JSON handed to a worker thread at a time.
 PARSE_BYTES = 256 * 1024
+#: Bytes per parser call, and rows per serialiser call: each call of a C parser or of
+#: pandas holds the interpreter until it returns, so single lookups wait at most for one
+#: such call (milliseconds), not for a whole batch (seconds).
+PARSE_SLICE = 32 * 1024
+SERIALISE_ROWS = 2000
 POINTS = TypeAdapter(list[PointIn])
 #: The request body of the JSON batch routes, for the OpenAPI document (the routes read the
 #: body themselves, so FastAPI cannot derive it).
@@ -84,16 +90,17 @@ class _PointReader:
             if not data.lstrip(_JSON_SPACE).startswith(b"["):
                 raise _not_json("the body is not a JSON array")
         try:
-            if data:
-                self.parser.send(data)
+            for i in range(0, len(data), PARSE_SLICE):
+                self.parser.send(data[i:i + PARSE_SLICE])
+                self._take()
             if last:
                 if not self.started:
                     raise _not_json("the body is empty")
                 self.parser.close()
+                self._take()
         except ijson.JSONError as exc:
             raise _not_json(f"the body is not valid JSON ({str(exc).splitlines()[0]})"
                             ) from None
-        self._take()
 
     def _take(self) -> None:
         start = len(self.ids)
@@ -116,6 +123,20 @@ class _PointReader:
     def points(self) -> Points:
         return Points(self.ids, np.concatenate([np.empty(0), *self.lng]),
                       np.concatenate([np.empty(0), *self.lat]))
+
+
+def records_json(result: Assignment, ids: list[str | int | None]) -> str:
+    """The batch's rows (``id`` then :data:`territory.assign.OUTPUT_COLUMNS`) as a JSON
+    array, serialised by pandas :data:`SERIALISE_ROWS` rows at a time."""
+    arrays = {f.name: getattr(result, f.name) for f in fields(result)
+              if isinstance(getattr(result, f.name), np.ndarray)}
+    parts = []
+    for i in range(0, len(ids), SERIALISE_ROWS):
+        rows = slice(i, i + SERIALISE_ROWS)
+        frame = replace(result, **{k: a[rows] for k, a in arrays.items()}).frame()
+        frame.insert(0, "id", ids[rows])
+        parts.append(frame.to_json(orient="records", force_ascii=False)[1:-1])
+    return f"[{','.join(parts)}]"
 
 
 def _not_json(message: str) -> ProblemError:

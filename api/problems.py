@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import FieldError, Problem
@@ -156,13 +156,16 @@ def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
 
 
 # -- handlers ------------------------------------------------------------------------------
-def _allowed_methods(request: Request) -> str:
-    """Every method some route serves at this path. Starlette's own 405 names only the
-    methods of the first route whose path matched, and FastAPI has one route per method."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+def _allowed_methods(request: Request, allow: str) -> str:
+    """Every method the service answers at this path. Starlette's own 405 names only the
+    methods of the first route whose path matched, and FastAPI has one route per method, so
+    the paths of the OpenAPI document are matched too."""
+    methods = {m.strip() for m in allow.split(",") if m.strip()}
+    for path, operations in request.app.openapi()["paths"].items():
+        if compile_path(path)[0].match(request.scope["path"]):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
     return ", ".join(sorted(methods))
 
 
@@ -171,7 +174,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         return render(exc.body, exc.headers)
     headers = exc.headers
     if exc.status_code == 405:
-        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        headers = {**(headers or {}),
+                   "Allow": _allowed_methods(request, (headers or {}).get("Allow", ""))}
     return render(make_problem(exc.status_code, str(exc.detail)), headers)
 
 

@@ -9,13 +9,16 @@ through the API (a plan job) and puts it in force, then:
    from each request's scheduled time. p50/p99 at 200 requests/s, then rising rates until
    p99 passes 20 ms or the rate cannot be sent; the highest rate held with p99 under 20 ms
    is reported;
-2. a batch of 100 000 points: as a JSON array (``POST /assign``) and as a CSV upload
+2. single assignment beside bulk work: p50/p99 of single lookups at a fixed rate (100/s),
+   first idle, then while ``--clients`` other processes (default 4) upload batches of
+   ``--batch`` points to ``POST /assign`` back to back (each at most ``MAX_UPLOADS``);
+3. a batch of 100 000 points: as a JSON array (``POST /assign``) and as a CSV upload
    (``POST /assign/file``), total wall time per request.
 
 Every loop is bounded in count and time, and all traffic goes to 127.0.0.1. Client and
 server share this machine's cores, so the rates are a floor for a server on its own host.
 
-    python bench/api.py [--customers 20000] [--seconds 5]
+    python bench/api.py [--customers 20000] [--seconds 5] [--clients 4] [--batch 100000]
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -42,6 +47,8 @@ XIAMEN_BOX = (117.95, 24.40, 118.35, 24.75)  # lng/lat box: mostly land, some se
 P99_LIMIT_MS = 20.0
 RATES = (200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000)
 MAX_WALL_S = 600.0
+BESIDE_RATE = 100  # single lookups per second while batches run
+MAX_UPLOADS = 20  # per uploading process
 
 
 def free_port() -> int:
@@ -139,7 +146,8 @@ async def open_loop(port: int, rate: int, seconds: float, seed: int, connections
     """
     n = int(rate * seconds)
     xs, ys = points(n, seed)
-    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}" for x, y in zip(xs, ys, strict=True)]
+    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}&crs=wgs84"
+               for x, y in zip(xs, ys, strict=True)]
     lat_ms = np.full(n, np.nan)
     status = np.zeros(n, dtype=int)
     loop = asyncio.get_running_loop()
@@ -187,6 +195,55 @@ def single_latency(port: int, seconds: float) -> None:
           f"{best if best else 'none'} requests/s")
 
 
+def _upload_loop(url: str, body_path: str, until: float, results: multiprocessing.Queue
+                 ) -> None:
+    """One uploading client (its own process, so its work does not slow the load generator):
+    the same JSON batch, back to back, until ``until`` (monotonic) or MAX_UPLOADS."""
+    body = Path(body_path).read_bytes()
+    with httpx.Client(base_url=url, timeout=300, headers={
+            "X-API-Key": KEY, "content-type": "application/json"}) as http:
+        for _ in range(MAX_UPLOADS):
+            if time.monotonic() > until:
+                break
+            t0 = time.perf_counter()
+            r = http.post("/assign", params={"crs": "wgs84"}, content=body)
+            results.put((r.status_code, time.perf_counter() - t0))
+
+
+def singles_beside_batches(url: str, port: int, seconds: float, clients: int, n: int) -> None:
+    xs, ys = points(n, seed=11)
+    body = json.dumps([{"id": i, "lng": x, "lat": y}
+                       for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist(), strict=True))])
+    print(f"\nsingle assignment at {BESIDE_RATE}/s, idle and while {clients} clients upload "
+          f"JSON batches of {n:,} points ({len(body) / 2**20:.1f} MiB) back to back, "
+          f"{seconds:g} s each")
+    print(f"{'load':>24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
+          f"{'batches':>8} {'batch s':>8}")
+    lat, errors, _ = asyncio.run(open_loop(port, BESIDE_RATE, seconds, seed=21))
+    p50, p99 = np.nanpercentile(lat, [50, 99])
+    print(f"{'idle':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} {errors:>7}")
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        f.write(body.encode())
+        f.flush()
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        until = time.monotonic() + seconds + 5  # the uploads outlast the measurement
+        procs = [ctx.Process(target=_upload_loop, args=(url, f.name, until, results))
+                 for _ in range(clients)]
+        for proc in procs:
+            proc.start()
+        time.sleep(3)  # the uploads under way (the processes start in about a second)
+        lat, errors, _ = asyncio.run(open_loop(port, BESIDE_RATE, seconds, seed=22))
+        for proc in procs:
+            proc.join(timeout=300)
+    done = [results.get() for _ in range(results.qsize())]
+    statuses = sorted({code for code, _ in done})
+    p50, p99 = np.nanpercentile(lat, [50, 99])
+    print(f"{f'{clients} uploading clients':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} "
+          f"{errors:>7} {len(done):>8} {np.median([t for _, t in done]):>8.2f}  "
+          f"(batch statuses {statuses})")
+
+
 def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
     xs, ys = points(n, seed=7)
     body = [{"id": i, "lng": float(x), "lat": float(y)}
@@ -194,9 +251,11 @@ def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
     csv = pd.DataFrame({"id": np.arange(n), "lng": xs, "lat": ys}).to_csv(index=False)
     print(f"\nbatch of {n:,} points (best and median of {repeats})")
     for name, send in (
-        ("JSON array, POST /assign", lambda: http.post("/assign", json=body)),
+        ("JSON array, POST /assign",
+         lambda: http.post("/assign", params={"crs": "wgs84"}, json=body)),
         ("CSV upload, POST /assign/file",
-         lambda: http.post("/assign/file", files={"file": ("p.csv", csv, "text/csv")})),
+         lambda: http.post("/assign/file", params={"crs": "wgs84"},
+                           files={"file": ("p.csv", csv, "text/csv")})),
     ):
         times = []
         for _ in range(repeats):
@@ -216,6 +275,10 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="per load step")
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=4, help="uploading clients beside "
+                                                                 "the single lookups")
+    parser.add_argument("--only-beside", action="store_true",
+                        help="measure only single lookups beside batches")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="territory-bench-"))
     port = free_port()
@@ -226,8 +289,11 @@ def main() -> None:
     try:
         with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as http:
             make_plan(http, args.customers)
-            single_latency(port, args.seconds)
-            batch_time(http, args.batch)
+            if not args.only_beside:
+                single_latency(port, args.seconds)
+            singles_beside_batches(url, port, args.seconds, args.clients, args.batch)
+            if not args.only_beside:
+                batch_time(http, args.batch)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,8 +29,9 @@ from fastapi.testclient import TestClient
 import territory.assign_index as assign_index
 import territory.plan as plan_module
 from api.assignment import LockedIndex, load_index, write_index
+from api.batches import BatchGate
 from api.main import create_app
-from api.problems import PROBLEM_JSON, territory_problem
+from api.problems import PROBLEM_JSON, ProblemError, territory_problem
 from api.settings import ApiKey, Role, Settings, parse_api_keys
 from api.store import PLAN_FILE, PlanStore
 from territory.assign_index import index_path
@@ -209,6 +211,46 @@ def test_created_and_activated_by_show_the_key_name(client: TestClient,
     assert plan["windows"][0]["activated_by"] == "planner"
     text = json.dumps([plan, job])
     assert not any(key[-4:] in text for key in KEYS.values())
+
+
+def test_openapi_declares_what_the_service_answers(client: TestClient) -> None:
+    """Every error answer is a problem+json; a wrong method is 405 with every method of
+    the path in ``Allow`` (Starlette alone names those of one route)."""
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            for status, answer in op["responses"].items():
+                if int(status) >= 400:
+                    assert list(answer["content"]) == [PROBLEM_JSON], (method, path, status)
+    assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
+    assert {"400", "413", "422"} <= set(doc["paths"]["/assign"]["post"]["responses"])
+    r = client.put("/plans/some-id", headers=headers("viewer"))
+    assert_problem(r, 405)
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    assert_problem(client.get("/plans/effective", params={"as_of": "0"},
+                              headers=headers("viewer")), 422)
+
+
+def test_a_batch_waits_for_a_slot_then_gets_503() -> None:
+    gate = BatchGate(slots=1, wait_s=0.2)
+
+    async def main() -> ProblemError:
+        async with gate.slot():
+            try:
+                async with gate.slot():
+                    pass
+            except ProblemError as exc:
+                return exc
+        raise AssertionError("a second batch got the only slot")
+
+    exc = anyio.run(main)
+    assert exc.status_code == 503 and exc.headers["Retry-After"] == "1"
+
+    async def after() -> None:  # the slot was given back
+        async with gate.slot():
+            pass
+
+    anyio.run(after)
 
 
 # -- plans and jobs ------------------------------------------------------------------------

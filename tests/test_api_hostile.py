@@ -161,6 +161,7 @@ def test_single_lookups_answer_while_batches_run(server: Server) -> None:
     assert set(statuses) == {200} and len(batch_s) == 4
     assert len(single_s) >= 10
     typical = statistics.quantiles(single_s, n=10)[8]  # the 90th percentile
+    print('\nCONCURRENCY', typical, statistics.median(single_s), max(single_s), batch_s)
     assert typical < statistics.median(batch_s) / 4, (typical, batch_s)
 
 
@@ -171,6 +172,6 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
            "run", f"{server.url}/openapi.json", "--checks", "all", "--max-examples", "3",
            "--exclude-method", "DELETE", "--header", f"X-API-Key: {FUZZ_KEY}",
            "--generation-database", "none", "--seed", "7", "--request-timeout", "30",
-           "--workers", "1", "--no-color"]
+           "--workers", "1", "--max-response-time", "60", "--no-color"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

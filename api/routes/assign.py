@@ -28,7 +28,7 @@ from starlette.background import BackgroundTask
 
 from api.assignment import Indexes, LockedIndex
 from api.auth import Operator
-from api.batches import POINTS_BODY, GateDep, Points
+from api.batches import POINTS_BODY, GateDep, Points, records_json
 from api.deps import PlanDep, SettingsDep, StoreDep, Today
 from api.problems import ProblemError, field_problem, too_large, unsupported_file
 from api.routes.plans import ERRORS
@@ -130,13 +130,11 @@ def _batch(index: LockedIndex, ref: PlanRef, points: Points, crs: str) -> Respon
     """The batch's rows as JSON, serialised by pandas: 100 000 pydantic models would take
     longer to build than the assignment itself."""
     result: Assignment = assign(index, points.lng, points.lat, crs=crs)
-    frame = result.frame()
-    frame.insert(0, "id", points.ids)
     counts = dict(zip(STATUSES, np.bincount(result.code, minlength=len(STATUSES)).tolist(),
                       strict=True))
     head = json.dumps({"plan": ref.model_dump(mode="json"), "count": len(points),
                        "counts": counts}, ensure_ascii=False)
-    rows = frame.to_json(orient="records", force_ascii=False) if len(frame) else "[]"
+    rows = records_json(result, points.ids)
     return Response(f'{head[:-1]}, "data": {rows}}}', media_type="application/json")
 
 
