@@ -113,9 +113,11 @@ def test_a_batch_over_the_limit_is_413_before_it_is_read(server: Server) -> None
 
 def test_single_lookups_answer_while_batches_run(server: Server) -> None:
     """Two clients each send two batches at the point limit while two others look points
-    up one at a time. Every lookup is answered, and a typical one in a fraction of a
-    batch's time (before: a batch's JSON was parsed on the event loop, and every lookup
-    arriving meanwhile waited for the whole parse)."""
+    up one at a time. Every lookup is answered, and nine in ten within a twentieth of a
+    batch's time. Measured against the batches, not the clock, so a busy machine slows both
+    sides alike (before: a batch's JSON was parsed on the event loop and a lookup arriving
+    meanwhile waited for the whole parse; the 90th percentile was 1/8 to 1/5 of a batch,
+    after about 1/60)."""
     o = headers("operations")
     rng = np.random.default_rng(0)
     xs, ys = rng.uniform(117.95, 118.35, MAX_BATCH_POINTS), rng.uniform(24.4, 24.75,
@@ -161,8 +163,7 @@ def test_single_lookups_answer_while_batches_run(server: Server) -> None:
     assert set(statuses) == {200} and len(batch_s) == 4
     assert len(single_s) >= 10
     typical = statistics.quantiles(single_s, n=10)[8]  # the 90th percentile
-    print('\nCONCURRENCY', typical, statistics.median(single_s), max(single_s), batch_s)
-    assert typical < statistics.median(batch_s) / 4, (typical, batch_s)
+    assert typical < statistics.median(batch_s) / 20, (typical, batch_s)
 
 
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
