@@ -9,7 +9,8 @@ through the API (a plan job) and puts it in force, then:
    from each request's scheduled time. p50/p99 at 200 requests/s, then rising rates until
    p99 passes 20 ms or the rate cannot be sent; the highest rate held with p99 under 20 ms
    is reported;
-2. single assignment beside bulk work: p50/p99 of single lookups at a fixed rate (100/s),
+2. single assignment beside bulk work: p50/p99 of single lookups at a fixed rate
+   (``--beside-rate``, 100/s),
    first idle, then while ``--clients`` other processes (default 4) upload batches of
    ``--batch`` points to ``POST /assign`` back to back (each at most ``MAX_UPLOADS``);
 3. a batch of 100 000 points: as a JSON array (``POST /assign``) and as a CSV upload
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -47,7 +49,6 @@ XIAMEN_BOX = (117.95, 24.40, 118.35, 24.75)  # lng/lat box: mostly land, some se
 P99_LIMIT_MS = 20.0
 RATES = (200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000)
 MAX_WALL_S = 600.0
-BESIDE_RATE = 100  # single lookups per second while batches run
 MAX_UPLOADS = 20  # per uploading process
 
 
@@ -195,53 +196,53 @@ def single_latency(port: int, seconds: float) -> None:
           f"{best if best else 'none'} requests/s")
 
 
-def _upload_loop(url: str, body_path: str, until: float, results: multiprocessing.Queue
-                 ) -> None:
-    """One uploading client (its own process, so its work does not slow the load generator):
-    the same JSON batch, back to back, until ``until`` (monotonic) or MAX_UPLOADS."""
-    body = Path(body_path).read_bytes()
+def _upload_loop(url: str, body: bytes, stop: Any, results: Any) -> None:
+    """One uploading client (a forked process, so its work does not slow the load
+    generator): the same JSON batch, back to back, until ``stop`` is set or MAX_UPLOADS."""
     with httpx.Client(base_url=url, timeout=300, headers={
             "X-API-Key": KEY, "content-type": "application/json"}) as http:
         for _ in range(MAX_UPLOADS):
-            if time.monotonic() > until:
+            if stop.is_set():
                 break
             t0 = time.perf_counter()
             r = http.post("/assign", params={"crs": "wgs84"}, content=body)
             results.put((r.status_code, time.perf_counter() - t0))
 
 
-def singles_beside_batches(url: str, port: int, seconds: float, clients: int, n: int) -> None:
+def singles_beside_batches(url: str, port: int, seconds: float, clients: int, n: int,
+                           rate: int) -> None:
     xs, ys = points(n, seed=11)
     body = json.dumps([{"id": i, "lng": x, "lat": y}
-                       for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist(), strict=True))])
-    print(f"\nsingle assignment at {BESIDE_RATE}/s, idle and while {clients} clients upload "
+                       for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist(), strict=True))]
+                      ).encode()
+    print(f"\nsingle assignment at {rate}/s, idle and while {clients} clients upload "
           f"JSON batches of {n:,} points ({len(body) / 2**20:.1f} MiB) back to back, "
           f"{seconds:g} s each")
     print(f"{'load':>24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
           f"{'batches':>8} {'batch s':>8}")
-    lat, errors, _ = asyncio.run(open_loop(port, BESIDE_RATE, seconds, seed=21))
+    asyncio.run(open_loop(port, rate, 1.0, seed=98))  # warm-up: the index into memory
+    lat, errors, _ = asyncio.run(open_loop(port, rate, seconds, seed=21))
     p50, p99 = np.nanpercentile(lat, [50, 99])
     print(f"{'idle':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} {errors:>7}")
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        f.write(body.encode())
-        f.flush()
-        ctx = multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        until = time.monotonic() + seconds + 5  # the uploads outlast the measurement
-        procs = [ctx.Process(target=_upload_loop, args=(url, f.name, until, results))
-                 for _ in range(clients)]
-        for proc in procs:
-            proc.start()
-        time.sleep(3)  # the uploads under way (the processes start in about a second)
-        lat, errors, _ = asyncio.run(open_loop(port, BESIDE_RATE, seconds, seed=22))
-        for proc in procs:
-            proc.join(timeout=300)
-    done = [results.get() for _ in range(results.qsize())]
+    ctx = multiprocessing.get_context("fork")  # no re-import: the uploads start at once
+    stop, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_upload_loop, args=(url, body, stop, results))
+             for _ in range(clients)]
+    for proc in procs:
+        proc.start()
+    time.sleep(3)  # the uploads under way
+    lat, errors, _ = asyncio.run(open_loop(port, rate, seconds, seed=22))
+    stop.set()
+    done = []
+    for proc in procs:  # each finishes the upload it is in
+        proc.join(timeout=300)
+    while not results.empty():
+        done.append(results.get())
     statuses = sorted({code for code, _ in done})
     p50, p99 = np.nanpercentile(lat, [50, 99])
+    batch_s = np.median([t for _, t in done]) if done else float("nan")
     print(f"{f'{clients} uploading clients':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} "
-          f"{errors:>7} {len(done):>8} {np.median([t for _, t in done]):>8.2f}  "
-          f"(batch statuses {statuses})")
+          f"{errors:>7} {len(done):>8} {batch_s:>8.2f}  (batch statuses {statuses})")
 
 
 def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
@@ -277,6 +278,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=4, help="uploading clients beside "
                                                                  "the single lookups")
+    parser.add_argument("--beside-rate", type=int, default=100,
+                        help="single lookups per second beside the batches")
     parser.add_argument("--only-beside", action="store_true",
                         help="measure only single lookups beside batches")
     args = parser.parse_args()
@@ -291,7 +294,8 @@ def main() -> None:
             make_plan(http, args.customers)
             if not args.only_beside:
                 single_latency(port, args.seconds)
-            singles_beside_batches(url, port, args.seconds, args.clients, args.batch)
+            singles_beside_batches(url, port, args.seconds, args.clients, args.batch,
+                                   args.beside_rate)
             if not args.only_beside:
                 batch_time(http, args.batch)
     finally:
