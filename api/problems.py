@@ -157,16 +157,19 @@ def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
 
 # -- handlers ------------------------------------------------------------------------------
 def _allowed_methods(request: Request, allow: str) -> str:
-    """Every method the service answers at this path. Starlette's own 405 names only the
-    methods of the first route whose path matched, and FastAPI has one route per method, so
-    the paths of the OpenAPI document are matched too."""
-    methods = {m.strip() for m in allow.split(",") if m.strip()}
+    """The methods of the documented path this request names. Starlette's own 405 lists
+    only the methods of the first route whose path matched, and FastAPI has one route per
+    method, so the OpenAPI paths are matched instead; the most literal ones win, as for
+    ``/plans/effective`` against ``/plans/{plan_id}``."""
+    matches: dict[int, set[str]] = {}
     for path, operations in request.app.openapi()["paths"].items():
-        if compile_path(path)[0].match(request.scope["path"]):
-            methods |= {m.upper() for m in operations}
+        regex, _, convertors = compile_path(path)
+        if regex.match(request.scope["path"]):
+            matches.setdefault(len(convertors), set()).update(m.upper() for m in operations)
+    methods = matches[min(matches)] if matches else {m.strip() for m in allow.split(",")}
     if "GET" in methods:
         methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
-    return ", ".join(sorted(methods))
+    return ", ".join(sorted(m for m in methods if m))
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
