@@ -226,7 +226,9 @@ def test_openapi_declares_what_the_service_answers(client: TestClient) -> None:
     assert {"400", "413", "422"} <= set(doc["paths"]["/assign"]["post"]["responses"])
     r = client.put("/plans/some-id", headers=headers("viewer"))
     assert_problem(r, 405)
-    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    assert r.headers["allow"] == "DELETE, GET, HEAD"
+    r = client.options("/plans/effective", headers=headers("viewer"))  # not /plans/{plan_id}
+    assert assert_problem(r, 405) and r.headers["allow"] == "GET, HEAD"
     assert_problem(client.get("/plans/effective", params={"as_of": "0"},
                               headers=headers("viewer")), 422)
 
