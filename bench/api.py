@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TERRITORY_API_KEYS": f"{KEY}:planner+operations",
+    env = {**os.environ, "TERRITORY_API_KEYS": f"bench={KEY}:planner+operations",
            "TERRITORY_MAX_BATCH_POINTS": "1000000"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from territory.cli import main; main()", "serve",
