@@ -6,7 +6,6 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from territory.atomic import atomic_path, write_text
+from territory.atomic import atomic_path
 from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
 
 app = typer.Typer(
@@ -57,10 +56,6 @@ def parse_balance(specs: list[str], default: float) -> dict[str, float]:
                 f"--balance {spec!r}: the tolerance must be a fraction such as 0.05 (±5 %)"
             ) from None
     return out
-
-
-def write_json(data: dict, path: Path) -> None:
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -160,8 +155,10 @@ def partition(
 def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.metrics import summary_frame
     from territory.pipeline import run
+    from territory.plan_folder import publish, sweep_folder
 
     out.mkdir(parents=True, exist_ok=True)
+    sweep_folder(out)
     totals = {"units built": 1, "adjacency graph": 1,
               "branches → main grids": int(inputs.areas[inputs.branch_column].nunique()),
               "main grids → sub-grids": spec.n_main if isinstance(spec.n_main, int) else None}
@@ -173,9 +170,7 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
 
         result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
                      progress=progress)
-    path = result.plan.save(out / "plan.gpkg")
-    write_json(result.metrics, out / "metrics.json")
-    write_json(result.plan.meta(), out / "plan.json")
+    path = publish(result.plan, out)
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})

@@ -34,6 +34,20 @@ LEVELS = ("branch", "main_grid", "sub_grid")
 LAYER = {"branch": "branches", "main_grid": "main_grids", "sub_grid": "sub_grids"}
 PARENT = {"branch": None, "main_grid": "branch", "sub_grid": "main_grid"}
 _META = "territory_plan"
+#: The GeoPackage's name in a plan folder (``territory plan --out``, the service's store).
+PLAN_FILE = "plan.gpkg"
+
+
+def plan_file(path: str | Path) -> Path:
+    """The GeoPackage of a plan given as its file or as its folder, links resolved.
+
+    Resolving once, up front, pins one version of a plan folder: a plan published meanwhile
+    (see :mod:`territory.plan_folder`) cannot mix its files into what a reader opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILE
+    return path.resolve()
 
 
 def fingerprint(units: gpd.GeoDataFrame, measures: list[str]) -> str:
@@ -132,7 +146,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
+        """Read a plan from its GeoPackage or from its folder (``territory plan --out``)."""
+        if not Path(path).exists():
+            raise InvalidInputError(f"{path}: no such plan file or folder")
+        path = plan_file(path)
         if not path.exists():
             raise InvalidInputError(f"{path}: no such plan file")
         try:
