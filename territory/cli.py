@@ -15,11 +15,17 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from territory.atomic import atomic_path
-from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
+from territory.errors import (
+    InfeasibleError,
+    InvalidInputError,
+    PartialPlanError,
+    TerritoryError,
+)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -168,8 +174,12 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
                   "branch": "branches → main grids",
                   "main_grid": "main grids → sub-grids"}[stage], key)
 
-        result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
-                     progress=progress)
+        try:
+            result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
+                         progress=progress)
+            failed = None
+        except PartialPlanError as exc:  # the work is kept: saved, then reported
+            result, failed = exc.result, exc
     path = publish(result.plan, out)
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
@@ -179,6 +189,14 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
         f"{rep.get('outside', 0)} outside, {rep.get('invalid', 0)} invalid; "
         f"islands joined: {len(result.graph.graph['islands'])}"
     )
+    for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
+        console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
+                      f"{r['requested']}[/] (its load cannot be balanced over "
+                      f"{r['requested']}: {escape(r['reason'])})", highlight=False)
+    if failed is not None:
+        err_console.print(f"the plan is saved in {out} with the failing grids flagged "
+                          "(column 'flag')")
+        _fail(failed)
     return result
 
 
@@ -225,6 +243,9 @@ def plan(
     time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    strict: Annotated[bool, typer.Option(help="Keep --sub-grids in every main grid: one that "
+                                              "cannot be balanced is saved flagged and the "
+                                              "run exits 3 (default: it gets fewer)")] = False,
 ) -> None:
     """Build the three-level plan (branches, main grids, sub-grids) on your own data."""
     from territory.boundaries import read_boundaries
@@ -265,7 +286,7 @@ def plan(
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
-            workers=workers, random_state=seed,
+            workers=workers, random_state=seed, strict=strict,
         )
         layer = None if units is None else read_boundaries(units, crs=boundaries_crs,
                                                            id_column=unit_id_column)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from territory.crs import normalize_crs, to_wgs84
-from territory.errors import InvalidInputError
+from territory.errors import InvalidInputError, PartialPlanError
 from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import plan_metrics
@@ -193,7 +193,10 @@ def run(
     stores_as_centres: bool = False,
     progress: Callable[[str, str], None] | None = None,
 ) -> Result:
-    """The whole job; returns the plan, its units and graph, and the metrics."""
+    """The whole job; returns the plan, its units and graph, and the metrics.
+
+    When some grids fail (:class:`PartialPlanError`), the error carries the result of the
+    rest as ``result``, for the caller to save."""
     units, report = build_unit_table(inputs, opts)
     if progress:
         progress("units", str(len(units)))
@@ -216,7 +219,15 @@ def run(
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "key_account_groups": len(spec.together), "aggregation": report}
-    plan = build_plan(units, graph, spec, progress=progress, params=params)
-    metrics = plan_metrics(plan, graph, inputs.areas)
-    plan = Plan(**{**plan.__dict__, "metrics": metrics})
-    return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
+    def result(plan: Plan) -> Result:
+        metrics = plan_metrics(plan, graph, inputs.areas)
+        plan = Plan(**{**plan.__dict__, "metrics": metrics})
+        return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
+
+    try:
+        return result(build_plan(units, graph, spec, progress=progress, params=params))
+    except PartialPlanError as exc:
+        # the plan with its failing grids flagged is the work done: hand it on, whole
+        exc.result = result(exc.plan)
+        exc.plan = exc.result.plan
+        raise

@@ -97,7 +97,11 @@ class Plan:
         keys = [col] + ([f"{parent}_id"] if parent else [])
         agg = {m: "sum" for m in self.measures}
         agg["n_units"] = "sum"
-        frame = self.units[keys + self.measures + ["geometry"]].assign(n_units=1)
+        # a plan kept despite failing grids marks their units (see hierarchy.build_plan)
+        flags = ["flag"] if "flag" in self.units else []
+        if flags:
+            agg["flag"] = _joined
+        frame = self.units[keys + self.measures + flags + ["geometry"]].assign(n_units=1)
         # units carry vertices snapped to GRID_SIZE_DEG; a union on that grid is exact and
         # robust where clipped pieces meet whole cells mid-edge
         out = frame.dissolve(by=keys, aggfunc=agg, grid_size=GRID_SIZE_DEG).reset_index()
@@ -105,7 +109,7 @@ class Plan:
         out["parent_id"] = out[f"{parent}_id"] if parent else None
         if parent:
             out = out.drop(columns=f"{parent}_id")
-        cols = ["grid_id", "parent_id", "n_units", *self.measures, "geometry"]
+        cols = ["grid_id", "parent_id", "n_units", *self.measures, *flags, "geometry"]
         return out[cols].sort_values("grid_id").reset_index(drop=True)
 
     def labels(self, level: str) -> pd.Series:
@@ -166,6 +170,11 @@ class Plan:
             plan_id=meta["plan_id"], version=meta["version"], parent=meta["parent"],
             created=meta["created"], fingerprint=meta["fingerprint"], metrics=meta["metrics"],
         )
+
+
+def _joined(flags: pd.Series) -> str:
+    """The distinct non-empty flags of a grid's units, in order."""
+    return "; ".join(dict.fromkeys(f for f in flags if f))
 
 
 def _json(o):
