@@ -12,8 +12,11 @@ import shapely
 from typer.testing import CliRunner
 
 from territory.cli import app
+from territory.errors import PartialPlanError
+from territory.hierarchy import HierarchySpec, build_plan
 from territory.plan import Plan
 from territory.units import build_units
+from tests.conftest import lattice
 
 DATA = Path(__file__).parent / "data" / "xiamen_districts_wgs84.geojson"
 TINY = "350205"  # Haicang: 17 customers in two places
@@ -58,11 +61,12 @@ def sub_grids_per_main(plan: Plan) -> dict[str, int]:
     return plan.units.groupby("main_grid_id")["sub_grid_id"].nunique().to_dict()
 
 
-def assert_balanced(plan: Plan, main_grid: str, k: int) -> None:
+def assert_balanced(plan: Plan, main_grid: str, k: int, measure: str = "customers",
+                    tol: float = TOL) -> None:
     units = plan.units[plan.units["main_grid_id"] == main_grid]
-    loads = units.groupby("sub_grid_id")["customers"].sum()
+    loads = units.groupby("sub_grid_id")[measure].sum()
     assert len(loads) == k
-    assert (loads / loads.mean() - 1).abs().max() <= TOL + 1e-9
+    assert (loads / loads.mean() - 1).abs().max() <= tol + 1e-9
 
 
 def test_a_tiny_main_grid_gets_fewer_sub_grids_and_the_plan_is_saved(city, tmp_path):
@@ -97,3 +101,30 @@ def test_strict_keeps_the_count_saves_the_plan_flagged_and_exits_3(city, tmp_pat
     subs = plan.grids("sub_grid").set_index("grid_id")["flag"]
     assert (subs[subs.index.str.startswith(tiny)] == "sub-grids not balanced").all()
     assert (subs[~subs.index.str.startswith(tiny)] == "").all()
+
+
+def test_a_branch_that_cannot_be_split_is_kept_flagged_and_the_others_complete():
+    """Branch B holds all its load in one unit: its main grids fail, branch A's do not."""
+    g = lattice(8, 4, seed=2)
+    for n, d in g.nodes(data=True):
+        d["branch_id"] = "A" if d["x"] < 400 else "B"
+        if d["branch_id"] == "B":
+            d["subscribers"] = 500.0 if n == max(g.nodes) else 0.0
+    frame = pd.DataFrame.from_dict(dict(g.nodes(data=True)), orient="index")
+    units = gpd.GeoDataFrame(frame, geometry=shapely.box(frame["x"], frame["y"],
+                                                          frame["x"] + 100, frame["y"] + 100))
+    units.index.name = "unit_id"
+    spec = HierarchySpec(measures={"subscribers": 0.2}, n_main={"A": 2, "B": 2}, n_sub=2,
+                         objective="boundary", time_limit_main=5, time_limit_sub=5, workers=1)
+    with pytest.raises(PartialPlanError, match="branch B into 2 main grids") as info:
+        build_plan(units, g, spec)
+    plan = info.value.plan
+    assert [(f["level"], f["grid"]) for f in info.value.failures] == [("branch", "B")]
+    assert sub_grids_per_main(plan) == {"A-M01": 2, "A-M02": 2, "B-M01": 1}
+    for mg in ("A-M01", "A-M02"):
+        assert_balanced(plan, mg, 2, measure="subscribers", tol=0.2)
+    b = plan.units["branch_id"] == "B"
+    assert (plan.units.loc[b, "flag"] == "main grids not balanced").all()
+    assert (plan.units.loc[~b, "flag"] == "").all()
+    # B's single main grid could not hold 2 sub-grids either: it got 1, and says so
+    assert plan.params["sub_grids_reduced"]["B-M01"]["used"] == 1

@@ -18,36 +18,13 @@ from territory.assign import open_index
 from territory.assign_index import AssignmentIndex, index_path
 from territory.plan import Plan, plan_file
 from territory.plan_folder import CURRENT, FILES, KEEP, VERSIONS, publish, sweep_folder
-from territory.units import build_units
-from tests.conftest import random_areas
+from tests.conftest import make_plan
 
 #: Every call of the writer that changes what is on disk is a step to die at: dying before
 #: each of them reaches every state a kill -9 can leave (a flush or a mode change in between
 #: shows nothing new to the next reader; the page cache outlives the process).
 STEPS = [(os, "replace"), (os, "rename"), (os, "symlink"), (os, "unlink"), (os, "mkdir"),
          (pyogrio, "write_dataframe"), (np, "savez")]
-
-
-@pytest.fixture(scope="module")
-def units():
-    """A few dozen H3 units over two small districts: publication, not scale, is tested."""
-    units = build_units(random_areas(0, n_areas=2, span=0.02), area_column="district",
-                        resolution=9)
-    rng = np.random.default_rng(1)
-    units["subscribers"] = rng.integers(0, 100, len(units)).astype(float)
-    units["branch_id"] = units["area_id"]
-    return units
-
-
-def make_plan(units, seed: int) -> Plan:
-    """A plan with its own labels and metrics (no solver: publication is under test)."""
-    rng = np.random.default_rng(seed)
-    units = units.copy()
-    units["main_grid_id"] = units["branch_id"] + "-M01"
-    units["sub_grid_id"] = units["main_grid_id"] + "-S" + rng.integers(1, 3, len(units)).astype(str)
-    counts = units.groupby("sub_grid_id")["subscribers"].sum().to_dict()
-    return Plan(units=units, measures=["subscribers"], params={"seed": seed},
-                metrics={"subscribers_per_sub_grid": counts})
 
 
 def whole_plan_id(folder: Path) -> str:
@@ -68,7 +45,8 @@ def leftovers(folder: Path) -> list[str]:
                   for p in d.iterdir() if p.name.startswith("."))
 
 
-def test_published_files_agree_and_stay_at_the_documented_paths(units, tmp_path):
+def test_published_files_agree_and_stay_at_the_documented_paths(tiny_units, tmp_path):
+    units = tiny_units
     old, new = make_plan(units, 1), make_plan(units, 2)
     publish(old, tmp_path)
     assert whole_plan_id(tmp_path) == old.plan_id
@@ -82,7 +60,8 @@ def test_published_files_agree_and_stay_at_the_documented_paths(units, tmp_path)
     assert leftovers(tmp_path) == []
 
 
-def test_only_the_last_versions_are_kept(units, tmp_path):
+def test_only_the_last_versions_are_kept(tiny_units, tmp_path):
+    units = tiny_units
     plans = [make_plan(units, s) for s in range(KEEP + 2)]
     for p in plans:
         publish(p, tmp_path)
@@ -91,8 +70,9 @@ def test_only_the_last_versions_are_kept(units, tmp_path):
     assert whole_plan_id(tmp_path) == plans[-1].plan_id
 
 
-def test_a_folder_of_plain_files_becomes_a_plan_folder(units, tmp_path):
+def test_a_folder_of_plain_files_becomes_a_plan_folder(tiny_units, tmp_path):
     """What earlier versions wrote: plain files, replaced by the links at first publication."""
+    units = tiny_units
     old, new = make_plan(units, 1), make_plan(units, 2)
     old.save(tmp_path / "plan.gpkg")
     (tmp_path / "plan.json").write_text(json.dumps(old.meta()))
@@ -145,7 +125,8 @@ def _publish_killed_at(step: int, plan, folder) -> bool:
 
 
 @pytest.mark.slow  # a publication and a check per step: about a second each
-def test_kill_9_at_every_step_leaves_one_whole_plan(units, tmp_path, monkeypatch):
+def test_kill_9_at_every_step_leaves_one_whole_plan(tiny_units, tmp_path, monkeypatch):
+    units = tiny_units
     old, new, after = make_plan(units, 1), make_plan(units, 2), make_plan(units, 3)
     start = tmp_path / "start"
     publish(old, start)
