@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 STARTED = time.time()
 
 # .{name}.{pid}-{token}.tmp{suffix}, plus SQLite's side files of a GeoPackage being written
-_OURS = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?P<suffix>\.[^.]+?)?"
-                   r"(?:-journal|-wal|-shm)?$")
+_OURS = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(?P<suffix>\.[^.]+?)?"
+                   r"(?:-journal|-wal|-shm)?", re.DOTALL)  # any character: names are free
 # what earlier versions left (tempfile.mkstemp: 8 characters of [a-z0-9_])
-_LEGACY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]+?)?"
-                     r"(?:-journal|-wal|-shm)?$")
+_LEGACY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]+?)?"
+                     r"(?:-journal|-wal|-shm)?", re.DOTALL)
 
 
 def _reserve(folder: Path, name: str, suffix: str) -> tuple[Path, int]:
@@ -174,7 +174,7 @@ def is_leftover(path: Path) -> bool:
     or, for the names of earlier versions that carry no process id, that it is older than
     this process. A file of a live writer, this process included, is never a leftover.
     """
-    match = _OURS.match(path.name) or _LEGACY.match(path.name)
+    match = _OURS.fullmatch(path.name) or _LEGACY.fullmatch(path.name)
     if match is None or (match["suffix"] and match["suffix"] != Path(match["name"]).suffix):
         return False
     if match.re is _OURS:

@@ -10,6 +10,8 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import territory.atomic
@@ -96,3 +98,30 @@ def test_export_takes_the_plan_folder_and_writes_the_usual_mode(tiny_units, tmp_
     (written,) = (tmp_path / "exports").iterdir()
     assert mode(written) == 0o640
     assert len(gpd.read_file(written)) == plan.units["sub_grid_id"].nunique()
+
+
+DEAD = None
+
+
+def _dead_pid() -> int:
+    global DEAD
+    if DEAD is None:
+        child = subprocess.Popen(["true"])
+        child.wait()
+        DEAD = child.pid
+    return DEAD
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=["Cs"]),
+                    min_size=1, max_size=40).filter(lambda n: n not in (".", "..")))
+def test_every_temporary_name_a_writer_makes_is_recognised_as_ours(tmp_path_factory, name):
+    """Whatever the target's name (dots, spaces, Chinese, a leading dot), the sweeper knows
+    the temporary names made for it, and knows them by their writer's process alone."""
+    folder = tmp_path_factory.mktemp("names")
+    for suffix in (Path(name).suffix, ""):
+        tmp, _ = territory.atomic._reserve(folder, name, suffix)
+        tmp.unlink()
+        assert not territory.atomic.is_leftover(tmp)  # this process is writing it
+        dead = tmp.with_name(tmp.name.replace(f".{os.getpid()}-", f".{_dead_pid()}-"))
+        assert territory.atomic.is_leftover(dead)
