@@ -13,9 +13,11 @@ from zoneinfo import ZoneInfo
 from fastapi import Depends, Request
 
 from api.jobs import JobRunner
-from api.problems import ProblemError
+from api.problems import ProblemError, field_problem
 from api.settings import Settings
 from api.store import PlanRecord, PlanStore
+from territory.crs import normalize_crs
+from territory.errors import InvalidInputError
 
 
 async def get_settings(request: Request) -> Settings:
@@ -53,3 +55,22 @@ async def plan_or_404(store: StoreDep, plan_id: str) -> PlanRecord:
 
 
 PlanDep = Annotated[PlanRecord, Depends(plan_or_404)]
+
+CRS_FIX = "use wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>"
+
+
+def resolve_crs(crs: str | None, settings: Settings, service_area: str,
+                field: str = "query.crs") -> str:
+    """The request's crs (canonical), else the one configured for the service area (the
+    settings' ``points_crs``); else a 422 naming ``field``: no system is ever assumed."""
+    if crs is None:
+        crs = settings.points_crs.get(service_area)
+    if crs is None:
+        raise field_problem(field, f"{field.rsplit('.', 1)[-1]} is required: no system is "
+                            f"configured for the coordinates of service area "
+                            f"{service_area!r}, and none is assumed",
+                            f"{CRS_FIX}: the system your coordinates are in")
+    try:
+        return normalize_crs(crs)
+    except InvalidInputError as exc:
+        raise field_problem(field, str(exc), CRS_FIX) from None

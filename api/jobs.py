@@ -42,43 +42,22 @@ POINT_TABLES = ("customers", "communities", "stores", "key_accounts")
 
 INTERRUPTED = make_problem(503, "the service stopped before this job finished; submit it again",
                            kind="interrupted", title="Job interrupted")
-MAIN_STAGE = "partitioning branches into main grids"
-SUB_STAGE = "partitioning main grids into sub-grids"
 
 
 class _Progress:
-    """The pipeline's ``progress(stage, key)`` callback, written to the job's row.
+    """The pipeline's ``progress(stage, done, total)``, written to the job's row: the
+    service reports the same stages and counts as the ``territory`` command."""
 
-    The pipeline reports a step when it ends; the job shows the stage that runs next, with
-    steps done out of the total when it is known (branches are; main grids are not until
-    every branch is split).
-    """
-
-    def __init__(self, store: PlanStore, job_id: str, n_branches: int) -> None:
-        self.store, self.job_id, self.n_branches = store, job_id, n_branches
-        self.done = {"branch": 0, "main_grid": 0}
+    def __init__(self, store: PlanStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
         self.parent = os.getppid()
 
-    def set(self, stage: str, done: int = 0, total: int | None = None) -> None:
+    def __call__(self, stage: str, done: int = 0, total: int | None = None) -> None:
         """Record the stage; give up if the service that started the job has died, since
         nobody is left to answer for it (a restarted service has failed it already)."""
         if os.getppid() != self.parent:
             raise _Interrupted
         self.store.update_job(self.job_id, stage=stage, done=done, total=total)
-
-    def __call__(self, stage: str, key: str) -> None:
-        if stage == "units":
-            self.set("building the adjacency graph")
-        elif stage == "graph":
-            self.set(MAIN_STAGE, 0, self.n_branches)
-        elif stage in self.done:
-            self.done[stage] += 1
-            if stage == "main_grid":
-                self.set(SUB_STAGE, self.done[stage])
-            elif self.done[stage] < self.n_branches:
-                self.set(MAIN_STAGE, self.done[stage], self.n_branches)
-            else:
-                self.set(SUB_STAGE)
 
 
 def _inputs(source: dict[str, Any]) -> Inputs:
@@ -88,14 +67,31 @@ def _inputs(source: dict[str, Any]) -> Inputs:
         data = generate_city(areas, n_customers=source["customers"], seed=source["seed"])
         return Inputs(areas, "adcode", data.customers, data.communities, data.stores,
                       data.key_accounts)
-    opts = TableOptions.model_validate({k: source[k] for k in TableOptions.model_fields})
-    areas = read_boundaries(source["boundaries"], crs=opts.boundaries_crs)
+    opts = TableOptions.model_validate({k: source[k] for k in TableOptions.model_fields
+                                        if k in source})
+    areas = read_boundaries(source["boundaries"], crs=opts.boundaries_crs, repair=opts.repair)
     tables = {
         name: read_points(source[name], crs=opts.points_crs, lng=opts.lng_column,
-                          lat=opts.lat_column, name=name) if source.get(name) else None
+                          lat=opts.lat_column, name=name, areas=areas,
+                          encoding=opts.encoding, on_warning=lambda m: log.warning("%s", m))
+        if source.get(name) else None
         for name in POINT_TABLES
     }
-    return Inputs(areas, opts.branch_column, **tables)
+    return Inputs(areas, opts.branch_column, **tables,
+                  dissolve_branches=opts.dissolve_branches)
+
+
+def _public_paths(store: PlanStore, source: dict[str, Any]) -> dict[str, str]:
+    """The job's files by the names a client knows them by: an upload by its form field,
+    a dataset by its name in ``datasets/``; never the server's paths."""
+    out = {}
+    root = store.datasets_dir.resolve()
+    for name in ("boundaries", *POINT_TABLES):
+        if source.get(name) and source.get("kind") == "files":
+            path = Path(source[name])
+            out[str(path)] = (f"dataset {path.relative_to(root).as_posix()!r}"
+                              if path.is_relative_to(root) else f"the uploaded {name} file")
+    return out
 
 
 def run_job(root: str, job_id: str, solver_workers: int) -> None:
@@ -121,13 +117,10 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
             own_grid_islands=p.own_grid_islands, workers=solver_workers,
             random_state=p.seed,
         )
-        progress = _Progress(store, job_id,
-                             int(inputs.areas[inputs.branch_column].nunique())
-                             if inputs.branch_column in inputs.areas else 0)
-        progress.set("building units")
+        progress = _Progress(store, job_id)
         result = run(inputs, UnitOptions(p.resolution, p.target_per_unit, p.min_resolution),
                      spec, stores_as_centres=p.stores_as_centres, progress=progress)
-        progress.set("saving the plan and its assignment index")
+        progress("saving the plan and its assignment index")
         record = store.add_plan(result.plan, service_area=job.service_area,
                                 created_by=job.created_by, job_id=job_id,
                                 parameters=request["parameters"], index_writer=write_index)
@@ -136,9 +129,11 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
     except _Interrupted:
         _fail(store, job_id, INTERRUPTED.model_dump())
     except _Malformed as exc:
-        _fail(store, job_id, territory_problem(exc.cause, status=400).model_dump())
+        _fail(store, job_id, territory_problem(
+            exc.cause, status=400, paths=_public_paths(store, request["source"])).model_dump())
     except TerritoryError as exc:
-        _fail(store, job_id, territory_problem(exc).model_dump())
+        _fail(store, job_id, territory_problem(
+            exc, paths=_public_paths(store, request["source"])).model_dump())
     except Exception as exc:
         log.exception("plan job %s failed", job_id)
         _fail(store, job_id, make_problem(

@@ -10,6 +10,8 @@ the internals; they are logged with the request path.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -62,14 +64,30 @@ def render(body: Problem, headers: dict[str, str] | None = None) -> JSONResponse
                         media_type=PROBLEM_JSON)
 
 
-def territory_problem(exc: TerritoryError, status: int = 422) -> Problem:
-    """The library's errors: infeasible balance targets and invalid input, with its message."""
+#: The library's parameter names (named in backticks in its messages) as request fields.
+API_FIELDS = {"crs": "boundaries_crs", "lng": "lng_column", "lat": "lat_column",
+              "n_main": "main_grids", "n_sub": "sub_grids"}
+
+
+def public_message(message: str, paths: Mapping[str, str] | None = None) -> str:
+    """A library message as a client may read it: each server path in ``paths`` said by the
+    name the client knows the file by, each parameter by this service's field name."""
+    for path, name in sorted((paths or {}).items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(path, name)
+    return re.sub(r"`(\w+)`", lambda m: f"`{API_FIELDS.get(m[1], m[1])}`", message)
+
+
+def territory_problem(exc: TerritoryError, status: int = 422, *,
+                      paths: Mapping[str, str] | None = None) -> Problem:
+    """The library's errors: infeasible balance targets and invalid input, with its message
+    (server ``paths`` replaced by their public names, see :func:`public_message`)."""
+    detail = public_message(str(exc), paths)
     if isinstance(exc, InfeasibleError):
-        return make_problem(status, str(exc), kind="infeasible",
+        return make_problem(status, detail, kind="infeasible",
                             title="Balance targets cannot be met")
     if isinstance(exc, InvalidInputError):
-        return make_problem(status, str(exc), kind="invalid-input", title="Invalid input")
-    return make_problem(status, str(exc), kind="territory-error",
+        return make_problem(status, detail, kind="invalid-input", title="Invalid input")
+    return make_problem(status, detail, kind="territory-error",
                         title="Cannot process the request")
 
 

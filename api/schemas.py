@@ -89,9 +89,17 @@ class TableOptions(Strict):
     boundaries_crs: str | None = Field(None, description="CRS of the boundaries if the file "
                                                          "has none or is GCJ-02/BD-09")
     branch_column: str = Field("adcode", description="Boundary column naming each branch")
-    points_crs: str = Field("wgs84", description="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")
+    points_crs: str | None = Field(None, description="System of the points' coordinates: "
+                                   "wgs84, cgcs2000, gcj02, bd09 or EPSG:N; required unless "
+                                   "the service area has one configured")
     lng_column: str = "lng"
     lat_column: str = "lat"
+    encoding: str = Field("utf-8", description="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")
+    repair: bool = Field(False, description="Make invalid (self-intersecting) boundary "
+                                            "polygons valid instead of refusing them")
+    dissolve_branches: bool = Field(False, description="Merge boundary rows that share a "
+                                                       "branch code into one branch")
 
 
 class DemoSource(Strict):
@@ -249,6 +257,8 @@ class BatchAssignment(BaseModel):
     plan: PlanRef
     count: int
     counts: dict[str, int] = Field(description="Rows per status")
+    warnings: list[str] = Field(default_factory=list, description="Doubts about the batch, "
+                                "e.g. points that fit the plan better in another crs")
     data: list[Assignment]
 
 

@@ -12,6 +12,10 @@ the ``api_keys`` table of the file named by ``TERRITORY_CONFIG`` (JSON or TOML):
     "k-3f9c..." = "planner"
     "k-77ab..." = ["operations", "viewer"]
 
+Point coordinates have no default system: a request names its ``crs``, or the operator
+configures one per service area (``TERRITORY_POINTS_CRS="xiamen:gcj02,shenzhen:wgs84"``, or a
+``[points_crs]`` table in the file), used by that area's requests that give none.
+
 Environment variables override the file; the file overrides the defaults.
 """
 
@@ -32,6 +36,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from territory.crs import normalize_crs
+from territory.errors import InvalidInputError
 
 ENV_PREFIX = "TERRITORY_"
 
@@ -72,6 +79,30 @@ def parse_api_keys(value: object) -> dict[str, frozenset[Role]]:
         except ValueError:
             raise ValueError(f"API key ending …{key[-4:]}: roles {roles} must be among "
                              f"{[r.value for r in Role]}") from None
+    return out
+
+
+def parse_points_crs(value: object) -> dict[str, str]:
+    """``"area:crs,area:crs"`` or a mapping ``area -> crs``; each crs checked and made
+    canonical, so a typo fails at start-up rather than on the first request."""
+    if isinstance(value, str):
+        pairs = []
+        for item in filter(None, (s.strip() for s in value.split(","))):
+            area, sep, crs = item.partition(":")  # the crs may hold one: xiamen:EPSG:4547
+            if not sep or not area.strip():
+                raise ValueError(f"points_crs entry {item!r}: write SERVICE_AREA:CRS (an area "
+                                 "whose name holds ':' goes in the config file's table)")
+            pairs.append((area.strip(), crs.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise ValueError("points_crs: give 'AREA:CRS,AREA:CRS' or a table AREA = CRS")
+    out: dict[str, str] = {}
+    for area, crs in pairs:
+        try:
+            out[str(area)] = normalize_crs(crs)
+        except InvalidInputError as exc:
+            raise ValueError(f"points_crs of service area {area!r}: {exc}") from None
     return out
 
 
@@ -116,11 +147,19 @@ class Settings(BaseSettings):
     solver_workers: int = Field(2, gt=0, description="Worker processes inside one plan job")
     index_cache_size: int = Field(8, gt=0, description="Assignment indexes kept in memory")
     timezone: str = Field("Asia/Shanghai", description="Zone of effective dates and `as_of`")
+    points_crs: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Service area -> CRS of its point coordinates, for requests naming none")
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> dict[str, frozenset[Role]]:
         return parse_api_keys({} if value is None else value)
+
+    @field_validator("points_crs", mode="before")
+    @classmethod
+    def _parse_points_crs(cls, value: object) -> dict[str, str]:
+        return parse_points_crs({} if value is None else value)
 
     @classmethod
     def settings_customise_sources(

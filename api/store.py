@@ -38,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
-import pyogrio
 
 from territory.atomic import STARTED, atomic_dir, sweep
-from territory.plan import LAYER, LEVELS, PLAN_FILE, Plan
+from territory.plan import LEVELS, PLAN_FILE, Plan, read_grids
 
 log = logging.getLogger(__name__)
 
@@ -311,12 +310,7 @@ class PlanStore:
                    parent_id: str | None = None, grid_id: str | None = None
                    ) -> gpd.GeoDataFrame:
         """One level's grid polygons, straight from the GeoPackage layer (no dissolve)."""
-        where = []
-        for column, value in (("parent_id", parent_id), ("grid_id", grid_id)):
-            if value is not None:
-                where.append(f"{column} = '{value.replace(chr(39), chr(39) * 2)}'")
-        return pyogrio.read_dataframe(self.plan_path(plan_id), layer=LAYER[level],
-                                      where=" AND ".join(where) or None)
+        return read_grids(self.plan_path(plan_id), level, parent_id=parent_id, grid_id=grid_id)
 
     # -- effective plans -------------------------------------------------------------------
     def activate(self, plan_id: str, effective_from: date, activated_by: str) -> None:

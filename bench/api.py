@@ -139,7 +139,7 @@ async def open_loop(port: int, rate: int, seconds: float, seed: int, connections
     """
     n = int(rate * seconds)
     xs, ys = points(n, seed)
-    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}" for x, y in zip(xs, ys, strict=True)]
+    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}&crs=wgs84" for x, y in zip(xs, ys, strict=True)]
     lat_ms = np.full(n, np.nan)
     status = np.zeros(n, dtype=int)
     loop = asyncio.get_running_loop()
@@ -194,9 +194,11 @@ def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
     csv = pd.DataFrame({"id": np.arange(n), "lng": xs, "lat": ys}).to_csv(index=False)
     print(f"\nbatch of {n:,} points (best and median of {repeats})")
     for name, send in (
-        ("JSON array, POST /assign", lambda: http.post("/assign", json=body)),
+        ("JSON array, POST /assign",
+         lambda: http.post("/assign", json=body, params={"crs": "wgs84"})),
         ("CSV upload, POST /assign/file",
-         lambda: http.post("/assign/file", files={"file": ("p.csv", csv, "text/csv")})),
+         lambda: http.post("/assign/file", params={"crs": "wgs84"},
+                           files={"file": ("p.csv", csv, "text/csv")})),
     ):
         times = []
         for _ in range(repeats):

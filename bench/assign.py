@@ -90,7 +90,7 @@ def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
 def run_territory(index: AssignmentIndex, x: np.ndarray, y: np.ndarray) -> dict[str, int]:
     counts = np.zeros(len(STATUSES), dtype=np.int64)
     for lo in range(0, len(x), CHUNK):
-        res = assign(index, x[lo:lo + CHUNK], y[lo:lo + CHUNK])
+        res = assign(index, x[lo:lo + CHUNK], y[lo:lo + CHUNK], crs="wgs84")
         res.sub_grid_id, res.main_grid_id, res.branch_id  # noqa: B018 - the ids are the output
         counts += np.bincount(res.code, minlength=len(STATUSES))
     return dict(zip(STATUSES, counts.tolist(), strict=True))

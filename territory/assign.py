@@ -14,8 +14,13 @@ same one: the lowest ``unit_id`` among the units covering it, the rule the plan'
 aggregation uses (see :mod:`territory.assign_index`).
 
 Coordinates may come in WGS84, CGCS2000, GCJ-02, BD-09 or any EPSG CRS (one ``crs`` for all
-rows, or a column naming each row's), and are converted with :mod:`territory.crs`. Rows
-without coordinates may carry an address for a :class:`territory.geocode.Geocoder`.
+rows, or a column naming each row's), and are converted with :mod:`territory.crs`. The system
+is never assumed: a call without one is refused. Every batch of at least
+:data:`territory.crs_check.MIN_POINTS` points is checked (on a sample) against the plan's
+populated units, and a batch that fits clearly better in another system is reported through
+``on_warning`` (else a :class:`~territory.crs_check.CrsMismatchWarning`); the check never
+changes a result. Rows without coordinates may carry an address for a
+:class:`territory.geocode.Geocoder`.
 
 Files (CSV or Parquet, by suffix) are streamed in chunks, so a file larger than memory
 works; the output is written to a temporary file and renamed at the end (atomic). The library
@@ -37,9 +42,11 @@ import pyarrow.parquet as pq
 from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.atomic import atomic_path
 from territory.crs import normalize_crs, to_wgs84
+from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan, plan_file
+from territory.tables import DEFAULT_ENCODING, codec, decode_error
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +154,27 @@ def _assign_wgs84(index: AssignmentIndex, x: np.ndarray, y: np.ndarray, status: 
     return Assignment(index, unit, status, nearest, dist, reason)
 
 
-def assign(index: AssignmentIndex, lng: np.ndarray, lat: np.ndarray, *, crs: str = "wgs84"
-           ) -> Assignment:
-    """Assign coordinate arrays (any system :func:`territory.crs.normalize_crs` accepts).
+def assign(index: AssignmentIndex, lng: np.ndarray, lat: np.ndarray, *, crs: str | None = None,
+           on_warning: Warn | None = None) -> Assignment:
+    """Assign coordinate arrays in ``crs`` (required: any system
+    :func:`territory.crs.normalize_crs` accepts).
 
     Non-finite or out-of-range coordinates are ``invalid`` (with the reason); nothing raises
-    per row. Returns arrays aligned with the input.
+    per row. Returns arrays aligned with the input. A batch is checked for a mistaken
+    ``crs`` (see :mod:`territory.crs_check`; a single point is not).
     """
+    crs = normalize_crs(crs)
     x = np.asarray(lng, dtype=np.float64)
     y = np.asarray(lat, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise InvalidInputError(f"lng and lat must be 1-d arrays of one length, got shapes "
                                 f"{x.shape} and {y.shape}")
+    check = Sample()
+    check.add(x, y, crs)
+    report(check.fits(populated_units(index)), on_warning)
     status = np.full(len(x), _UNSET, dtype=np.int8)
     reason = np.full(len(x), None, dtype=object)
-    x, y = _to_wgs84_checked(x, y, normalize_crs(crs), np.arange(len(x)), status, reason)
+    x, y = _to_wgs84_checked(x, y, crs, np.arange(len(x)), status, reason)
     return _assign_wgs84(index, x, y, status, reason)
 
 
@@ -195,16 +208,22 @@ def _to_wgs84_checked(x: np.ndarray, y: np.ndarray, crs: str, rows: np.ndarray,
 
 @dataclass(frozen=True)
 class Columns:
-    """Which input columns hold what (the names a caller or the CLI gives)."""
+    """Which input columns hold what (the names a caller or the CLI gives).
+
+    ``crs`` is the system of every row, or of the rows whose ``crs_column`` cell is blank;
+    given coordinates need one of the two (checked with the input's columns): they are never
+    assumed to be WGS84.
+    """
 
     lng: str = "lng"
     lat: str = "lat"
-    crs: str = "wgs84"
+    crs: str | None = None
     crs_column: str | None = None
     address_column: str | None = None
 
     def __post_init__(self) -> None:
-        normalize_crs(self.crs)  # an unknown system fails before any row is read
+        if self.crs is not None:
+            normalize_crs(self.crs)  # an unknown system fails before any row is read
 
 
 def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
@@ -219,18 +238,24 @@ def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -
     elif geocoder is None:
         raise InvalidInputError(
             f"address column {cols.address_column!r} needs a geocoder: give a gazetteer "
-            "(--gazetteer FILE) or configure a geocoding service"
+            "(`gazetteer`) or configure a geocoding service"
         )
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise InvalidInputError(
-            f"input has no column(s) {missing}; name them with --lng-column/--lat-column/"
-            f"--crs-column/--address-column (columns found: {list(df.columns)[:20]})"
+            f"input has no column(s) {missing}; name them with `lng`, `lat`, `crs_column` "
+            f"or `address_column` (columns found: {list(df.columns)[:20]})"
         )
     if cols.address_column is not None and (cols.lng in df.columns) != (cols.lat in df.columns):
         raise InvalidInputError(
             f"input has only one of the coordinate columns {cols.lng!r}, {cols.lat!r}; "
             "give both or neither"
+        )
+    if cols.crs is None and cols.crs_column is None and cols.lng in df.columns:
+        raise InvalidInputError(
+            f"crs is required for the coordinates in {cols.lng!r}/{cols.lat!r}: name their "
+            "system (wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>) with crs, or each row's with "
+            "crs_column; it is never assumed"
         )
 
 
@@ -246,13 +271,25 @@ def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns = Columns(),
-                 geocoder: Geocoder | None = None) -> pd.DataFrame:
+                 geocoder: Geocoder | None = None, on_warning: Warn | None = None
+                 ) -> pd.DataFrame:
     """``df`` with :data:`OUTPUT_COLUMNS` added: same rows, same order, same index.
 
     Coordinates are read from ``columns.lng``/``columns.lat`` in ``columns.crs``, or per row
     in the system named by ``columns.crs_column`` (blank: ``columns.crs``). Rows without
-    coordinates are geocoded from ``columns.address_column`` when one is given.
+    coordinates are geocoded from ``columns.address_column`` when one is given. Given
+    coordinates need ``columns.crs`` or ``columns.crs_column`` (never assumed); the batch is
+    checked for a mistaken one.
     """
+    check = Sample()
+    out = _assign_chunk(index, df, columns, geocoder, check)
+    report(check.fits(populated_units(index)), on_warning)
+    return out
+
+
+def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
+                  geocoder: Geocoder | None, check: Sample) -> pd.DataFrame:
+    """:func:`assign_frame` of one chunk; its given coordinates are offered to ``check``."""
     _check_columns(df, columns, geocoder)
     n = len(df)
     status = np.full(n, _UNSET, dtype=np.int8)
@@ -289,6 +326,8 @@ def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns =
         missing = ~has_x & ~has_y & (status == _UNSET)
         status[missing] = _INVALID
         reason[missing] = f"{columns.lng}/{columns.lat} missing"
+    given = np.flatnonzero((status == _UNSET) & ~geocoded)
+    check.add(x[given], y[given], crs[given])
     for name in pd.unique(crs[status == _UNSET]):
         rows = np.flatnonzero((crs == name) & (status == _UNSET))
         x, y = _to_wgs84_checked(x, y, name, rows, status, reason)
@@ -298,9 +337,10 @@ def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns =
 
 def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.ndarray,
              geocoded: np.ndarray) -> np.ndarray:
-    """Canonical CRS name per row; rows naming an unknown system become invalid (unless
-    their coordinates came from the geocoder, which answers in WGS84)."""
-    default = normalize_crs(columns.crs)
+    """Canonical CRS name per row; rows naming an unknown system, or none when there is no
+    default, become invalid (unless their coordinates came from the geocoder, which answers
+    in WGS84)."""
+    default = None if columns.crs is None else normalize_crs(columns.crs)
     if columns.crs_column is None:
         return np.full(len(df), default, dtype=object)
     raw = df[columns.crs_column].astype(object).where(df[columns.crs_column].notna(), "")
@@ -309,6 +349,11 @@ def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.
     for name in pd.unique(raw):
         rows = raw == name
         if not name:
+            if default is None:
+                sel = rows & (status == _UNSET) & ~geocoded
+                status[sel] = _INVALID
+                reason[sel] = (f"{columns.crs_column} is blank and no default crs is given; "
+                               "name the row's system")
             continue
         try:
             out[rows] = normalize_crs(name)
@@ -333,12 +378,13 @@ def _format(path: Path, what: str) -> str:
     return fmt
 
 
-def _read_chunks(path: Path, chunk_size: int) -> tuple[Iterator[pd.DataFrame], int | None]:
+def _read_chunks(path: Path, chunk_size: int, encoding: str
+                 ) -> tuple[Iterator[pd.DataFrame], int | None]:
     """Chunks of the input and the row count when the format knows it up front. CSV values
     are kept as text, so every column comes out exactly as it went in."""
     if _format(path, "input") == "csv":
         reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                             encoding="utf-8-sig")
+                             encoding=codec(encoding))
         return iter(reader), None
     pf = pq.ParquetFile(path)
     batches = pf.iter_batches(batch_size=chunk_size)
@@ -378,39 +424,46 @@ class _Writer:
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
-                chunk_size: int = 200_000, progress: Progress | None = None
-                ) -> dict[str, int]:
-    """Stream ``src`` (CSV or Parquet) through :func:`assign_frame` into ``dst``.
+                chunk_size: int = 200_000, progress: Progress | None = None,
+                on_warning: Warn | None = None,
+                encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
+    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) through :func:`assign_frame`
+    into ``dst``.
 
     Every row and column of the input comes out, in order, with :data:`OUTPUT_COLUMNS`
     added; ``dst`` appears only once complete. ``progress(rows_done, total_or_None)`` is
-    called after each chunk. Returns the number of rows per status.
+    called after each chunk. Returns the number of rows per status. The whole file is
+    checked for a mistaken ``columns.crs``, on a sample drawn across every chunk.
     """
+    check = Sample()
     src, dst = Path(src), Path(dst)
     if chunk_size < 1:
         raise InvalidInputError(f"chunk_size={chunk_size}: give a positive number of rows")
     if not src.exists():
         raise InvalidInputError(f"input {src}: no such file")
+    codec(encoding)  # an unknown encoding fails before any output is started
     out_fmt = _format(dst, "output")
     counts = dict.fromkeys(STATUSES, 0)
     done = 0
     with atomic_path(dst) as tmp:
         writer = _Writer(str(tmp), out_fmt)
         try:
-            chunks, total = _read_chunks(src, chunk_size)
+            chunks, total = _read_chunks(src, chunk_size, encoding)
             for chunk in chunks:
-                out = assign_frame(index, chunk, columns=columns, geocoder=geocoder)
+                out = _assign_chunk(index, chunk, columns, geocoder, check)
                 writer.write(out)
                 for k, v in out["status"].value_counts().items():
                     counts[k] += int(v)
                 done += len(out)
                 if progress is not None:
                     progress(done, total)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException,
-                UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            raise decode_error(src, encoding, "input") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException) as exc:
             raise InvalidInputError(
                 f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
                 f"({exc}); check the file is complete and well formed"
             ) from None
         writer.close()
+    report(check.fits(populated_units(index)), on_warning)
     return counts

@@ -11,6 +11,7 @@ GCJ-02, and converted at load time by :func:`territory.crs.gcj02_to_wgs84`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import pyogrio.errors
+import pyproj
 import shapely
 from numpy.typing import NDArray
 
@@ -48,7 +50,6 @@ _CITY_COLUMNS = ["adcode", "name", "city", "province"]
 # Shapely type ids.
 _POLYGON = 3
 _MULTIPOLYGON = 6
-_GEOMETRYCOLLECTION = 7
 
 # How many offending rows an error message lists before "and N more".
 _MAX_LISTED = 10
@@ -86,32 +87,15 @@ def _layer_text(layer: str | int | None) -> str:
 
 
 def repair_polygons(geoms: NDArray[np.object_] | Sequence[object]) -> NDArray[np.object_]:
-    """Make polygons valid with :func:`shapely.make_valid`, keeping only their polygonal parts.
+    """Make polygons valid, keeping only polygonal parts: a bow-tie becomes two triangles.
 
-    ``make_valid`` splits a self-intersecting ring into valid pieces (a bow-tie becomes two
-    triangles) but can also return lines or points for collapsed parts; those have no area and
-    would break every later area and overlay step, so they are dropped. A geometry with no
-    polygonal part left becomes an empty Polygon (the caller decides whether that is an error).
+    GEOS' "structure" repair (:func:`shapely.make_valid`) rebuilds areas from the rings and,
+    with ``keep_collapsed=False``, drops parts that collapse to lines or points (they have no
+    area and would break every later area and overlay step). A geometry with no area left
+    becomes an empty Polygon (the caller decides whether that is an error).
     """
-    arr = np.asarray(geoms, dtype=object)
-    fixed = shapely.make_valid(arr)
-    types = shapely.get_type_id(fixed)
-    for i in np.flatnonzero(~np.isin(types, (_POLYGON, _MULTIPOLYGON))):
-        geom = fixed[i]
-        if geom is None:
-            continue
-        if types[i] == _GEOMETRYCOLLECTION:
-            parts = shapely.get_parts(geom)
-            polys = parts[np.isin(shapely.get_type_id(parts), (_POLYGON, _MULTIPOLYGON))]
-        else:
-            polys = np.empty(0, dtype=object)
-        if len(polys) == 0:
-            fixed[i] = shapely.Polygon()
-        elif len(polys) == 1:
-            fixed[i] = polys[0]
-        else:
-            fixed[i] = shapely.union_all(polys)
-    return fixed
+    return shapely.make_valid(np.asarray(geoms, dtype=object), method="structure",
+                              keep_collapsed=False)
 
 
 def _normalize_city(city: str) -> str:
@@ -198,6 +182,61 @@ def _choose_layer(path: Path, layer: str | int | None) -> str | int | None:
             f"{len(names)} layers {names}; pass `layer` as one of them"
         )
     return layer
+
+
+_GEOJSON_SUFFIXES = (".geojson", ".json")
+_CRS_FIX = ("pass `crs` with the system its coordinates are really in (e.g. 'wgs84', 'gcj02', "
+            "'cgcs2000' or 'EPSG:4547')")
+
+
+def _check_geojson_crs_label(path: Path, read_as: pyproj.CRS | None) -> None:
+    """Refuse a GeoJSON ``crs`` member that names no known system, or another one than the
+    file was read in (``read_as``).
+
+    GDAL reads such a file as WGS84 without a word (RFC 7946's default), so a projected or
+    local file with a typo in its label would land on the wrong side of the globe.
+    """
+    try:
+        with open(path, "rb") as f:
+            member = json.load(f).get("crs")
+    except (ValueError, AttributeError):
+        return  # not a JSON object: pyogrio has read it, so it is another format
+    if member is None:
+        return
+    props = member.get("properties") if isinstance(member, dict) else None
+    label = (props or {}).get("name") or (props or {}).get("code")
+    if isinstance(label, int) or (isinstance(member, dict) and member.get("type") == "EPSG"):
+        label = f"EPSG:{label}"
+    declared = json.dumps(member, ensure_ascii=False)[:200]
+    try:
+        crs = pyproj.CRS.from_user_input(label)
+    except (pyproj.exceptions.CRSError, TypeError):
+        raise InvalidInputError(
+            f"boundary file {path} declares the coordinate system {declared}, which is not "
+            f"one pyproj knows (it would be read as WGS84); fix the label or {_CRS_FIX}"
+        ) from None
+    if read_as is None or not crs.equals(read_as, ignore_axis_order=True):
+        raise InvalidInputError(
+            f"boundary file {path} declares the coordinate system {declared} but reads as "
+            f"{read_as.to_string() if read_as else 'none'}; {_CRS_FIX}"
+        )
+
+
+def _to_wgs84_without_epsg(gdf: geopandas.GeoDataFrame, path: Path) -> geopandas.GeoDataFrame:
+    """Convert a layer whose CRS has no EPSG code (an ESRI .prj); refuse local systems."""
+    crs = gdf.crs
+    if not (crs.is_geographic or crs.is_projected):
+        raise InvalidInputError(
+            f"boundary file {path} is in {crs.name!r}, a local ({crs.type_name}) coordinate "
+            f"system with no known relation to the Earth; {_CRS_FIX}"
+        )
+    try:
+        return gdf.to_crs("EPSG:4326")
+    except (pyproj.exceptions.ProjError, pyproj.exceptions.CRSError) as exc:
+        raise InvalidInputError(
+            f"boundary file {path} is in {crs.name!r}, which cannot be converted to WGS84 "
+            f"({exc}); {_CRS_FIX}"
+        ) from None
 
 
 def _row_labels(gdf: pd.DataFrame, id_column: str | None) -> tuple[str, NDArray[np.object_]]:
@@ -330,8 +369,8 @@ def read_boundaries(
             )
             raise InvalidInputError(
                 f"{what} {_list_ids(labels[invalid])} of {path} have invalid (e.g. "
-                f"self-intersecting) polygons ({reasons}); repair them (e.g. shapely.make_valid) "
-                "or pass repair=True"
+                f"self-intersecting) polygons ({reasons}); repair them in your GIS, or set "
+                "`repair` to make them valid (self-intersections split into valid parts)"
             )
         geoms = geoms.copy()
         geoms[invalid] = repair_polygons(geoms[invalid])
@@ -345,6 +384,8 @@ def read_boundaries(
 
     # CRS: explicit option, else the file's declaration, else refuse.
     if src is None:
+        if path.suffix.lower() in _GEOJSON_SUFFIXES:
+            _check_geojson_crs_label(path, gdf.crs)
         if gdf.crs is None:
             raise InvalidInputError(
                 f"boundary file {path} declares no coordinate system; pass the `crs` option "
@@ -353,7 +394,7 @@ def read_boundaries(
         epsg = gdf.crs.to_epsg()
         if epsg is None:
             # A WKT without an EPSG code (e.g. an ESRI .prj): let pyproj handle it directly.
-            out = gdf.to_crs("EPSG:4326")
+            out = _to_wgs84_without_epsg(gdf, path)
             src_text = "the file's CRS"
         else:
             src = normalize_crs(f"EPSG:{epsg}")

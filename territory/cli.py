@@ -6,8 +6,8 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -16,10 +16,11 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from territory.atomic import atomic_path
+from territory.cli_output import configure, progress, stage
 from territory.errors import (
     InfeasibleError,
     InvalidInputError,
@@ -35,17 +36,67 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(exc: TerritoryError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs of territory "
+                                                                "and the solvers' own logs")]
+    = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only errors and "
+                                                              "the final summary")] = False,
+) -> None:
+    """Draw and keep the grid map of a telecom operator's city."""
+    if verbose and quiet:
+        raise typer.BadParameter("give --verbose or --quiet, not both")
+    configure(verbose=verbose, quiet=quiet, command=ctx.invoked_subcommand or "territory")
+
+
+def as_flags(message: str, ctx: typer.Context | None,
+             aliases: Mapping[str, str] | None = None) -> str:
+    """``message`` with the library's parameter names said as the command's options.
+
+    Library messages name a parameter in backticks (`encoding`, `repair`); where the command
+    of ``ctx`` has that option (or the one ``aliases`` maps it to, e.g. ``crs`` to
+    ``boundaries_crs``) it becomes the flag (``--encoding``); other names stay as they are.
+    """
+    if ctx is None:
+        return message
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts[0].startswith("--")}
+    aliases = aliases or {}
+
+    def flag(m: re.Match[str]) -> str:
+        return flags.get(aliases.get(m[1], m[1]), m[0])
+
+    return re.sub(r"`(\w+)`", flag, message)
+
+
+def _fail(exc: TerritoryError, ctx: typer.Context | None = None,
+          aliases: Mapping[str, str] | None = None) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(as_flags(str(exc), ctx, aliases))}")
     raise typer.Exit(3 if isinstance(exc, InfeasibleError) else 2)
 
 
+def warn(message: str) -> None:
+    """Print a library warning (e.g. a batch that fits better in another CRS) for the user."""
+    err_console.print(Text.assemble(("warning: ", "bold yellow"), message))
+
+
+def require_crs(value: str | None, option: str) -> str:
+    """The CRS an option gives; coordinates are never assumed to be WGS84."""
+    if value is None:
+        raise InvalidInputError(f"{option} is required: name the system of the coordinates "
+                                "(wgs84, cgcs2000, gcj02, bd09 or EPSG:N)")
+    return value
+
+
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(ctx: typer.Context | None = None, **aliases: str) -> Iterator[None]:
+    """Print a library error as one message and exit 2, or 3 for unmet balance targets;
+    with ``ctx``, parameters are named as the command's options (see :func:`as_flags`)."""
     try:
         yield
     except TerritoryError as exc:
-        _fail(exc)
+        _fail(exc, ctx, aliases)
 
 
 def parse_balance(specs: list[str], default: float) -> dict[str, float]:
@@ -69,46 +120,6 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-@contextmanager
-def _progress(totals: dict[str, int | None]) -> Iterator[Callable[[str, str], None]]:
-    """A progress display fed by the pipeline's ``progress(stage, key)`` callbacks.
-
-    ``totals`` lists the stages in the order they run, with their number of steps where it
-    is known. A stage's clock starts when the one before it completes, so the spinner shows
-    the stage under way from the start (building units takes seconds before its callback).
-    """
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-        console=err_console, transient=False,
-    ) as bar:
-        order = list(totals)
-        tasks = {name: bar.add_task(name, total=totals[name], start=i == 0)
-                 for i, name in enumerate(order)}
-
-        def complete(name: str) -> None:
-            done = bar.tasks[tasks[name]].completed
-            bar.update(tasks[name], total=done, completed=done)
-            bar.stop_task(tasks[name])
-
-        def step(stage: str, key: str) -> None:
-            i = order.index(stage)
-            for before in order[:i]:  # stages run in order: earlier ones are complete
-                if not bar.tasks[tasks[before]].finished:
-                    complete(before)
-            bar.start_task(tasks[stage])
-            bar.advance(tasks[stage])
-            task = bar.tasks[tasks[stage]]
-            if task.total is not None and task.completed >= task.total and i + 1 < len(order):
-                bar.stop_task(tasks[stage])
-                bar.start_task(tasks[order[i + 1]])
-
-        yield step
-        for name in order:
-            if bar.tasks[tasks[name]].started:
-                complete(name)
-
-
 def _table(df: pd.DataFrame, title: str) -> Table:
     t = Table(title=title)
     for c in df.columns:
@@ -126,8 +137,10 @@ def _partition_table(metrics: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 @app.command()
 def partition(
-    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or an "
-                                               "adjacency JSON graph")],
+    ctx: typer.Context,
+    input: Annotated[Path, typer.Argument(help="Polygon layer (GPKG, GeoJSON, SHP) or a "
+                                               "networkx JSON graph (node-link or adjacency, "
+                                               "as GerryChain writes)")],
     grids: Annotated[int, typer.Option("--grids", "-k", help="Number of grids")],
     out: Annotated[Path, typer.Option(help="CSV to write: unit_id, grid_id")],
     balance: Annotated[list[str], typer.Option(help="COLUMN=TOL, e.g. subscribers=0.005")],
@@ -137,22 +150,28 @@ def partition(
                                                    "then")] = 60.0,
     id_column: Annotated[str | None, typer.Option(help="Unit id column of a polygon layer")]
     = None,
-    xy: Annotated[str, typer.Option(help="Coordinate node attributes of a JSON graph")] = "x,y",
+    xy: Annotated[str | None, typer.Option(help="Coordinate node attributes of a JSON graph, "
+                                                "e.g. C_X,C_Y (default: x,y or a known pair)")]
+    = None,
     crs: Annotated[str | None, typer.Option(help="CRS of a polygon layer without one")] = None,
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) polygons "
+                                              "valid instead of refusing them")] = False,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:
     """Partition units into k contiguous grids balanced on one or several measures."""
+    from territory.optimize import Partitioner
     from territory.partition_io import load_units_graph, run_partition
 
-    with _errors():
-        measures = parse_balance(balance, 0.05)
-        with console.status("reading units and building the adjacency graph"):
-            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs)
-        with console.status(f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
-            labels, figures = run_partition(
-                graph, grids, measures, objective=objective, exact=exact,
-                time_limit=time_limit, seed=seed,
-            )
+    with _errors(ctx, n_grids="grids"):
+        partitioner = Partitioner(grids, measures=parse_balance(balance, 0.05),
+                                  objective=objective, exact=exact, time_limit=time_limit,
+                                  random_state=seed)
+        partitioner.check_parameters()  # before the seconds of reading and building a graph
+        with stage(err_console, "units and graph read"):
+            graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs,
+                                     repair=repair)
+        with stage(err_console, f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
+            labels, figures = run_partition(graph, partitioner)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_csv(pd.DataFrame({"unit_id": labels.index, "grid_id": labels.to_numpy()}), out)
         console.print(_table(_partition_table(figures), f"{grids} grids → {out}"))
@@ -165,22 +184,15 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
 
     out.mkdir(parents=True, exist_ok=True)
     sweep_folder(out)
-    totals = {"units built": 1, "adjacency graph": 1,
-              "branches → main grids": int(inputs.areas[inputs.branch_column].nunique()),
-              "main grids → sub-grids": spec.n_main if isinstance(spec.n_main, int) else None}
-    with _progress(totals) as step:
-        def progress(stage: str, key: str) -> None:
-            step({"units": "units built", "graph": "adjacency graph",
-                  "branch": "branches → main grids",
-                  "main_grid": "main grids → sub-grids"}[stage], key)
-
+    with progress(err_console) as show:
         try:
             result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
-                         progress=progress)
+                         progress=show)
             failed = None
         except PartialPlanError as exc:  # the work is kept: saved, then reported
             result, failed = exc.result, exc
-    path = publish(result.plan, out)
+    with stage(err_console, "plan written"):
+        path = publish(result.plan, out)
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})
@@ -202,6 +214,7 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
     customers: Annotated[Path, typer.Option(help="Customer points, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
@@ -212,10 +225,19 @@ def plan(
     communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
     stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
     key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
-    points_crs: Annotated[str, typer.Option(help="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")]
-    = "wgs84",
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required): "
+                                                        "wgs84, cgcs2000, gcj02, bd09 or "
+                                                        "EPSG:N")] = None,
     lng_column: Annotated[str, typer.Option()] = "lng",
     lat_column: Annotated[str, typer.Option()] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV point tables, e.g. "
+                                               "gb18030 or gbk")] = "utf-8",
+    repair: Annotated[bool, typer.Option(help="Make invalid (self-intersecting) boundary "
+                                              "polygons valid instead of refusing them")]
+    = False,
+    dissolve_branches: Annotated[bool, typer.Option(help="Merge boundary rows that share a "
+                                                         "branch code into one branch")]
+    = False,
     resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
     target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
                                                                "resolution)")] = 30.0,
@@ -252,17 +274,9 @@ def plan(
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
 
-    with _errors():
-        areas = read_boundaries(boundaries, crs=boundaries_crs)
-
-        def pts(path, name):
-            if path is None:
-                return None
-            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name)
-
-        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
-                        pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"))
+    with _errors(ctx, crs="boundaries_crs", id_column="unit_id_column", lng="lng_column",
+                 lat="lat_column", n_main="main_grids", n_sub="sub_grids"):
+        points_crs = require_crs(points_crs, "--points-crs")
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
@@ -277,10 +291,6 @@ def plan(
                     f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
                 )
             n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
-        if n_main is None and main_size is None:
-            raise InvalidInputError(
-                "give --main-grids (a number), --branch-grids (one per branch) or --main-size"
-            )
         spec = HierarchySpec(
             measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
@@ -288,8 +298,20 @@ def plan(
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed, strict=strict,
         )
-        layer = None if units is None else read_boundaries(units, crs=boundaries_crs,
-                                                           id_column=unit_id_column)
+        spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
+        areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)
+
+        def pts(path, name):
+            if path is None:
+                return None
+            return read_points(path, crs=points_crs, lng=lng_column, lat=lat_column, name=name,
+                               encoding=encoding, areas=areas, on_warning=warn)
+
+        inputs = Inputs(areas, branch_column, pts(customers, "customers"),
+                        pts(communities, "communities"), pts(stores, "stores"),
+                        pts(key_accounts, "key_accounts"), dissolve_branches=dissolve_branches)
+        layer = None if units is None else read_boundaries(
+            units, crs=boundaries_crs, id_column=unit_id_column, repair=repair)
         opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
         _plan_job(inputs, opts, spec, out, stores_as_centres)
 
@@ -311,9 +333,8 @@ def demo(
     from territory.synth import generate_city, write_city
 
     with _errors():
-        logging.getLogger("territory").setLevel(logging.ERROR)
         areas = load_city(city)
-        with console.status(f"generating {customers} synthetic customers"):
+        with stage(err_console, f"{customers} synthetic customers generated"):
             data = generate_city(areas, n_customers=customers, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
         write_city(data, out / "synthetic")
@@ -329,25 +350,27 @@ def demo(
 
 def _demo_outputs(plan, out: Path, data) -> None:
     """After the plan: assign every customer, write the per-grid reports and the maps."""
-    from territory.assign import assign_frame, open_index
+    from territory.assign import Columns, assign_frame, open_index
     from territory.exports import export_plan
     from territory.mapdata import PlanLayers
-    from territory.maps import write_demo_maps
 
-    with console.status("building the assignment index and assigning the customers"):
+    with stage(err_console, "customers assigned"):
         index = open_index(out / "plan.gpkg")
-        assigned = assign_frame(index, data.customers.drop(columns="geometry"))
+        assigned = assign_frame(index, data.customers.drop(columns="geometry"),
+                                columns=Columns(crs="wgs84"), on_warning=warn)
         write_csv(assigned, out / "customers_assigned.csv")
     counts = assigned["status"].value_counts().to_dict()
     console.print(f"customers assigned → {out / 'customers_assigned.csv'}: {counts}")
     layers = PlanLayers(plan)
-    with console.status("writing per-grid reports (CSV) and the GeoJSON and KML exports"):
+    with stage(err_console, "reports and exports written"):
         reports = export_plan(layers, "csv", out / "reports")
         exports = export_plan(layers, "geojson", out / "exports")
         exports += export_plan(layers, "kml", out / "exports")
     console.print(f"{len(reports)} reports → {out / 'reports'}, {len(exports)} exports → "
                   f"{out / 'exports'}")
-    with console.status("drawing the overview, one field map per main grid, the city print"):
+    with stage(err_console, "maps written"):
+        from territory.maps import write_demo_maps  # seconds to import: part of the stage
+
         maps = write_demo_maps(layers, out / "maps", data.tables())
     console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
 

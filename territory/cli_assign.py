@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from territory.cli import _errors, _table, console, err_console
+from territory.cli import _errors, _table, console, err_console, require_crs, warn
+from territory.cli_output import progress, stage
 from territory.errors import InvalidInputError
 
 
@@ -34,14 +34,19 @@ def _geocoder(gazetteer: Path | None, service: str | None, options: list[str],
 
 
 def assign(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     input: Annotated[Path, typer.Argument(help="Customers, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output file, CSV or Parquet by suffix")],
-    crs: Annotated[str, typer.Option(help="wgs84, cgcs2000, gcj02, bd09 or EPSG:N")] = "wgs84",
+    crs: Annotated[str | None, typer.Option(help="CRS of the coordinates (required unless "
+                                                 "--crs-column names every row's): wgs84, "
+                                                 "cgcs2000, gcj02, bd09 or EPSG:N")] = None,
     crs_column: Annotated[str | None, typer.Option(help="Column naming each row's CRS "
                                                         "(blank: --crs)")] = None,
     lng_column: Annotated[str, typer.Option(help="Longitude / easting column")] = "lng",
     lat_column: Annotated[str, typer.Option(help="Latitude / northing column")] = "lat",
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input, e.g. gb18030 "
+                                               "or gbk")] = "utf-8",
     address_column: Annotated[str | None, typer.Option(help="Address column, geocoded for "
                                                             "rows without coordinates")] = None,
     gazetteer: Annotated[Path | None, typer.Option(help="CSV address,lng,lat[,crs]: offline "
@@ -61,22 +66,23 @@ def assign(
     from territory.assign import Columns, assign_file, open_index
     from territory.atomic import sweep
 
-    with _errors():
+    with _errors(ctx, lng="lng_column", lat="lat_column"):
+        if crs_column is None and address_column is None:
+            require_crs(crs, "--crs (or --crs-column)")
         sweep(out.parent)  # what killed runs left beside the output
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
-        with console.status(f"opening the plan and its assignment index ({plan})"):
+        with stage(err_console, f"assignment index of {plan} opened"):
             index = open_index(plan, rebuild=rebuild_index)
-        with Progress(SpinnerColumn(), TextColumn("assigning"), BarColumn(),
-                      TextColumn("{task.completed:,} rows"), TimeElapsedColumn(),
-                      console=err_console) as bar:
-            task = bar.add_task("assign", total=None)
+        with progress(err_console) as show:
+            def rows(done: int, total: int | None) -> None:
+                show("customers assigned", done, total)
 
-            def progress(done: int, total: int | None) -> None:
-                bar.update(task, completed=done, total=total)
-
+            rows(0, None)
             counts = assign_file(index, input, out, columns=columns, geocoder=geocoder,
-                                 chunk_size=chunk_size, progress=progress)
+                                 chunk_size=chunk_size, progress=rows, on_warning=warn,
+                                 encoding=encoding)
+            rows(sum(counts.values()), sum(counts.values()))  # CSV totals are known at the end
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))

@@ -70,6 +70,7 @@ def map_command(
     choropleth) or, with --grid, one grid's field map."""
     from territory.cli import _errors, console
     from territory.errors import InvalidInputError
+    from territory.filenames import safe_filename
     from territory.mapdata import PlanLayers
     from territory.maps import choropleth_map, field_map, overview_map
     from territory.offline import save_map
@@ -93,16 +94,18 @@ def map_command(
                     *print_city(layers, out / "city", tables, paper=paper or "A3"),
                 ]
         else:
+            name = safe_filename(grid)  # an id may hold "/" or ".."
             with console.status(f"drawing grid {grid}"):
                 written = [
                     save_map(field_map(layers, grid, tables, online_tiles=online_tiles),
-                             out / f"{grid}.html"),
-                    *print_grid(layers, grid, out / grid, tables, paper=paper or "A4"),
+                             out / f"{name}.html"),
+                    *print_grid(layers, grid, out / name, tables, paper=paper or "A4"),
                 ]
         _written(written, f"maps of plan {layers.plan.plan_id} → {out}")
 
 
 def export(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     format: Annotated[str, typer.Option("--format", help="geojson, gpkg, kml or csv")],
     out: Annotated[Path, typer.Option(help="Output folder")],
@@ -123,7 +126,7 @@ def export(
     from territory.pipeline import read_points
     from territory.plan import Plan
 
-    with _errors():
+    with _errors(ctx):
         table = (read_points(customers, crs=points_crs, name="customers")
                  if customers is not None else None)
         with console.status(f"exporting {format}"):

@@ -121,7 +121,7 @@ def _allowed_message() -> str:
     return ", ".join(repr(n) for n in CRS_NAMES) + ", or 'EPSG:<code>' known to pyproj"
 
 
-def normalize_crs(name: str) -> str:
+def normalize_crs(name: str | None) -> str:
     """Return the canonical name of a coordinate system.
 
     Accepts the names in :data:`CRS_NAMES` and their common spellings, case-insensitively
@@ -130,8 +130,12 @@ def normalize_crs(name: str) -> str:
     One canonical spelling lets callers compare systems with ``==`` and pick a conversion path.
 
     Raises:
-        InvalidInputError: the name is not recognised; the message lists the allowed values.
+        InvalidInputError: the name is missing (None: a system is never assumed) or not
+            recognised; the message lists the allowed values.
     """
+    if name is None:
+        raise InvalidInputError(f"crs is required: name the system of the coordinates "
+                                f"({_allowed_message()}); it is never assumed")
     if not isinstance(name, str):
         raise InvalidInputError(
             f"crs must be a string such as 'wgs84' or 'EPSG:4547', got {type(name).__name__} "

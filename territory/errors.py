@@ -3,6 +3,10 @@
 Every error the library raises derives from :class:`TerritoryError`; each subclass also
 inherits the builtin it refines, so callers can catch ``ValueError`` as usual. Messages name
 the offending field (column, parameter, row) and say how to fix it.
+
+A message names a parameter of the library in backticks (```encoding```, ```repair```) and
+never a front end's spelling of it: the CLI says it as its flag (``--encoding``), the
+service as its request field, each translating the names it knows.
 """
 
 from __future__ import annotations

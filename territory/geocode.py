@@ -153,9 +153,9 @@ class Gazetteer:
         try:
             table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         except FileNotFoundError:
-            raise InvalidInputError(f"--gazetteer {path}: no such file") from None
+            raise InvalidInputError(f"`gazetteer` {path}: no such file") from None
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"--gazetteer {path}: not a readable UTF-8 CSV ({exc})"
+            raise InvalidInputError(f"`gazetteer` {path}: not a readable UTF-8 CSV ({exc})"
                                     ) from None
         return cls(table, default_crs=default_crs)
 

@@ -10,8 +10,8 @@ to the nearest unit of the main component by an explicit edge marked ``bridge=Tr
 ``length_m=0``, and reported in ``graph.graph["islands"]``; enclaves (a unit wholly
 surrounded by one other unit) are reported in ``graph.graph["enclaves"]``.
 
-Graphs read from and written to networkx node-link JSON (the format GerryChain uses), so
-planners can bring units built elsewhere.
+Graphs are read from and written to both networkx JSON forms, node-link and adjacency (the
+one GerryChain's ``Graph.to_json`` writes), so planners can bring units built elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import geopandas as gpd
 import networkx as nx
 import numpy as np
 import shapely
+from networkx.readwrite import json_graph
 
 from territory.atomic import write_text
 from territory.errors import InvalidInputError
@@ -117,12 +118,14 @@ def induced_subgraph(g: nx.Graph, nodes) -> nx.Graph:
     return sub
 
 
-def join_components(g: nx.Graph) -> list[dict]:
+def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
     """Join every component but the largest to its nearest unit elsewhere; report the joins.
 
     Nearest means the closest pair of centroids between the component and the rest, in
     metres. The added edge carries ``bridge=True`` and ``length_m=0`` so compactness
-    measures do not count it as a shared boundary.
+    measures do not count it as a shared boundary. Each join is logged at ``level``: a
+    warning for the city's graph, where the planner learns of it once; parts of it that
+    re-join the same islands for their own solve log at DEBUG.
     """
     comps = sorted(nx.connected_components(g), key=len, reverse=True)
     joins: list[dict] = []
@@ -142,7 +145,7 @@ def join_components(g: nx.Graph) -> list[dict]:
         g.add_edge(u, v, length_m=0.0, bridge=True)
         joins.append({"units": sorted(map(str, comp)), "joined": [u, v],
                       "distance_m": float(dist[k])})
-        log.warning("island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
+        log.log(level, "island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
         main |= comp
     return joins
 
@@ -171,9 +174,33 @@ def contiguous_grids(g: nx.Graph, labels) -> dict:
     return {grid: count <= 1 for grid, count in touching.items()}
 
 
-def write_graph_json(g: nx.Graph, path: str | Path) -> None:
-    """Write node-link JSON atomically (GerryChain's ``Graph.to_json`` format)."""
-    data = nx.node_link_data(g, edges="edges")
+#: The two JSON forms networkx writes, by the key that holds the edges.
+GRAPH_FORMS = ("node-link", "adjacency")
+
+#: Coordinate attribute pairs found in districting graphs, tried in order when the caller
+#: names none: ours, GerryChain's centroids, and the Census internal points.
+XY_CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("x", "y"), ("C_X", "C_Y"), ("INTPTLON20", "INTPTLAT20"), ("INTPTLON10", "INTPTLAT10"),
+    ("INTPTLON", "INTPTLAT"),
+)
+
+_EXPECTED = ("expected networkx JSON: node-link (keys 'nodes' and 'edges' or 'links') or "
+             "adjacency (keys 'nodes' and 'adjacency', what GerryChain's Graph.to_json writes)")
+
+
+def write_graph_json(g: nx.Graph, path: str | Path, *, form: str = "node-link") -> None:
+    """Write ``g`` atomically as networkx JSON of ``form``.
+
+    ``"node-link"`` (edges under ``edges``) is what networkx writes by default;
+    ``"adjacency"`` is what GerryChain's ``Graph.to_json`` writes and reads. Both are made by
+    networkx's own :mod:`networkx.readwrite.json_graph`, so either tool reads them back.
+    """
+    if form == "node-link":
+        data = json_graph.node_link_data(g, edges="edges")
+    elif form == "adjacency":
+        data = json_graph.adjacency_data(g)
+    else:
+        raise InvalidInputError(f"form {form!r}: use one of {list(GRAPH_FORMS)}")
     write_text(path, json.dumps(data, ensure_ascii=False, default=_json_default))
 
 
@@ -183,38 +210,108 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_graph_json(path: str | Path, *, xy: tuple[str, str] = ("x", "y")) -> nx.Graph:
-    """Read a networkx / GerryChain adjacency JSON file.
+def graph_form(data: object) -> str:
+    """Which networkx JSON form ``data`` (a parsed document) is; raises for anything else."""
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        if isinstance(data.get("adjacency"), list):
+            return "adjacency"
+        if isinstance(data.get("edges", data.get("links")), list):
+            return "node-link"
+    keys = sorted(data)[:10] if isinstance(data, dict) else type(data).__name__
+    raise InvalidInputError(f"not a networkx JSON graph (found {keys}); {_EXPECTED}")
 
-    Node attributes named by ``xy`` hold coordinates (if there are any); they are copied to
-    ``x``/``y``. Edges without ``length_m`` count as length 1 (one cut edge each).
+
+def _from_json_data(data: dict) -> nx.Graph:
+    """The graph in ``data`` (either form); an edge to a node that is not listed is refused
+    (networkx would add it silently, without attributes)."""
+    form = graph_form(data)
+    listed = {d["id"] for d in data["nodes"]}
+    if form == "adjacency":
+        if len(data["adjacency"]) != len(data["nodes"]):
+            raise InvalidInputError(
+                f"'adjacency' has {len(data['adjacency'])} lists for {len(data['nodes'])} "
+                "nodes; it needs one list per node, in the order of 'nodes'"
+            )
+        ends = [d["id"] for nbrs in data["adjacency"] for d in nbrs]
+    else:
+        edges = "edges" if "edges" in data else "links"
+        ends = [d[k] for d in data[edges] for k in ("source", "target")]
+    unknown = list(dict.fromkeys(n for n in ends if n not in listed))
+    if unknown:
+        raise InvalidInputError(
+            f"edges lead to nodes {unknown[:10]} that 'nodes' does not list; list every node "
+            "with its attributes"
+        )
+    if form == "adjacency":
+        return json_graph.adjacency_graph(data)
+    return json_graph.node_link_graph(data, edges=edges)
+
+
+def read_graph_json(path: str | Path, *, xy: tuple[str, str] | None = None) -> nx.Graph:
+    """Read a networkx JSON graph in either form (node-link or adjacency), GerryChain's too.
+
+    ``xy`` names the node attributes holding coordinates; they are copied to ``x``/``y``.
+    When not given, the first pair of :data:`XY_CANDIDATES` that every node carries is used
+    (none: the graph has no coordinates, ``graph.graph["has_xy"]`` is False). Every other
+    node attribute is kept. Edges without ``length_m`` count as length 1 (one cut edge each).
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or "nodes" not in data:
-            raise KeyError("nodes")
-        key = "edges" if "edges" in data else "links"
-        g = nx.node_link_graph(data, edges=key)
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError, nx.NetworkXError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: not JSON ({exc}); {_EXPECTED}") from None
+    try:
+        g = _from_json_data(data)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, IndexError, nx.NetworkXError) as exc:
         raise InvalidInputError(
-            f"{path}: not a node-link adjacency JSON graph ({exc}); expected "
-            '{"nodes": [{"id": ...}, ...], "edges" or "links": [{"source":..,"target":..}]}'
+            f"{path}: malformed networkx JSON graph ({type(exc).__name__}: {exc}); every node "
+            f"needs an 'id'; {_EXPECTED}"
         ) from None
     if g.is_directed() or g.is_multigraph():
         g = nx.Graph(g)
     if g.number_of_nodes() == 0:
         raise InvalidInputError(f"{path}: the graph has no nodes")
-    xname, yname = xy
-    has_xy = all(xname in d and yname in d for _, d in g.nodes(data=True))
-    for _, d in g.nodes(data=True):
-        if has_xy:
-            d["x"], d["y"] = float(d[xname]), float(d[yname])
-    g.graph["has_xy"] = has_xy
+    g.graph["has_xy"] = _copy_xy(g, xy, path)
     for _, _, d in g.edges(data=True):
         d.setdefault("length_m", 1.0)
         d.setdefault("bridge", False)
+    if not g.graph["has_xy"] and not nx.is_connected(g):
+        parts = sorted(nx.connected_components(g), key=len)
+        raise InvalidInputError(
+            f"{path}: the graph has {len(parts)} separate parts (the smallest: nodes "
+            f"{sorted(parts[0], key=str)[:10]}) and no coordinates to join them by; add the "
+            "edges that connect them, or name the nodes' coordinate attributes with `xy`"
+        )
     g.graph.setdefault("islands", join_components(g))
     return g
+
+
+def _copy_xy(g: nx.Graph, xy: tuple[str, str] | None, path: Path) -> bool:
+    """Copy the coordinate attributes to ``x``/``y``; whether the graph has coordinates."""
+    nodes = g.nodes(data=True)
+    if xy is None:
+        xy = next((p for p in XY_CANDIDATES if all(p[0] in d and p[1] in d for _, d in nodes)),
+                  None)
+        if xy is None:
+            return False
+        log.info("%s: coordinates read from node attributes %s, %s", path, *xy)
+    xname, yname = xy
+    lacking = [n for n, d in nodes if xname not in d or yname not in d]
+    if lacking:
+        raise InvalidInputError(
+            f"{path}: nodes {lacking[:10]} have no attributes {xname!r}, {yname!r}; name the "
+            "coordinate attributes every node carries with `xy`"
+        )
+    for n, d in nodes:
+        try:
+            x, y = float(d[xname]), float(d[yname])
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"{path}: node {n!r} has coordinates {d[xname]!r}, {d[yname]!r}, not numbers"
+            ) from None
+        d["x"], d["y"] = x, y
+    return True

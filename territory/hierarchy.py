@@ -10,8 +10,8 @@ worker processes.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,8 +22,10 @@ import pandas as pd
 
 from territory.errors import InfeasibleError, InvalidInputError, PartialPlanError
 from territory.graph import induced_subgraph, join_components
-from territory.optimize import Partitioner
+from territory.optimize import OBJECTIVES, Partitioner
+from territory.optimize.partitioner import check_tolerances
 from territory.plan import Plan
+from territory.progress import BRANCHES, MAIN_GRIDS, Progress, silent
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,50 @@ class HierarchySpec:
     # most that work). True: keep n_sub; such a grid is kept flagged and the plan fails.
     strict: bool = False
 
+    def validate(self, *, centred: bool = False) -> None:
+        """Check every parameter that needs no data, so that a bad value fails at once and
+        not after the seconds of unit building (the pipeline calls this first, and so does
+        the CLI before it reads any file). ``centred``: main grids will be centred on stores,
+        which then set their number."""
+        check_tolerances(self.measures, 0.05)
+        if self.objective not in OBJECTIVES:
+            raise InvalidInputError(
+                f"`objective` {self.objective!r}: choose one of {list(OBJECTIVES)}"
+            )
+        if isinstance(self.n_main, dict):
+            counts = list(self.n_main.items())
+        else:
+            counts = [] if self.n_main is None else [(None, self.n_main)]
+        for branch, n in counts:
+            if not _whole(n, 1):
+                where = "" if branch is None else f" for branch {branch!r}"
+                raise InvalidInputError(f"`n_main` {n!r}{where}: give a whole number >= 1")
+        if self.n_main is None and self.main_size is None and not centred:
+            raise InvalidInputError(
+                "give the number of main grids, `n_main` (one for the city or one per "
+                "branch), or their size, `main_size`"
+            )
+        if self.n_sub is not None and not _whole(self.n_sub, 1):
+            raise InvalidInputError(f"`n_sub` {self.n_sub!r}: give a whole number >= 1")
+        for name in ("main_size", "sub_size"):
+            value = getattr(self, name)
+            if value is not None and not (_number(value) and 0 < value < math.inf):
+                raise InvalidInputError(f"`{name}` {value!r}: give a load > 0")
+        for name in ("time_limit_main", "time_limit_sub"):
+            value = getattr(self, name)
+            if not (_number(value) and value > 0):
+                raise InvalidInputError(f"`{name}` {value!r}: give seconds > 0")
+        if not _whole(self.workers, 1):
+            raise InvalidInputError(f"`workers` {self.workers!r}: give a whole number >= 1")
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _whole(v: object, minimum: int) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= minimum
+
 
 def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
     first = next(iter(spec.measures))
@@ -96,10 +142,11 @@ def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
 
 def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
-    branch, and every island is reported again relative to this part."""
+    branch, and every island is joined again relative to this part (logged at DEBUG: the
+    city's graph has warned of it already)."""
     sub = induced_subgraph(graph, nodes)
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
-    sub.graph["islands"] = join_components(sub)
+    sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
     return sub
 
 
@@ -133,19 +180,23 @@ def _solve(job: dict) -> dict:
         }
 
 
-def _run(jobs: list[dict], workers: int, progress: Callable[[str], None] | None) -> list[dict]:
-    results = []
+def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list[dict]:
+    """Solve every job, reporting ``stage`` as it starts and after each job."""
+    results: list[dict] = []
+
+    def step() -> None:
+        progress(stage, len(results), len(jobs))
+
+    step()
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             results.append(_solve(job))
-            if progress:
-                progress(str(job["key"]))
+            step()
         return results
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
         for res in ex.map(_solve, jobs):
             results.append(res)
-            if progress:
-                progress(str(res["key"]))
+            step()
     return results
 
 
@@ -172,13 +223,12 @@ def build_plan(
     graph: nx.Graph,
     spec: HierarchySpec,
     *,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
     params: dict | None = None,
 ) -> Plan:
     """Partition ``units`` (with a ``branch_id`` column) into the three-level plan.
 
-    ``progress(stage, key)`` is called after every solved branch or main grid.
-
+    ``progress`` receives the branches, then the main grids, as done out of total.
     A grid that fails never discards the others: every branch and main grid is solved, and
     the failures are reported together at the end. A main grid whose load cannot be balanced
     over ``spec.n_sub`` sub-grids (a district of a few customers) gets the most sub-grids
@@ -217,8 +267,7 @@ def build_plan(
                        "own_grids": own or None,
                        "centres": spec.centres.get(b) if spec.centres else None},
         })
-    main_results = _run(jobs, spec.workers, (lambda key: progress("branch", key))
-                        if progress else None)
+    main_results = _run(jobs, spec.workers, BRANCHES, progress or silent)
     main_id = {}
     figures = {"branch": {}, "main_grid": {}}
     failures = []
@@ -251,8 +300,7 @@ def build_plan(
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
         })
-    sub_results = _run(sub_jobs, spec.workers, (lambda key: progress("main_grid", key))
-                       if progress else None)
+    sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress or silent)
     sub_id = {}
     reduced = {}
     for res, job in zip(sub_results, sub_jobs, strict=True):
@@ -290,7 +338,7 @@ def _failure_message(failures: list[dict], strict: bool) -> str:
     what = {"branch": "branch {grid} into {grids_requested} main grids",
             "main_grid": "main grid {grid} into {grids_requested} sub-grids"}
     lines = [f"{what[f['level']].format(**f)}: {f['error']}" for f in failures]
-    hint = (" Without strict, a main grid takes the most sub-grids its load allows."
+    hint = (" Without `strict`, a main grid takes the most sub-grids its load allows."
             if strict and any(f["level"] == "main_grid" for f in failures) else "")
     return (f"balance targets not met in {len(failures)} grid(s); the plan keeps them "
             f"flagged, every other grid is complete: " + "; ".join(lines) + "." + hint)

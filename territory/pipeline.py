@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +13,17 @@ import geopandas as gpd
 import networkx as nx
 import numpy as np
 import pandas as pd
+import pyproj
 
-from territory.crs import normalize_crs, to_wgs84
+from territory.crs import frame_crs, normalize_crs, to_wgs84
+from territory.crs_check import Sample, Warn, report, service_area
 from territory.errors import InvalidInputError, PartialPlanError
 from territory.graph import build_graph
-from territory.hierarchy import HierarchySpec, build_plan
+from territory.hierarchy import HierarchySpec, apportion, build_plan
 from territory.metrics import plan_metrics
 from territory.plan import Plan
+from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
+from territory.tables import DEFAULT_ENCODING, read_point_table
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class Inputs:
     communities: pd.DataFrame | None = None
     stores: pd.DataFrame | None = None
     key_accounts: pd.DataFrame | None = None
+    #: several rows of ``areas`` with one branch code form one branch (else they are refused)
+    dissolve_branches: bool = False
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: t for name, t in (
@@ -75,51 +80,145 @@ class Result:
     report: dict = field(default_factory=dict)
 
 
-def read_points(path: str | Path, *, crs: str = "wgs84", lng: str = "lng", lat: str = "lat",
-                name: str = "points") -> pd.DataFrame:
-    """Read a CSV or Parquet point table; convert ``lng``/``lat`` to WGS84 in place."""
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(f"{name}: {path} does not exist")
+def read_points(path: str | Path, *, crs: str | None = None, lng: str = "lng", lat: str = "lat",
+                name: str = "points", areas: gpd.GeoDataFrame | None = None,
+                on_warning: Warn | None = None,
+                encoding: str = DEFAULT_ENCODING) -> pd.DataFrame:
+    """Read a CSV (text in ``encoding``) or Parquet point table; convert ``lng``/``lat`` to
+    WGS84 in place.
+
+    ``crs`` is required (never assumed); see :func:`to_wgs84_columns` for ``areas``.
+    """
+    crs = _points_crs(crs, name)
+    df = read_point_table(path, encoding=encoding, name=name)
+    return to_wgs84_columns(df, crs=crs, lng=lng, lat=lat, name=name, areas=areas,
+                            on_warning=on_warning)
+
+
+def _points_crs(crs: str | None, name: str) -> str:
+    """The table's system, canonical; a missing or unknown one names the table."""
     try:
-        if path.suffix.lower() == ".parquet":
-            df = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".txt"):
-            df = pd.read_csv(path)
-        else:
-            raise InvalidInputError(f"{name}: {path} must be .csv or .parquet")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        if isinstance(exc, InvalidInputError):
-            raise
-        raise InvalidInputError(f"{name}: cannot read {path} ({exc})") from None
-    return to_wgs84_columns(df, crs=crs, lng=lng, lat=lat, name=name)
+        return normalize_crs(crs)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{name}: {exc}") from None
 
 
-def to_wgs84_columns(df: pd.DataFrame, *, crs: str, lng: str = "lng", lat: str = "lat",
-                     name: str = "points") -> pd.DataFrame:
-    """A copy of ``df`` with WGS84 ``lng``/``lat`` columns converted from ``crs``."""
+def to_wgs84_columns(df: pd.DataFrame, *, crs: str | None = None, lng: str = "lng",
+                     lat: str = "lat", name: str = "points",
+                     areas: gpd.GeoDataFrame | None = None, on_warning: Warn | None = None
+                     ) -> pd.DataFrame:
+    """A copy of ``df`` with WGS84 ``lng``/``lat`` columns converted from ``crs`` (required).
+
+    With ``areas`` (the boundary layer, EPSG:4326), the table is checked for a mistaken
+    ``crs`` against the service area before any plan exists (see :mod:`territory.crs_check`;
+    a mismatch goes to ``on_warning``, else warns).
+    """
+    crs = _points_crs(crs, name)
     for c in (lng, lat):
         if c not in df.columns:
             raise InvalidInputError(
-                f"{name}: no column {c!r}; name the coordinate columns with "
-                f"--lng-column/--lat-column (columns: {list(df.columns)[:20]})"
+                f"{name}: no column {c!r}; name the coordinate columns with `lng` and `lat` "
+                f"(columns: {list(df.columns)[:20]})"
             )
     x = pd.to_numeric(df[lng], errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float)
-    x, y = to_wgs84(x, y, normalize_crs(crs))
+    if pyproj.CRS.from_user_input(frame_crs(crs)).is_geographic:
+        _check_not_swapped(x, y, f"{name}: columns {lng!r} (longitude) and {lat!r} (latitude)")
+    if areas is not None:
+        check = Sample()
+        check.add(x, y, crs)
+        report(check.fits(service_area(areas), what=name), on_warning)
+    x, y = to_wgs84(x, y, crs)
     out = df.copy()
     out["lng"], out["lat"] = x, y
     return out
 
 
+def _check_not_swapped(lng: np.ndarray, lat: np.ndarray, what: str,
+                       bounds: tuple[float, float, float, float] | None = None) -> None:
+    """Refuse degrees whose columns look exchanged: most rows are impossible (a latitude
+    beyond ±90°) or outside ``bounds`` (the service area) as given, yet fit when swapped."""
+    ok = np.isfinite(lng) & np.isfinite(lat)
+    if not ok.any():
+        return
+    x, y = lng[ok], lat[ok]
+    if bounds is None:
+        fits, fits_swapped = np.abs(y) <= 90, (np.abs(x) <= 90) & (np.abs(y) <= 180)
+    else:
+        x0, y0, x1, y1 = bounds
+        fits = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+        fits_swapped = (y >= x0) & (y <= x1) & (x >= y0) & (x <= y1)
+    if fits_swapped.mean() > 0.5 and fits_swapped.sum() > fits.sum():
+        i = int(np.flatnonzero(fits_swapped & ~fits)[0])
+        raise InvalidInputError(
+            f"{what}: looks like lat and lng are swapped: {fits_swapped.sum()} of {ok.sum()} "
+            f"rows fit {'' if bounds is None else 'the service area '}only with the two "
+            f"exchanged (e.g. longitude {x[i]:.6g}, latitude {y[i]:.6g}); exchange the "
+            "columns, i.e. give the longitude column as `lng` and the latitude one as `lat`"
+        )
+
+
+def validate(inputs: Inputs, opts: UnitOptions, spec: HierarchySpec, *,
+             stores_as_centres: bool = False) -> None:
+    """Every check that needs no units, run before the seconds of building them: the
+    parameters (:meth:`HierarchySpec.validate`), the branch column and its codes, the point
+    tables, and the balance measures the tables can produce."""
+    spec.validate(centred=stores_as_centres)
+    if stores_as_centres and inputs.stores is None:
+        raise InvalidInputError("`stores_as_centres` needs a stores table")
+    areas, column = inputs.areas, inputs.branch_column
+    if column not in areas.columns:
+        raise InvalidInputError(
+            f"branch column {column!r} is not in the boundary layer; set `branch_column` to "
+            f"one of {list(areas.columns.drop('geometry'))}"
+        )
+    codes = areas[column].astype(str)
+    dup = codes[codes.duplicated(keep=False)]
+    if len(dup) and not inputs.dissolve_branches:
+        rows = "; ".join(f"{c!r} in rows {list(r)}" for c, r in
+                         dup.groupby(dup, sort=True).groups.items())
+        raise InvalidInputError(
+            f"branch column {column!r} gives one code to several rows ({rows}); a branch is "
+            "one row: give each its own code, or set `dissolve_branches` to merge the rows "
+            "of one code into one branch"
+        )
+    tables = inputs.tables()
+    if len(inputs.customers) == 0:
+        raise InvalidInputError("customers: the table is empty; a plan needs customers")
+    bounds = tuple(areas.total_bounds)
+    for name, table in tables.items():
+        _check_not_swapped(table["lng"].to_numpy(float), table["lat"].to_numpy(float), name,
+                           bounds)
+    x, y = inputs.customers["lng"].to_numpy(float), inputs.customers["lat"].to_numpy(float)
+    if not ((x >= bounds[0]) & (x <= bounds[2]) & (y >= bounds[1]) & (y <= bounds[3])).any():
+        raise InvalidInputError(
+            f"customers: none of the {len(x)} rows lies within the service area (longitude "
+            f"{bounds[0]:.4f}..{bounds[2]:.4f}, latitude {bounds[1]:.4f}..{bounds[3]:.4f}); "
+            "check the coordinate columns and the coordinate system they are given in"
+        )
+    available = {COUNTS[name] for name in tables}
+    available |= {out for (t, col), out in SUMS.items() if col in tables.get(t, ())}
+    if opts.layer is not None:
+        available |= {c for c in opts.layer.columns
+                      if pd.api.types.is_numeric_dtype(opts.layer[c])}
+    missing = [m for m in spec.measures if m not in available]
+    if missing:
+        raise InvalidInputError(
+            f"balance measures {missing} are not unit attributes; the tables given provide "
+            f"{sorted(available)}"
+        )
+    branches = codes.unique()
+    if isinstance(spec.n_main, dict):
+        lacking = sorted(set(branches) - set(spec.n_main))
+        if lacking:
+            raise InvalidInputError(f"`n_main`: no count for branches {lacking[:20]}")
+    elif spec.n_main is not None and not stores_as_centres:
+        apportion(pd.Series(1.0, index=branches), spec.n_main)
+
+
 def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFrame, dict]:
     """Units with every aggregated attribute and ``branch_id``; the aggregation report."""
     areas = inputs.areas
-    if inputs.branch_column not in areas.columns:
-        raise InvalidInputError(
-            f"branch column {inputs.branch_column!r} is not in the boundary layer; choose one "
-            f"of {list(areas.columns.drop('geometry'))}"
-        )
     if opts.layer is not None:
         units = _planner_units(opts.layer, opts.id_column, areas, inputs.branch_column)
     else:
@@ -146,7 +245,7 @@ def _planner_units(layer: gpd.GeoDataFrame, id_column: str | None, areas: gpd.Ge
                    branch_column: str) -> gpd.GeoDataFrame:
     """The planner's polygons as units, each in the branch holding its representative point."""
     if not id_column:
-        raise InvalidInputError("planner units need --unit-id-column naming the unit id")
+        raise InvalidInputError("planner units need `id_column` naming the unit id")
     units = units_from_polygons(layer, id_column=id_column)
     pts = units.geometry.representative_point()
     pos = locate_points(areas, pts.x.to_numpy(), pts.y.to_numpy())
@@ -191,36 +290,34 @@ def run(
     spec: HierarchySpec,
     *,
     stores_as_centres: bool = False,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Result:
     """The whole job; returns the plan, its units and graph, and the metrics.
 
+    ``progress`` receives every stage (:mod:`territory.progress`) as it starts and steps.
     When some grids fail (:class:`PartialPlanError`), the error carries the result of the
-    rest as ``result``, for the caller to save."""
+    rest as ``result``, for the caller to save.
+    """
+    progress = progress or silent
+    validate(inputs, opts, spec, stores_as_centres=stores_as_centres)
+    progress(UNITS, 0, None)
     units, report = build_unit_table(inputs, opts)
-    if progress:
-        progress("units", str(len(units)))
-    missing = [m for m in spec.measures if m not in units.columns]
-    if missing:
-        raise InvalidInputError(
-            f"balance measures {missing} are not unit attributes; available: "
-            f"{sorted(c for c in units.columns if pd.api.types.is_numeric_dtype(units[c]))}"
-        )
+    progress(UNITS, len(units), len(units))
+    progress(GRAPH, 0, None)
     graph = build_graph(units)
-    if progress:
-        progress("graph", str(graph.number_of_edges()))
+    progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
     if not spec.together:
         spec.together = key_account_groups(units, inputs.key_accounts)
     if stores_as_centres:
-        if inputs.stores is None:
-            raise InvalidInputError("stores_as_centres needs a stores table")
         spec.centres = store_centres(units, inputs.stores)
     params = {"resolution": opts.resolution, "target_per_unit": opts.target_per_unit,
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "key_account_groups": len(spec.together), "aggregation": report}
     def result(plan: Plan) -> Result:
+        progress(METRICS, 0, 1)
         metrics = plan_metrics(plan, graph, inputs.areas)
+        progress(METRICS, 1, 1)
         plan = Plan(**{**plan.__dict__, "metrics": metrics})
         return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
 

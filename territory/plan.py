@@ -183,3 +183,31 @@ def _json(o):
     if isinstance(o, set | tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_grids(path: str | Path, level: str, *, parent_id: str | None = None,
+               grid_id: str | None = None) -> gpd.GeoDataFrame:
+    """One level's grids from a saved plan's GeoPackage, as written (no dissolve), in layer
+    order; only those with the given ``parent_id`` and/or ``grid_id`` when given.
+
+    The values never become SQL text: OGR's attribute filter (``where=``) is a string, so
+    a value would have to be quoted into it, and a quote, a NUL byte or a ``%`` in a grid id
+    would change or break the query. The GeoPackage is an SQLite database, so SQLite picks
+    the matching feature ids with bound ``?`` parameters and OGR then reads only those
+    features: a lookup decodes one grid's geometry, not the whole layer's.
+    """
+    if level not in LEVELS:
+        raise InvalidInputError(f"level={level!r}: choose one of {list(LEVELS)}")
+    layer = LAYER[level]
+    filters = [(c, v) for c, v in (("parent_id", parent_id), ("grid_id", grid_id))
+               if v is not None]
+    if not filters:
+        return pyogrio.read_dataframe(path, layer=layer)
+    # column and layer names are this module's constants; only the values are the caller's
+    where = " AND ".join(f"{column} = ?" for column, _ in filters)
+    with sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True) as con:
+        fids = [fid for (fid,) in con.execute(
+            f'SELECT rowid FROM "{layer}" WHERE {where} ORDER BY rowid',
+            [str(value) for _, value in filters])]
+    con.close()
+    return pyogrio.read_dataframe(path, layer=layer, fids=fids)

@@ -174,7 +174,9 @@ def build_units(
     Parameters
     ----------
     areas : GeoDataFrame in EPSG:4326
-        Administrative areas (districts, streets); ``area_column`` names each area.
+        Administrative areas (districts, streets); ``area_column`` names each area. Rows
+        sharing a name are dissolved into one area (the plan's pipeline refuses them unless
+        asked to, see ``Inputs.dissolve_branches``).
     resolution : int
         The finest H3 resolution (9 ≈ 0.1 km² per cell).
     points, target_per_unit :

@@ -54,8 +54,13 @@ def headers(role: str) -> dict[str, str]:
     return {"X-API-Key": KEYS[role]}
 
 
+#: The operator's CRS of each test service area's points (requests here mostly name none).
+POINTS_CRS = {"xiamen": "wgs84", "xiamen-copy": "wgs84", "districts": "wgs84", "areas": "wgs84"}
+
+
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     keys = ",".join(f"{key}:{role}" for role, key in KEYS.items())
+    overrides.setdefault("points_crs", POINTS_CRS)
     return Settings(data_dir=data_dir, api_keys=keys, solver_workers=1, **overrides)
 
 
@@ -403,7 +408,8 @@ def test_csv_and_parquet_files_come_back_in_kind(client: TestClient, versions: d
                                files={"file": ("c.xlsx", b"PK..", "application/zip")}), 415)
     no_column = client.post("/assign/file", params={"lng_column": "x"}, headers=o,
                             files={"file": ("c.csv", frame.to_csv(index=False), "text/csv")})
-    assert "no column" in assert_problem(no_column, 422)["detail"]
+    detail = assert_problem(no_column, 422)["detail"]
+    assert "no column" in detail and "`lng_column`" in detail and "--" not in detail
 
 
 # -- limits and errors ---------------------------------------------------------------------
@@ -499,6 +505,31 @@ def test_upload_checks_file_types_then_reports_a_failed_job(client: TestClient) 
     job = wait_for_job(client, r.headers["location"])
     assert job["status"] == "failed" and job["service_area"] == "areas"
     assert job["error"]["status"] == 400 and "could not be read" in job["error"]["detail"]
+
+
+@pytest.mark.parametrize("kind, match", [("gb18030", "`encoding`"), ("bow-tie", "`repair`")])
+def test_upload_errors_name_request_fields_not_flags_or_server_paths(
+        client: TestClient, data_dir: Path, kind: str, match: str) -> None:
+    areas = (Path(__file__).parent / "data" / "xiamen_districts_wgs84.geojson").read_bytes()
+    customers = "customer_id,address,lng,lat\nC1,厦门市思明区,118.1,24.5\n".encode()
+    if kind == "gb18030":  # a CRM export read as UTF-8
+        customers = customers.decode().encode("gb18030")
+    else:
+        bow_tie = {"type": "Polygon", "coordinates": [[[118.0, 24.4], [118.1, 24.5],
+                                                       [118.1, 24.4], [118.0, 24.5],
+                                                       [118.0, 24.4]]]}
+        areas = json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {"adcode": "350203"}, "geometry": bow_tie}]}
+        ).encode()
+    r = client.post("/plans/upload", headers=headers("planner"),
+                    data={"request": json.dumps({"parameters": SMALL_PARAMETERS})},
+                    files={"boundaries": ("areas.geojson", areas, "application/geo+json"),
+                           "customers": ("c.csv", customers, "text/csv")})
+    job = wait_for_job(client, r.headers["location"])
+    detail = job["error"]["detail"]
+    assert job["status"] == "failed" and job["error"]["status"] == 400
+    assert match in detail and "the uploaded" in detail
+    assert "--" not in detail and str(data_dir) not in detail and "/" not in detail
 
 
 def test_library_errors_map_to_422() -> None:
@@ -627,3 +658,39 @@ def test_api_keys_from_env_and_config_file(tmp_path: Path,
     assert Settings().max_batch_points == 9
     (tmp_path / "c.json").write_text(json.dumps({"api_keys": {"j": "viewer"}}))
     assert Settings(config=tmp_path / "c.json").api_keys == {"j": frozenset({Role.viewer})}
+
+
+def test_job_progress_has_the_stages_and_counts_of_the_command(tmp_path: Path) -> None:
+    """The job's row goes through the pipeline's stages with their done/total counts."""
+    import geopandas as gpd
+    import shapely
+
+    from api.jobs import _Progress
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions, run
+    from territory.progress import BRANCHES, GRAPH, MAIN_GRIDS, METRICS, UNITS
+
+    class Recording(PlanStore):
+        def update_job(self, job_id: str, **fields: Any) -> None:
+            super().update_job(job_id, **fields)
+            seen.append((fields["stage"], fields["done"], fields["total"]))
+
+    seen: list[tuple[str, int, int | None]] = []
+    store = Recording(tmp_path)
+    job = store.create_job(service_area="x", request={}, created_by="t", runner="1:t")
+    areas = gpd.GeoDataFrame({"adcode": ["A", "B"]}, crs="EPSG:4326", geometry=[
+        shapely.box(114.00, 22.50, 114.06, 22.55), shapely.box(114.06, 22.50, 114.12, 22.55)])
+    rng = np.random.default_rng(5)
+    customers = pd.DataFrame({"lng": rng.uniform(114.0, 114.12, 1500),
+                              "lat": rng.uniform(22.5, 22.55, 1500)})
+    spec = HierarchySpec(measures={"customers": 0.3}, n_main=4, n_sub=2, workers=1,
+                         time_limit_main=5, time_limit_sub=3)
+    result = run(Inputs(areas, "adcode", customers), UnitOptions(8, None, 8), spec,
+                 progress=_Progress(store, job.job_id))
+    n_units, n_edges = len(result.units), result.graph.number_of_edges()
+    assert seen == [(UNITS, 0, None), (UNITS, n_units, n_units), (GRAPH, 0, None),
+                    (GRAPH, n_edges, n_edges), (BRANCHES, 0, 2), (BRANCHES, 1, 2),
+                    (BRANCHES, 2, 2), *[(MAIN_GRIDS, i, 4) for i in range(5)],
+                    (METRICS, 0, 1), (METRICS, 1, 1)]
+    last = store.get_job(job.job_id)
+    assert last is not None and (last.stage, last.done, last.total) == (METRICS, 1, 1)

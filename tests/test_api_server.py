@@ -94,7 +94,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     config = tmp_path / "territory.toml"
     keys = "\n".join(f'"{key}" = "{role}"' for role, key in KEYS.items())
     config.write_text(f"max_request_bytes = {MAX_REQUEST_BYTES}\nmax_batch_points = 200000\n"
-                      f"solver_workers = 1\n[api_keys]\n{keys}\n", encoding="utf-8")
+                      f"solver_workers = 1\n[api_keys]\n{keys}\n"
+                      '[points_crs]\nxiamen = "wgs84"\n', encoding="utf-8")
     srv = Server(copy_template(tmp_path / "data"), config)
     srv.start()
     try:

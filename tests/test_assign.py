@@ -34,6 +34,8 @@ from territory.geocode import Gazetteer, GeopyGeocoder, normalize_address
 from territory.plan import Plan
 from territory.units import locate_points
 
+WGS = Columns(crs="wgs84")
+
 
 @pytest.fixture(scope="session")
 def plan_file(tmp_path_factory) -> Path:
@@ -137,7 +139,7 @@ def test_statuses_reasons_and_order(plan, index, inside_points):
     x0, y0 = inside_points[0][:3], inside_points[1][:3]
     lng = np.r_[x0[0], np.nan, 200.0, 118.3, x0[1], 118.0, x0[2]]
     lat = np.r_[y0[0], 24.5, 24.5, 95.0, y0[1], 24.0, y0[2]]
-    res = assign(index, lng, lat)
+    res = assign(index, lng, lat, crs="wgs84")
     assert res.status.tolist() == ["ok", "invalid", "invalid", "invalid", "ok", "outside",
                                    "ok"]
     assert "lng is missing" in res.reason[1] and "out of range" in res.reason[2]
@@ -161,7 +163,7 @@ def test_outside_points_nearest_grid_and_distance_match_geos(plan, index):
     b = plan.units.total_bounds
     x = rng.uniform(b[0] - 0.05, b[2] + 0.05, 20_000)
     y = rng.uniform(b[1] - 0.05, b[3] + 0.05, 20_000)
-    res = assign(index, x, y)
+    res = assign(index, x, y, crs="wgs84")
     assert (res.status[res.status != "outside"] == "ok").all()
     assert_outside_matches_geos(plan, res, x, y)
 
@@ -193,7 +195,7 @@ def test_outside_points_near_the_coast_match_geos(plan, index):
     scale = rng.choice([1e-6, 3e-5, 3e-4, 3e-3], 30_000)  # 10 cm to 300 m
     x = shapely.get_x(at) + rng.normal(0, 1, 30_000) * scale
     y = shapely.get_y(at) + rng.normal(0, 1, 30_000) * scale
-    assert_outside_matches_geos(plan, assign(index, x, y), x, y)
+    assert_outside_matches_geos(plan, assign(index, x, y, crs="wgs84"), x, y)
 
 
 @pytest.mark.parametrize("crs", ["gcj02", "bd09", "cgcs2000", "EPSG:32650", "EPSG:4547"])
@@ -202,7 +204,7 @@ def test_converted_points_land_in_the_same_grid(index, inside_points, crs):
     cx, cy = from_wgs84(x, y, crs)
     if crs in ("gcj02", "bd09"):
         assert np.abs(cx - x).max() > 1e-3  # hundreds of metres: conversion matters
-    want = assign(index, x, y)
+    want = assign(index, x, y, crs="wgs84")
     got = assign(index, cx, cy, crs=crs)
     assert (want.status == "ok").all()
     np.testing.assert_array_equal(got.sub_grid_id, want.sub_grid_id)
@@ -218,7 +220,7 @@ def test_frame_keeps_rows_order_index_and_columns(index, inside_points):
         "lat": [str(y[0]), "24.5", "", str(gy[0]), "", "24.5", str(gy[1])],
         "sys": ["", "wgs84", "", "GCJ-02", "", "mars", "gcj02"],
     }, index=[70, 10, 50, 20, 60, 30, 40])
-    out = assign_frame(index, df, columns=Columns(crs_column="sys"))
+    out = assign_frame(index, df, columns=Columns(crs="wgs84", crs_column="sys"))
     assert list(out.index) == list(df.index)
     assert list(out.columns) == [*df.columns, *OUTPUT_COLUMNS]
     pd.testing.assert_frame_equal(out[df.columns], df)
@@ -228,17 +230,22 @@ def test_frame_keeps_rows_order_index_and_columns(index, inside_points):
     assert "missing" in out.loc[50, "reason"]
     assert "only one of" in out.loc[60, "reason"]
     assert "sys" in out.loc[30, "reason"] and "mars" in out.loc[30, "reason"]
-    assert out.loc[20, "sub_grid_id"] == assign(index, x[:1], y[:1]).sub_grid_id[0]
+    assert out.loc[20, "sub_grid_id"] == assign(index, x[:1], y[:1], crs="wgs84").sub_grid_id[0]
+    # without a default, a row whose crs cell is blank names no system: invalid, not WGS84
+    own = assign_frame(index, df, columns=Columns(crs_column="sys"))
+    assert own.loc[70, "status"] == "invalid" and "blank" in own.loc[70, "reason"]
+    assert own["status"].drop(70).tolist() == out["status"].drop(70).tolist()
 
 
 def test_frame_rejects_bad_columns(index):
     df = pd.DataFrame({"x": [1.0], "lat": [2.0]})
     with pytest.raises(InvalidInputError, match="'lng'"):
-        assign_frame(index, df)
+        assign_frame(index, df, columns=WGS)
     with pytest.raises(InvalidInputError, match="status"):
-        assign_frame(index, pd.DataFrame({"lng": [1.0], "lat": [2.0], "status": ["x"]}))
+        assign_frame(index, pd.DataFrame({"lng": [1.0], "lat": [2.0], "status": ["x"]}),
+                     columns=WGS)
     with pytest.raises(InvalidInputError, match="geocoder"):
-        assign_frame(index, df, columns=Columns(address_column="x"))
+        assign_frame(index, df, columns=Columns(crs="wgs84", address_column="x"))
     with pytest.raises(InvalidInputError, match="not recognised"):
         assign_frame(index, pd.DataFrame({"lng": [1.0], "lat": [2.0]}),
                      columns=Columns(crs="mars"))
@@ -260,10 +267,11 @@ def test_csv_streaming_equals_in_memory(plan, index, tmp_path):
     src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
     _customers(plan, 2500).to_csv(src, index=False)
     seen = []
-    counts = assign_file(index, src, dst, chunk_size=700,
+    counts = assign_file(index, src, dst, columns=WGS, chunk_size=700,
                          progress=lambda done, total: seen.append((done, total)))
     assert seen == [(700, None), (1400, None), (2100, None), (2500, None)]
-    whole = assign_frame(index, pd.read_csv(src, dtype=str, keep_default_na=False))
+    whole = assign_frame(index, pd.read_csv(src, dtype=str, keep_default_na=False),
+                         columns=WGS)
     got = pd.read_csv(dst, dtype=str, keep_default_na=False)
     expected = pd.read_csv(io.StringIO(whole.to_csv(index=False)), dtype=str,
                            keep_default_na=False)
@@ -281,7 +289,8 @@ def test_parquet_round_trip_keeps_types(plan, index, tmp_path):
     src, dst = tmp_path / "in.parquet", tmp_path / "out.parquet"
     df.to_parquet(src, index=False)
     seen = []
-    assign_file(index, src, dst, chunk_size=500, progress=lambda d, t: seen.append((d, t)))
+    assign_file(index, src, dst, columns=WGS, chunk_size=500,
+                progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (1200, 1200)
     out = pq.read_table(dst)
     schema_in = pq.read_schema(src)
@@ -290,7 +299,7 @@ def test_parquet_round_trip_keeps_types(plan, index, tmp_path):
         assert out.schema.field(name).type == schema_in.field(name).type
         assert out.column(name).equals(pq.read_table(src).column(name))
     assert out.schema.field("distance_m").type == pa.float64()
-    mem = assign_frame(index, df)
+    mem = assign_frame(index, df, columns=WGS)
     assert out.column("status").to_pylist() == mem["status"].tolist()
     assert out.column("sub_grid_id").to_pylist() == [
         None if pd.isna(v) else v for v in mem["sub_grid_id"]]
@@ -299,21 +308,21 @@ def test_parquet_round_trip_keeps_types(plan, index, tmp_path):
 def test_csv_to_parquet_and_bad_files(plan, index, tmp_path):
     src = tmp_path / "in.csv"
     _customers(plan, 50).to_csv(src, index=False)
-    assign_file(index, src, tmp_path / "out.parquet")
+    assign_file(index, src, tmp_path / "out.parquet", columns=WGS)
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 50
     with pytest.raises(InvalidInputError, match="unknown file type"):
-        assign_file(index, src, tmp_path / "out.xlsx")
+        assign_file(index, src, tmp_path / "out.xlsx", columns=WGS)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(InvalidInputError, match="cannot read"):
-        assign_file(index, bad, tmp_path / "o.csv")
+        assign_file(index, bad, tmp_path / "o.csv", columns=WGS)
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(InvalidInputError, match="cannot read"):
-        assign_file(index, empty, tmp_path / "o.csv")
+        assign_file(index, empty, tmp_path / "o.csv", columns=WGS)
     assert not (tmp_path / "o.csv").exists()
     with pytest.raises(InvalidInputError, match="chunk_size"):
-        assign_file(index, src, tmp_path / "o.csv", chunk_size=0)
+        assign_file(index, src, tmp_path / "o.csv", columns=WGS, chunk_size=0)
 
 
 # -- index storage -----------------------------------------------------------------------------
@@ -423,9 +432,10 @@ def test_frame_geocodes_rows_without_coordinates(index, inside_points):
     gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}))
     df = pd.DataFrame({"addr": ["幸福花园1栋", "nowhere", "", "幸福花园"],
                        "lng": [x[0], None, None, None], "lat": [y[0], None, None, None]})
-    out = assign_frame(index, df, columns=Columns(address_column="addr"), geocoder=gaz)
+    out = assign_frame(index, df, columns=Columns(crs="wgs84", address_column="addr"),
+                       geocoder=gaz)
     assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok"]
-    ref = assign(index, x[[0, 5]], y[[0, 5]]).sub_grid_id
+    ref = assign(index, x[[0, 5]], y[[0, 5]], crs="wgs84").sub_grid_id
     assert out["sub_grid_id"].iloc[[0, 3]].tolist() == ref.tolist()
     assert out["reason"].iloc[2] == "empty address"
     only = assign_frame(index, df[["addr"]], columns=Columns(address_column="addr"),
@@ -445,18 +455,20 @@ def test_cli_assign(plan, plan_file, tmp_path):
     _customers(plan, 300).rename(columns={"lng": "x", "lat": "y"}).to_csv(src, index=False)
     out = tmp_path / "out.parquet"
     res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
-                              "--lng-column", "x", "--lat-column", "y", "--chunk-size", "100"])
+                              "--lng-column", "x", "--lat-column", "y", "--chunk-size", "100",
+                              "--crs", "wgs84"])
     assert res.exit_code == 0, res.output
     table = pq.read_table(out)
     assert table.column_names == ["customer", "x", "y", "code", *OUTPUT_COLUMNS]
     assert table.num_rows == 300
 
-    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out)])
+    res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
+                              "--crs", "wgs84"])
     assert res.exit_code == 2 and "'lng'" in _said(res) and "Traceback" not in _said(res)
     res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
                               "--lng-column", "x", "--lat-column", "y", "--crs", "mars"])
     assert res.exit_code == 2 and "not recognised" in _said(res)
-    res = runner.invoke(app, ["assign", str(src), str(src), "--out", str(out)])
+    res = runner.invoke(app, ["assign", str(src), str(src), "--out", str(out), "--crs", "wgs84"])
     assert res.exit_code == 2 and "not a territory plan" in _said(res)
     gaz = tmp_path / "gaz.csv"
     gaz.write_text("name,lng\n", encoding="utf-8")

@@ -178,7 +178,7 @@ def test_bow_tie_is_refused_with_row_ids(tmp_path: Path) -> None:
     message = str(info.value)
     assert "rows [1]" in message
     assert "self-intersecting" in message
-    assert "repair=True" in message and "make_valid" in message
+    assert "`repair`" in message and "--" not in message  # the parameter, not a CLI flag
     with pytest.raises(InvalidInputError, match=r"rows with grid \['bad'\]"):
         boundaries.read_boundaries(path, id_column="grid")
 
@@ -286,3 +286,69 @@ def test_id_column_checks(tmp_path: Path) -> None:
         boundaries.read_boundaries(path, id_column="grid")
     with pytest.raises(InvalidInputError, match="id_column 'nope'.*grid"):
         boundaries.read_boundaries(path, id_column="nope")
+
+
+# ---- read_boundaries: coordinate systems that cannot be trusted ---------------------------------
+
+LOCAL_CS = ('LOCAL_CS["Site grid",LOCAL_DATUM["Site",0],UNIT["metre",1],AXIS["X",EAST],'
+            'AXIS["Y",NORTH]]')
+
+
+def local_shapefile(tmp_path: Path) -> Path:
+    """A Shapefile in a site grid: its .prj is a LOCAL_CS, with no EPSG code."""
+    gdf = geopandas.GeoDataFrame({"adcode": ["1", "2"]}, geometry=[
+        shapely.box(0, 0, 100, 100), shapely.box(100, 0, 200, 100)])
+    path = tmp_path / "site.shp"
+    with pytest.warns(UserWarning, match="crs"):
+        pyogrio.write_dataframe(gdf, path)
+    path.with_suffix(".prj").write_text(LOCAL_CS)
+    return path
+
+
+def test_local_cs_shapefile_says_which_file_and_what_to_pass(tmp_path: Path) -> None:
+    path = local_shapefile(tmp_path)
+    with pytest.raises(InvalidInputError) as info:
+        boundaries.read_boundaries(path)
+    message = str(info.value)
+    assert str(path) in message and "'Site grid'" in message and "`crs`" in message
+    # the planner knows the grid is UTM 50N: then it reads, the origin at the zone's false
+    # easting, 500 km west of 117°E on the equator
+    out = boundaries.read_boundaries(path, crs="EPSG:32650")
+    assert out.crs.to_epsg() == 4326
+    west = np.degrees(500_000 / (0.9996 * 6_378_137))  # scale factor, equatorial radius
+    assert out.total_bounds[[0, 1]] == pytest.approx([117 - west, 0.0], abs=0.01)
+
+
+def geojson_with_crs(tmp_path: Path, member: dict | None) -> Path:
+    import json
+
+    doc = {"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"adcode": "440305"},
+        "geometry": shapely.geometry.mapping(SQUARE)}]}
+    if member is not None:
+        doc["crs"] = member
+    path = tmp_path / "labelled.geojson"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("label", ["urn:ogc:def:crs:EPSG::999999", "garbage name"])
+def test_unknown_geojson_crs_label_is_not_read_as_wgs84(tmp_path: Path, label: str) -> None:
+    path = geojson_with_crs(tmp_path, {"type": "name", "properties": {"name": label}})
+    with pytest.raises(InvalidInputError, match="not one pyproj knows") as info:
+        boundaries.read_boundaries(path)
+    assert label in str(info.value) and "`crs`" in str(info.value)
+    # the planner says what the coordinates are: the label is overridden
+    assert len(boundaries.read_boundaries(path, crs="wgs84")) == 1
+
+
+@pytest.mark.parametrize("member, epsg", [
+    (None, 4326),
+    ({"type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}, 4326),
+    ({"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::4490"}}, 4326),
+    ({"type": "name", "properties": {"name": "EPSG:4326"}}, 4326),
+])
+def test_known_geojson_crs_labels_are_read(tmp_path: Path, member, epsg) -> None:
+    out = boundaries.read_boundaries(geojson_with_crs(tmp_path, member))
+    assert out.crs.to_epsg() == epsg
+    assert shapely.equals_exact(out.geometry.iloc[0], SQUARE, tolerance=1e-6)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import geopandas as gpd
+import gerrychain
+import numpy as np
 import pandas as pd
 import pyogrio
 import pytest
@@ -64,6 +66,26 @@ def test_partition_graph_json_boundary_objective(tmp_path):
     assert "status" in res.output
 
 
+def test_partition_graph_written_by_gerrychain(tmp_path):
+    """GerryChain's own Graph.to_json file (adjacency JSON, C_X/C_Y centroids) is read."""
+    gdf = gpd.read_file(square_layer(tmp_path, n=5)).to_crs(32650)
+    gdf["C_X"], gdf["C_Y"] = gdf.centroid.x, gdf.centroid.y
+    gdf["population"] = gdf["subscribers"] * 10
+    src = tmp_path / "gerrychain.json"
+    gerrychain.Graph.from_geodataframe(gdf.set_index("uid")).to_json(str(src))
+    assert {"nodes", "adjacency"} <= set(json.loads(src.read_text()))
+    out = tmp_path / "out.csv"
+    res = runner.invoke(app, ["partition", str(src), "-k", "3", "--balance", "population=0.1",
+                              "--time-limit", "10", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out)
+    assert sorted(df["unit_id"]) == sorted(gdf["uid"]) and set(df["grid_id"]) == {0, 1, 2}
+    # every grid within ±10 % of the mean population, checked here from the file
+    load = df.merge(gdf[["uid", "population"]], left_on="unit_id", right_on="uid").groupby(
+        "grid_id")["population"].sum()
+    assert (abs(load / load.mean() - 1) <= 0.1 + 1e-9).all()
+
+
 def test_partition_infeasible_exits_3_with_explanation(tmp_path):
     src = square_layer(tmp_path, n=3)
     res = runner.invoke(app, ["partition", str(src), "--grids", "9", "--id-column", "uid",
@@ -93,9 +115,13 @@ def test_partition_bad_arguments_exit_2(tmp_path, args, match):
 
 def test_partition_self_intersecting_polygon_exit_2(tmp_path):
     src = square_layer(tmp_path, n=3, bad=True)
-    res = runner.invoke(app, ["partition", str(src), "--grids", "2", "--id-column", "uid",
-                              "--balance", "subscribers", "--out", str(tmp_path / "o.csv")])
-    assert res.exit_code == 2 and "repair" in res.output
+    args = ["partition", str(src), "--grids", "2", "--id-column", "uid", "--balance",
+            "subscribers=0.3", "--out", str(tmp_path / "o.csv")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--repair" in res.output and "repair=True" not in res.output
+    res = runner.invoke(app, [*args, "--repair"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 9
 
 
 def test_partition_malformed_file_exit_2(tmp_path):
@@ -160,7 +186,8 @@ def test_plan_missing_customer_columns_exit_2(tmp_path):
 
     res = runner.invoke(app, ["plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"),
                               "--boundaries-crs", "gcj02", "--customers",
-                              str(tmp_path / "c.csv"), "--main-grids", "6"])
+                              str(tmp_path / "c.csv"), "--main-grids", "6",
+                              "--points-crs", "wgs84"])
     assert res.exit_code == 2 and "lng" in res.output
 
 
@@ -180,6 +207,7 @@ def test_plan_on_planner_supplied_units(tmp_path):
         "plan", str(tmp_path / "districts.gpkg"), "--customers",
         str(tmp_path / "data" / "customers.csv"), "--units", str(tmp_path / "villages.gpkg"),
         "--unit-id-column", "village", "--main-grids", "6", "--sub-grids", "1",
+        "--points-crs", "wgs84",
         "--balance", "customers=0.25", "--out", str(tmp_path / "p"), "--workers", "1",
         "--time-limit-main", "5",
     ])
@@ -187,3 +215,144 @@ def test_plan_on_planner_supplied_units(tmp_path):
     plan = Plan.load(tmp_path / "p" / "plan.gpkg")
     assert set(plan.units.index) == set(villages["village"])
     assert plan.units["customers"].sum() == 5000
+
+
+# -- formats people bring, and cheap checks first ------------------------------------------
+def small_city(tmp_path, *, codes=("440305", "440306"), n=400, seed=0):
+    """Two districts side by side near Shenzhen and ``n`` customers with Chinese addresses."""
+    boxes = [shapely.box(113.90 + 0.03 * i, 22.50, 113.93 + 0.03 * i, 22.53)
+             for i in range(len(codes))]
+    areas = gpd.GeoDataFrame({"adcode": list(codes), "name": ["南山区", "宝安区", "福田区"][
+        :len(codes)]}, geometry=boxes, crs="EPSG:4326")
+    path = tmp_path / "districts.geojson"
+    pyogrio.write_dataframe(areas, path)
+    rng = np.random.default_rng(seed)
+    cust = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "address": [f"深圳市南山区科技园{i}号" for i in range(n)],
+        "lng": rng.uniform(113.90, 113.90 + 0.03 * len(codes), n),
+        "lat": rng.uniform(22.50, 22.53, n),
+        "subscribers": rng.integers(1, 4, n),
+    })
+    return path, cust
+
+
+def plan_args(boundaries, customers, out, *extra):
+    return ["plan", str(boundaries), "--customers", str(customers), "--points-crs", "wgs84",
+            "--main-grids", "2",
+            "--sub-grids", "1", "--resolution", "8", "--balance", "customers=0.3",
+            "--workers", "1", "--time-limit-main", "5", "--out", str(out), *extra]
+
+
+def test_plan_reads_gb18030_customers(tmp_path):
+    src, cust = small_city(tmp_path)
+    csv = tmp_path / "customers.csv"
+    cust.to_csv(csv, index=False, encoding="gb18030")  # what a Chinese CRM exports
+    res = runner.invoke(app, plan_args(src, csv, tmp_path / "p"))
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert "--encoding" in text and "line 2" in text and "gb18030" in text
+    res = runner.invoke(app, plan_args(src, csv, tmp_path / "p", "--encoding", "gb18030"))
+    assert res.exit_code == 0, res.output
+    assert Plan.load(tmp_path / "p" / "plan.gpkg").units["customers"].sum() == len(cust)
+
+
+@pytest.fixture
+def no_unit_building(monkeypatch):
+    """Unit building fails the test if reached: the checks under test must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_units was called before the input was checked")
+
+    monkeypatch.setattr("territory.pipeline.build_units", refuse)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--tolerance", "2", "--balance", "customers"], "tolerance for 'customers' is 2.0"),
+    (["--balance", "customers=1.5"], "between 0 and 1"),
+    (["--main-grids", "0"], "--main-grids 0"),
+    (["--main-grids", "1"], "each of 2 branches"),
+    (["--sub-grids", "0"], "--sub-grids 0"),
+    (["--time-limit-main", "0"], "--time-limit-main 0"),
+    (["--objective", "round"], "--objective 'round'"),
+    (["--balance", "revenue"], "the tables given provide ['customers', 'subscribers']"),
+])
+def test_plan_cheap_checks_fail_before_building_units(tmp_path, no_unit_building, args, match):
+    src, cust = small_city(tmp_path)
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    base = plan_args(src, tmp_path / "c.csv", tmp_path / "p")
+    for opt in ("--tolerance", "--main-grids", "--sub-grids", "--time-limit-main",
+                "--objective", "--balance"):
+        if opt in args and opt in base:
+            i = base.index(opt)
+            del base[i:i + 2]
+    res = runner.invoke(app, base + args)
+    assert res.exit_code == 2, res.output
+    assert match in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+def test_plan_refuses_duplicate_branch_codes_unless_dissolved(tmp_path):
+    src, cust = small_city(tmp_path, codes=("440305", "440306", "440305"))
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'440305' in rows [0, 2]" in text
+    assert "--dissolve-branches" in text
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p",
+                                       "--dissolve-branches"))
+    assert res.exit_code == 0, res.output
+    units = Plan.load(tmp_path / "p" / "plan.gpkg").units
+    assert sorted(units["branch_id"].unique()) == ["440305", "440306"]
+    assert units["customers"].sum() == len(cust)
+
+
+def test_plan_says_lat_and_lng_are_swapped(tmp_path, no_unit_building):
+    src, cust = small_city(tmp_path)
+    cust.rename(columns={"lng": "lat", "lat": "lng"}).to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "looks like lat and lng are swapped" in text
+    assert "'lng'" in text and "'lat'" in text and "--lng-column" in text
+
+
+@pytest.mark.parametrize("content", ["", "customer_id,lng,lat,subscribers\n"])
+def test_plan_says_the_customer_file_is_empty(tmp_path, no_unit_building, content):
+    src, _ = small_city(tmp_path)
+    (tmp_path / "c.csv").write_text(content)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "c.csv is empty" in text and "sums to 0" not in text
+
+
+def test_local_cs_boundaries_name_the_option_of_each_command(tmp_path):
+    from tests.test_boundaries import local_shapefile
+
+    src = local_shapefile(tmp_path)
+    _, cust = small_city(tmp_path)
+    cust.to_csv(tmp_path / "c.csv", index=False)
+    res = runner.invoke(app, plan_args(src, tmp_path / "c.csv", tmp_path / "p"))
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'Site grid'" in text and "--boundaries-crs" in text
+    res = runner.invoke(app, ["partition", str(src), "-k", "2", "--id-column", "adcode",
+                              "--balance", "area_m2", "--out", str(tmp_path / "o.csv")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "pass --crs" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-k", "0"], "--grids 0"),
+    (["--time-limit", "0"], "--time-limit 0"),
+    (["--balance", "subscribers=2"], "between 0 and 1"),
+    (["--objective", "round"], "--objective 'round'"),
+])
+def test_partition_checks_parameters_before_reading_units(tmp_path, monkeypatch, args, match):
+    def refuse(*a, **kw):
+        raise AssertionError("the units were read before the parameters were checked")
+
+    monkeypatch.setattr("territory.partition_io.read_boundaries", refuse)
+    base = {"-k": "2", "--time-limit": "5", "--balance": "subscribers=0.1",
+            "--objective": "distance"} | dict(zip(args[::2], args[1::2], strict=True))
+    res = runner.invoke(app, ["partition", str(square_layer(tmp_path, n=3)), "--id-column",
+                              "uid", "--out", str(tmp_path / "o.csv"),
+                              *[x for kv in base.items() for x in kv]])
+    assert res.exit_code == 2, res.output
+    assert match in " ".join(res.output.split())

@@ -1,13 +1,19 @@
-"""Rook adjacency with shared lengths in metres; islands; node-link JSON."""
+"""Rook adjacency with shared lengths in metres; islands; networkx JSON in both forms."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
+import gerrychain
 import networkx as nx
+import numpy as np
 import pytest
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from networkx.readwrite import json_graph
 
 from territory.errors import InvalidInputError
 from territory.graph import build_graph, contiguous_grids, read_graph_json, write_graph_json
@@ -75,29 +81,155 @@ def test_enclave_is_reported():
     assert g.graph["enclaves"] == [{"unit": "hole", "surrounded_by": "ring"}]
 
 
-def test_json_round_trip_and_gerrychain_links(tmp_path):
+DATA = Path(__file__).resolve().parent / "data"
+#: The districting benchmark graphs, in ../shared beside the clone (where CI has it).
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "districting" / "graphs"
+
+
+@pytest.mark.parametrize("form", ["node-link", "adjacency"])
+def test_json_round_trip_in_both_forms(tmp_path, form):
+    g = build_graph(squares())
+    path = tmp_path / "g.json"
+    write_graph_json(g, path, form=form)
+    assert ("adjacency" in json.loads(path.read_text())) == (form == "adjacency")
+    back = read_graph_json(path)
+    assert set(back.nodes) == set(g.nodes)
+    assert {frozenset(e) for e in back.edges} == {frozenset(e) for e in g.edges}
+    for n, d in g.nodes(data=True):
+        assert back.nodes[n]["subscribers"] == d["subscribers"]
+        assert back.nodes[n]["x"] == pytest.approx(d["x"])
+    for u, v, d in g.edges(data=True):
+        assert back.edges[u, v]["length_m"] == pytest.approx(d["length_m"])
+    assert back.graph["has_xy"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), m=st.integers(0, 30), seed=st.integers(0, 10_000),
+       form=st.sampled_from(["node-link", "adjacency"]), ids=st.sampled_from([int, str]))
+def test_round_trip_keeps_every_node_edge_and_attribute(tmp_path_factory, n, m, seed, form,
+                                                        ids):
+    g = nx.path_graph(n)  # connected, plus random chords
+    g.add_edges_from(nx.gnm_random_graph(n, m, seed=seed).edges)
+    g = nx.relabel_nodes(g, ids)
+    rng = np.random.default_rng(seed)
+    for node, d in g.nodes(data=True):
+        d["population"], d["名称"] = int(rng.integers(0, 1000)), f"区{node}"
+    for _, _, d in g.edges(data=True):
+        d["length_m"] = float(rng.uniform(1, 100))
+    path = tmp_path_factory.mktemp("g") / "g.json"
+    write_graph_json(g, path, form=form)
+    back = read_graph_json(path)
+    assert dict(back.nodes(data=True)) == dict(g.nodes(data=True))
+    assert {frozenset(e) for e in back.edges} == {frozenset(e) for e in g.edges}
+    for u, v, d in g.edges(data=True):
+        assert back.edges[u, v]["length_m"] == d["length_m"]
+
+
+def test_node_link_links_key_and_named_coordinates(tmp_path):
     g = build_graph(squares())
     path = tmp_path / "g.json"
     write_graph_json(g, path)
-    back = read_graph_json(path)
-    assert set(back.nodes) == set(g.nodes) and back.number_of_edges() == g.number_of_edges()
-    assert back.nodes["u11"]["x"] == pytest.approx(g.nodes["u11"]["x"])
-    # GerryChain writes "links" and may name coordinates differently
     data = json.loads(path.read_text())
-    data["links"] = data.pop("edges")
+    data["links"] = data.pop("edges")  # older networkx and GerryChain releases write "links"
     for n in data["nodes"]:
         n["cx"], n["cy"] = n.pop("x"), n.pop("y")
     path.write_text(json.dumps(data))
     back = read_graph_json(path, xy=("cx", "cy"))
     assert back.graph["has_xy"] and back.nodes["u11"]["x"] == pytest.approx(g.nodes["u11"]["x"])
+    assert back.number_of_edges() == g.number_of_edges()
+    # without xy the graph has no coordinates: nothing is guessed from "cx"
+    assert not read_graph_json(path).graph["has_xy"]
 
 
-@pytest.mark.parametrize("text", ["not json", '{"nodes": [{"x": 1}]}', "[]"])
-def test_malformed_graph_files(tmp_path, text):
+def test_census_coordinates_are_found_and_read_as_numbers(tmp_path):
+    g = nx.path_graph(3)
+    for n, d in g.nodes(data=True):
+        d["INTPTLON20"], d["INTPTLAT20"] = f"-{120 + n}.5", f"+{40 + n}.25"  # Census text
+    path = tmp_path / "g.json"
+    write_graph_json(g, path, form="adjacency")
+    back = read_graph_json(path)
+    assert back.graph["has_xy"]
+    assert (back.nodes[2]["x"], back.nodes[2]["y"]) == (-122.5, 42.25)
+
+
+def test_gerrychain_reads_what_we_write(tmp_path):
+    g = build_graph(squares())
+    path = tmp_path / "g.json"
+    write_graph_json(g, path, form="adjacency")
+    theirs = gerrychain.Graph.from_json(str(path))
+    assert set(theirs.nodes) == set(g.nodes) and len(theirs.edges) == g.number_of_edges()
+
+
+def test_shipped_county_graph_matches_networkx():
+    _same_as_networkx(DATA / "OR_county_graph.json")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(SHARED.glob("*.json")) or [pytest.param(None, marks=pytest.mark.skip(
+        reason=f"{SHARED} is not beside this clone"))], ids=lambda p: getattr(p, "stem", "-"))
+def test_benchmark_graphs_load(path):
+    _same_as_networkx(path)
+
+
+def _same_as_networkx(path: Path) -> None:
+    """Nodes, edges and attributes as networkx's own reader sees them."""
+    theirs = json_graph.adjacency_graph(json.loads(path.read_text()))
+    ours = read_graph_json(path)
+    assert ours.number_of_nodes() == theirs.number_of_nodes()
+    assert {frozenset(e) for e in ours.edges} == {frozenset(e) for e in theirs.edges}
+    for n, d in theirs.nodes(data=True):
+        assert ours.nodes[n]["population"] == d["population"]
+        assert (ours.nodes[n]["x"], ours.nodes[n]["y"]) == (d["x"], d["y"])
+    assert ours.graph["has_xy"] and ours.graph["islands"] == []
+
+
+@pytest.mark.parametrize("text, match", [
+    ("not json", "not JSON"),
+    ('{"nodes": [{"x": 1}]}', "'adjacency'"),
+    ('{"nodes": [{"x": 1}], "links": []}', "needs an 'id'"),
+    ("[]", "node-link"),
+    ('{"nodes": [{"id": 1}], "adjacency": [[{"id": 2}]]}', "does not list"),
+    ('{"nodes": [{"id": 1}, {"id": 2}], "adjacency": [[{"id": 2}]]}', "one list per node"),
+    ('{"nodes": [{"id": 1}, {"id": 2}], "edges": [{"source": 1, "target": 3}]}',
+     "does not list"),
+])
+def test_malformed_graph_files(tmp_path, text, match):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    with pytest.raises(InvalidInputError, match="bad.json"):
+    with pytest.raises(InvalidInputError, match="bad.json") as err:
         read_graph_json(path)
+    assert match in str(err.value)
+
+
+def test_separate_parts_without_coordinates_are_refused(tmp_path):
+    g = nx.Graph([(0, 1), (1, 4), (2, 3)])
+    path = tmp_path / "g.json"
+    write_graph_json(g, path, form="adjacency")
+    with pytest.raises(InvalidInputError, match="2 separate parts") as err:
+        read_graph_json(path)
+    assert "[2, 3]" in str(err.value) and "`xy`" in str(err.value)
+    # with coordinates the smaller part is joined at the closest pair of nodes
+    for n, x in {0: 0.0, 1: 1.0, 4: 2.0, 2: 10.0, 3: 11.0}.items():
+        g.nodes[n]["x"], g.nodes[n]["y"] = x, 0.0
+    write_graph_json(g, path, form="adjacency")
+    back = read_graph_json(path)
+    assert back.has_edge(2, 4) and back.edges[2, 4]["bridge"]
+    assert back.number_of_edges() == g.number_of_edges() + 1
+
+
+def test_partial_coordinates_are_refused(tmp_path):
+    g = nx.path_graph(3)
+    for n in (0, 1):
+        g.nodes[n]["x"], g.nodes[n]["y"] = float(n), 0.0
+    path = tmp_path / "g.json"
+    write_graph_json(g, path)
+    with pytest.raises(InvalidInputError, match=r"nodes \[2\] have no attributes 'x', 'y'"):
+        read_graph_json(path, xy=("x", "y"))
+
+
+def test_unknown_write_form(tmp_path):
+    with pytest.raises(InvalidInputError, match="node-link"):
+        write_graph_json(nx.path_graph(2), tmp_path / "g.json", form="gml")
 
 
 def test_missing_graph_file(tmp_path):

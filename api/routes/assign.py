@@ -8,12 +8,21 @@ A single point with unusable coordinates (NaN, out of range, not convertible) is
 batch, such a row comes back with ``status`` ``invalid`` and its ``reason``, like the
 library's nightly batch: one bad row must not lose the other 99 999. NaN and Infinity are
 not JSON, so a JSON batch holding them is refused whole (422).
+
+The coordinates' system is never assumed: a request names its ``crs`` (a file may name each
+row's in a column), or the service area has one configured (``points_crs`` in the settings);
+otherwise the request is refused (422 naming ``crs``). Every batch (JSON or file) is checked
+for a mistaken ``crs`` on a sample (:mod:`territory.crs_check`): a batch that fits the plan
+clearly better in another system is assigned as declared, and answered with a ``warnings``
+list (JSON) or an ``X-Assign-Warnings`` header (a JSON list; files). Single points are not
+checked: one point says nothing about its system.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,8 +37,14 @@ from starlette.background import BackgroundTask
 
 from api.assignment import Indexes, LockedIndex
 from api.auth import Operator
-from api.deps import PlanDep, SettingsDep, StoreDep, Today
-from api.problems import ProblemError, field_problem, too_large, unsupported_file
+from api.deps import CRS_FIX, PlanDep, SettingsDep, StoreDep, Today, resolve_crs
+from api.problems import (
+    ProblemError,
+    field_problem,
+    public_message,
+    too_large,
+    unsupported_file,
+)
 from api.routes.plans import ERRORS
 from api.schemas import (
     BatchAssignment,
@@ -41,7 +56,7 @@ from api.settings import Settings
 from api.store import PlanRecord, PlanStore
 from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
 from territory.crs import normalize_crs
-from territory.errors import InvalidInputError
+from territory.errors import InvalidInputError, TerritoryError
 
 router = APIRouter(tags=["assign"])
 
@@ -61,18 +76,22 @@ IndexesDep = Annotated[Indexes, Depends(get_indexes)]
 
 
 async def crs_param(
-    crs: Annotated[str, Query(description="wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>")]
-    = "wgs84",
-) -> str:
+    crs: Annotated[str | None, Query(description="System of the coordinates: wgs84, "
+                                                 "cgcs2000, gcj02, bd09 or EPSG:<code>; "
+                                                 "required unless the service area has one "
+                                                 "configured")] = None,
+) -> str | None:
     """The coordinate system, checked up front so a typo names the parameter."""
+    if crs is None:
+        return None
     try:
         return normalize_crs(crs)
     except InvalidInputError as exc:
-        raise field_problem("query.crs", str(exc),
-                            "use wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>") from None
+        raise field_problem("query.crs", str(exc), CRS_FIX) from None
 
 
-Crs = Annotated[str, Depends(crs_param)]
+Crs = Annotated[str | None, Depends(crs_param)]
+
 Lng = Annotated[float, Query(allow_inf_nan=False,
                              description="Longitude (or easting in a projected crs)")]
 Lat = Annotated[float, Query(allow_inf_nan=False,
@@ -125,7 +144,7 @@ def _single(index: LockedIndex, ref: PlanRef, lng: float, lat: float,
     return SingleAssignment(**row, plan=ref)
 
 
-def _batch(index: LockedIndex, ref: PlanRef, points: list[PointIn], crs: str,
+def _batch(index: LockedIndex, ref: PlanRef, points: list[PointIn], crs: str | None,
            settings: Settings) -> Response:
     """The batch's rows as JSON, serialised by pandas: 100 000 pydantic models would take
     longer to build than the assignment itself."""
@@ -136,13 +155,16 @@ def _batch(index: LockedIndex, ref: PlanRef, points: list[PointIn], crs: str,
     nan = float("nan")
     lng = np.fromiter((nan if p.lng is None else p.lng for p in points), float, len(points))
     lat = np.fromiter((nan if p.lat is None else p.lat for p in points), float, len(points))
-    result: Assignment = assign(index, lng, lat, crs=crs)
+    warnings: list[str] = []
+    result: Assignment = assign(index, lng, lat, crs=resolve_crs(crs, settings,
+                                                                 ref.service_area),
+                                on_warning=warnings.append)
     frame = result.frame()
     frame.insert(0, "id", [p.id for p in points])
     counts = dict(zip(STATUSES, np.bincount(result.code, minlength=len(STATUSES)).tolist(),
                       strict=True))
     head = json.dumps({"plan": ref.model_dump(mode="json"), "count": len(points),
-                       "counts": counts}, ensure_ascii=False)
+                       "counts": counts, "warnings": warnings}, ensure_ascii=False)
     rows = frame.to_json(orient="records", force_ascii=False) if len(frame) else "[]"
     return Response(f'{head[:-1]}, "data": {rows}}}', media_type="application/json")
 
@@ -171,9 +193,13 @@ def _readable(path: Path, suffix: str) -> None:
                             title="Malformed file") from None
 
 
-def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: Columns,
-          store: PlanStore, settings: Settings) -> FileResponse:
+def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: FileColumnsIn,
+          crs: str | None, store: PlanStore, settings: Settings) -> FileResponse:
     """Assign an uploaded CSV or Parquet file; answer a file of the same format."""
+    if columns.crs_column is None:
+        crs = resolve_crs(crs, settings, ref.service_area)
+    else:  # the rows' own systems; a blank cell takes this one, if there is one
+        crs = crs or settings.points_crs.get(ref.service_area)
     suffix = _file_suffix(upload)
     folder = store.scratch_dir()
     try:
@@ -188,8 +214,13 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: Columns
                                 "file", f"split it into files of at most "
                                         f"{settings.max_batch_points} rows")
 
-        counts = assign_file(index, src, dst, columns=columns, chunk_size=FILE_CHUNK,
-                             progress=limit)
+        warnings: list[str] = []
+        try:
+            counts = assign_file(index, src, dst, columns=Columns(crs=crs, **vars(columns)),
+                                 chunk_size=FILE_CHUNK, progress=limit,
+                                 on_warning=warnings.append)
+        except TerritoryError as exc:  # the same error, without the server's path
+            raise type(exc)(public_message(str(exc), {str(src): "the uploaded file"})) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -197,27 +228,39 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: Columns
     return FileResponse(
         dst, media_type=MEDIA[suffix], filename=f"{stem}.assigned{suffix}",
         headers={"X-Plan-Id": ref.plan_id, "X-Plan-Version": str(ref.version),
-                 "X-Assign-Counts": json.dumps(counts)},
+                 "X-Assign-Counts": json.dumps(counts),
+                 "X-Assign-Warnings": json.dumps(warnings)},
         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
     )
 
 
+@dataclass(frozen=True)
+class FileColumnsIn:
+    """The file's column names; its crs is resolved per service area (:func:`_file`)."""
+
+    lng: str
+    lat: str
+    crs_column: str | None
+
+
 def file_columns(
-    crs: Crs,
     lng_column: Annotated[str, Query(description="Longitude / easting column")] = "lng",
     lat_column: Annotated[str, Query(description="Latitude / northing column")] = "lat",
     crs_column: Annotated[str | None, Query(description="Column naming each row's crs "
                                                         "(blank: `crs`)")] = None,
-) -> Columns:
-    return Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column)
+) -> FileColumnsIn:
+    return FileColumnsIn(lng=lng_column, lat=lat_column, crs_column=crs_column)
 
 
-FileColumns = Annotated[Columns, Depends(file_columns)]
+FileColumns = Annotated[FileColumnsIn, Depends(file_columns)]
 Upload = Annotated[UploadFile, File(description="CSV or Parquet with coordinate columns")]
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {m: {} for m in MEDIA.values()},
           "description": "The input rows with sub_grid_id, main_grid_id, branch_id, status, "
-                         "nearest_grid_id, distance_m, reason added"},
+                         "nearest_grid_id, distance_m, reason added",
+          "headers": {"X-Assign-Warnings": {
+              "description": "JSON list of doubts about the batch, e.g. points that fit the "
+                             "plan better in another crs", "schema": {"type": "string"}}}},
     **ERRORS,
 }
 
@@ -226,8 +269,10 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/plans/{plan_id}/assign", response_model=SingleAssignment, responses=ERRORS,
             summary="Assign one point on this plan")
 async def assign_one_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
-                             lng: Lng, lat: Lat, crs: Crs) -> SingleAssignment:
-    return _single(await indexes.get(plan.plan_id), _ref(plan), lng, lat, crs)
+                             settings: SettingsDep, lng: Lng, lat: Lat, crs: Crs
+                             ) -> SingleAssignment:
+    return _single(await indexes.get(plan.plan_id), _ref(plan), lng, lat,
+                   resolve_crs(crs, settings, plan.service_area))
 
 
 @router.post("/plans/{plan_id}/assign", response_model=BatchAssignment, responses=ERRORS,
@@ -241,19 +286,20 @@ def assign_many_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
 @router.post("/plans/{plan_id}/assign/file", response_class=FileResponse,
              responses=FILE_RESPONSES, summary="Assign a CSV or Parquet file on this plan")
 def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep, store: StoreDep,
-                        settings: SettingsDep, file: Upload, columns: FileColumns
+                        settings: SettingsDep, file: Upload, columns: FileColumns, crs: Crs
                         ) -> FileResponse:
-    return _file(indexes.load(plan.plan_id), _ref(plan), file, columns, store, settings)
+    return _file(indexes.load(plan.plan_id), _ref(plan), file, columns, crs, store, settings)
 
 
 # -- on the plan in force ------------------------------------------------------------------
 @router.get("/assign", response_model=SingleAssignment, responses=ERRORS,
             summary="Assign one point on the plan in force on a day")
 async def assign_one(user: Operator, store: StoreDep, indexes: IndexesDep, on: Today,
-                     lng: Lng, lat: Lat, crs: Crs, as_of: AsOf = None,
+                     settings: SettingsDep, lng: Lng, lat: Lat, crs: Crs, as_of: AsOf = None,
                      service_area: Area = None) -> SingleAssignment:
     ref = _effective(store, service_area, as_of or on)
-    return _single(await indexes.get(ref.plan_id), ref, lng, lat, crs)
+    return _single(await indexes.get(ref.plan_id), ref, lng, lat,
+                   resolve_crs(crs, settings, ref.service_area))
 
 
 @router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
@@ -269,7 +315,7 @@ def assign_many(user: Operator, store: StoreDep, indexes: IndexesDep, settings: 
              summary="Assign a CSV or Parquet file on the plan in force on a day")
 def assign_file_effective(user: Operator, store: StoreDep, indexes: IndexesDep,
                           settings: SettingsDep, on: Today, file: Upload,
-                          columns: FileColumns, as_of: AsOf = None,
+                          columns: FileColumns, crs: Crs, as_of: AsOf = None,
                           service_area: Area = None) -> FileResponse:
     ref = _effective(store, service_area, as_of or on)
-    return _file(indexes.load(ref.plan_id), ref, file, columns, store, settings)
+    return _file(indexes.load(ref.plan_id), ref, file, columns, crs, store, settings)

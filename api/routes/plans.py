@@ -21,7 +21,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from pydantic import ValidationError
 
 from api.auth import Planner, Principal, Reader
-from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today
+from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today, resolve_crs
 from api.jobs import POINT_TABLES, JobRunner, save_upload
 from api.problems import ProblemError, field_errors, field_problem, unsupported_file
 from api.routes.jobs import public_job
@@ -117,9 +117,12 @@ def _dataset(store: PlanStore, name: str | None, field: str, suffixes: tuple[str
     if name is None:
         return None
     root = store.datasets_dir.resolve()
-    path = (root / name).resolve()
+    path = None if "\0" in name else (root / name).resolve()
     problem = None
-    if not path.is_relative_to(root) or path == root:
+    if path is None:
+        problem = ("holds a NUL byte, which no file name can", "GET /datasets lists the files "
+                   "you can name")
+    elif not path.is_relative_to(root) or path == root:
         problem = ("is outside the datasets folder", "name a file inside datasets/")
     elif not path.is_file():
         problem = ("does not exist", "GET /datasets lists the files you can name")
@@ -145,6 +148,7 @@ def create_plan(body: PlanCreate, user: Planner, store: StoreDep, runner: Runner
             source[name] = _dataset(store, getattr(src, name), f"source.{name}",
                                     POINT_SUFFIXES)
         area = body.service_area or Path(src.boundaries).stem
+        source["points_crs"] = resolve_crs(src.points_crs, settings, area, "source.points_crs")
     else:
         source, area = src.model_dump(), body.service_area or src.city
     return _submit(store, runner, user, response, service_area=area, source=source,
@@ -189,6 +193,8 @@ def upload_plan(
     """Queue a plan job on the uploaded files (multipart/form-data)."""
     _check_capacity(store, settings)
     body = _upload_request(request)
+    area = body.service_area or Path(boundaries.filename or "upload").stem
+    points_crs = resolve_crs(body.points_crs, settings, area, "request.points_crs")
     files = {"boundaries": (boundaries, _suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
     for name, upload in (("customers", customers), ("communities", communities),
                          ("stores", stores), ("key_accounts", key_accounts)):
@@ -196,10 +202,9 @@ def upload_plan(
             files[name] = (upload, _suffix(upload, name, POINT_SUFFIXES))
     job_id = store.new_job_id()
     source: dict[str, Any] = body.model_dump(exclude={"service_area", "parameters"})
-    source["kind"] = "files"
+    source["kind"], source["points_crs"] = "files", points_crs
     for name, (upload, suffix) in files.items():
         source[name] = str(save_upload(store, job_id, name, suffix, upload.file))
-    area = body.service_area or Path(boundaries.filename or "upload").stem
     return _submit(store, runner, user, response, service_area=area, source=source,
                    parameters=body.parameters, job_id=job_id)
 

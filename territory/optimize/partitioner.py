@@ -56,20 +56,23 @@ class Violation:
         return self.load / self.mean - 1
 
 
-def _tolerances(measures, tolerance) -> dict[str, float]:
+def check_tolerances(measures, tolerance) -> dict[str, float]:
+    """``{measure: tolerance}`` from ``measures`` (names, or a dict whose None values take
+    ``tolerance``); every tolerance a fraction in (0, 1). Shared by :class:`Partitioner` and
+    the plan's up-front checks, so both accept exactly the same values."""
     if isinstance(measures, str):
         measures = [measures]
-    tol = dict(measures) if isinstance(measures, dict) else {m: tolerance for m in measures}
+    tol = dict(measures) if isinstance(measures, dict) else dict.fromkeys(measures)
     if not tol:
         raise InvalidInputError("measures: give at least one balance measure, e.g. subscribers")
     for m, t in tol.items():
-        if t is None:
-            tol[m] = tolerance
-        elif not (isinstance(t, int | float) and 0 < t < 1):
+        t = tolerance if t is None else t
+        if not (isinstance(t, int | float) and 0 < t < 1):
             raise InvalidInputError(
                 f"tolerance for {m!r} is {t!r}: give a fraction between 0 and 1 "
                 "(0.05 = ±5 % of the mean)"
             )
+        tol[m] = t
     return tol
 
 
@@ -145,20 +148,30 @@ class Partitioner:
         raise AttributeError(name)
 
     # ------------------------------------------------------------------------------------
-    def solve(self, graph: nx.Graph) -> Partitioner:
-        t0 = time.monotonic()
-        deadline = t0 + float(self.time_limit)
-        tol = _tolerances(self.measures, self.tolerance)
-        measures = list(tol)
+    def check_parameters(self) -> dict[str, float]:
+        """Validate every parameter that needs no graph; returns ``{measure: tolerance}``.
+
+        :meth:`solve` calls it first; a caller with slow input to prepare calls it before
+        preparing it, so that a bad value fails at once.
+        """
+        tol = check_tolerances(self.measures, self.tolerance)
         if self.objective not in OBJECTIVES:
             raise InvalidInputError(
-                f"objective={self.objective!r}: choose one of {list(OBJECTIVES)}"
+                f"`objective` {self.objective!r}: choose one of {list(OBJECTIVES)}"
             )
         if not (isinstance(self.time_limit, int | float) and self.time_limit > 0):
-            raise InvalidInputError(f"time_limit={self.time_limit!r}: give seconds > 0")
+            raise InvalidInputError(f"`time_limit` {self.time_limit!r}: give seconds > 0")
         k = self.n_grids
         if not isinstance(k, int | np.integer) or k < 1:
-            raise InvalidInputError(f"n_grids={k!r}: give a whole number >= 1")
+            raise InvalidInputError(f"`n_grids` {k!r}: give a whole number >= 1")
+        return tol
+
+    def solve(self, graph: nx.Graph) -> Partitioner:
+        t0 = time.monotonic()
+        tol = self.check_parameters()
+        deadline = t0 + float(self.time_limit)
+        measures = list(tol)
+        k = self.n_grids
         P = problem_from_graph(graph, measures, allow_zero=k == 1)
         if k > P.n:
             raise InvalidInputError(
@@ -167,7 +180,8 @@ class Partitioner:
             )
         if self.objective == "distance" and P.xy is None:
             raise InvalidInputError(
-                "objective='distance' needs unit coordinates (node attributes x, y; see --xy); "
+                "objective='distance' needs unit coordinates (node attributes x, y; name them with "
+                "`xy` when reading a graph); "
                 "use objective='boundary' for graphs without coordinates"
             )
         pos = {nid: i for i, nid in enumerate(P.ids)}
