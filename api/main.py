@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "answers 401; set TERRITORY_API_KEYS or TERRITORY_CONFIG")
         store.sweep_scratch()
         runner.start()
+        store.sweep_plans()  # after runner.start(): jobs of a dead service are failed now
         # The libraries loaded by now (geopandas, pandas, pyproj, FastAPI) leave ~170 000
         # objects for the cyclic garbage collector, and a full collection walks them all:
         # ~100 ms, every so often, in the middle of some request (the whole p99 of single
