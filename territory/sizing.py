@@ -28,7 +28,7 @@ a planner would recognise (the synthetic demo has about 1.55 subscribers per cus
   ~3 s at 9, ~20 s at 10), so small cities stay coarse: 9 up to about 64 000 customers, 10
   up to about 355 000, 11 above (the most the rule asks for; at 2 000 000 customers the
   densest cell is then a little over a third of a sub-grid).
-* **Time limits** (the optimizer's budget, seconds): per branch ``units per branch / 100``
+* **Time limits** (the optimizer's budget, seconds): per branch ``units per branch / 30``
   clipped to 5..60; per main grid ``units per main grid / 30`` clipped to 3..20, the units
   being estimated as ``N / target_per_unit``. A 5 000-customer city gets 5 s per branch, not
   the 60 s a 300 000-customer one needs.
@@ -152,6 +152,6 @@ def demo_sizing(
         n_customers=n_customers, n_branches=n_branches, n_main=n_main, n_sub=n_sub,
         target_per_unit=tpu, resolution=resolution,
         min_resolution=min(MIN_RESOLUTION, resolution),
-        time_limit_main=round(_clip(n_units / n_branches / 100, TIME_LIMIT_MAIN_RANGE), 1),
+        time_limit_main=round(_clip(n_units / n_branches / 30, TIME_LIMIT_MAIN_RANGE), 1),
         time_limit_sub=round(_clip(n_units / n_main / 30, TIME_LIMIT_SUB_RANGE), 1),
     )
