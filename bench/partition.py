@@ -687,7 +687,8 @@ def run_ours_cli(case: DCase, time_limit: float, seed: int, workdir: Path) -> di
     row = {"time_s": dt, "note": note}
     if res.returncode != 0:
         msg = " ".join((res.stderr + res.stdout).split())
-        row["error"] = f"exit {res.returncode}: {msg[:400]}"
+        msg = msg[msg.find("error:"):] if "error:" in msg else msg
+        row["error"] = f"exit {res.returncode}: {msg.split(' Running HiGHS')[0][:400]}"
         return row
     table = pd.read_csv(out)
     row["assignment"] = {str(u): int(g) for u, g in zip(table["unit_id"], table["grid_id"],
@@ -835,9 +836,15 @@ def main(argv=None) -> int:
         print(f"\ndistricting: population within ±0.5 %, fewest cut edges; ours = "
               f"`territory partition --objective boundary --time-limit {tl:g}`; scored by "
               "bench/districting/score.py\n")
-        print(shown.fillna("").to_string(index=False))
+        if "cut" in shown:
+            shown["cut"] = shown["cut"].map(lambda v: "—" if pd.isna(v) else str(int(v)))
+        print(shown.drop(columns="note").fillna("").to_string(index=False))
+        print("\nnotes:")
+        for r in shown[shown["note"].fillna("") != ""].itertuples():
+            print(f"  {r.graph} {r.method}: {r.note}")
         print("\ngeometric mean of cut edges / best known (graphs with a best known value)\n")
-        print(geomean_ratios(df).to_string(index=False))
+        gm = geomean_ratios(df)
+        print(gm.to_string(index=False) if len(gm) else "  (no graph with a best known value)")
         print(f"\nterritory/optimize: {code}; {time.perf_counter() - t_start:.0f} s so far")
         if a.csv:
             df.to_csv(Path(a.csv).with_suffix(".districting.csv"), index=False)
