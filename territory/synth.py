@@ -760,7 +760,8 @@ def _make_stores(
             ys.append(sites[j, 1])
             hall = rank < halls
             kinds.append("business_hall" if hall else "owned_store")
-            names.append(f"{short}第{rank + 1}{'营业厅' if hall else '自营店'}")
+            names.append(f"{short}第{rank + 1}营业厅" if hall
+                         else f"{short}第{rank + 1 - halls}自营店")
     columns = {
         "store_id": _ids("S", len(xs), 4),
         "name": np.array(names, dtype=object),
