@@ -26,12 +26,12 @@ a planner would recognise (the synthetic demo has about 1.55 subscribers per cus
   worth of customers; :data:`PEAK_SHARE` is that cell's share of all customers, measured on
   both shipped cities. A finer resolution costs time (clipping 7 x more cells: Xiamen takes
   ~3 s at 9, ~20 s at 10), so small cities stay coarse: 9 up to about 64 000 customers, 10
-  up to about 355 000, 11 above (the most the rule asks for; at 2 000 000 customers the
-  densest cell is then a little over a third of a sub-grid).
+  up to about 355 000, 11 above (the finest the rule picks; at 2 000 000 customers the
+  densest resolution-11 cell, ~200 customers, is a little over that cap of 160).
 * **Time limits** (the optimizer's budget, seconds): per branch ``units per branch / 30``
   clipped to 5..60; per main grid ``units per main grid / 30`` clipped to 3..20, the units
   being estimated as ``N / target_per_unit``. A 5 000-customer city gets 5 s per branch, not
-  the 60 s a 300 000-customer one needs.
+  the 50-60 s a 300 000-customer one needs.
 * **Stores** (自有渠道): one per main grid (:attr:`DemoSizing.n_stores`), so that
   ``--stores-as-centres`` gives the same number of main grids as the default plan.
 
