@@ -29,7 +29,7 @@ a planner would recognise (the synthetic demo has about 1.55 subscribers per cus
   up to about 355 000, 11 above (the finest the rule picks; at 2 000 000 customers the
   densest resolution-11 cell, ~200 customers, is a little over that cap of 160).
 * **Time limits** (the optimizer's budget, seconds): per branch ``units per branch / 30``
-  clipped to 5..60; per main grid ``units per main grid / 30`` clipped to 3..20, the units
+  clipped to 5..60; per main grid ``units per main grid / 20`` clipped to 5..20, the units
   being estimated as ``N / target_per_unit``. A 5 000-customer city gets 5 s per branch, not
   the 50-60 s a 300 000-customer one needs.
 * **Stores** (自有渠道): one per main grid (:attr:`DemoSizing.n_stores`), so that
@@ -60,7 +60,7 @@ PEAK_UNITS = 8
 SUB_GRIDS_RANGE = (2, 6)
 TARGET_PER_UNIT_RANGE = (5.0, 40.0)
 TIME_LIMIT_MAIN_RANGE = (5.0, 60.0)
-TIME_LIMIT_SUB_RANGE = (3.0, 20.0)
+TIME_LIMIT_SUB_RANGE = (5.0, 20.0)
 MIN_RESOLUTION = 7
 
 
@@ -153,5 +153,5 @@ def demo_sizing(
         target_per_unit=tpu, resolution=resolution,
         min_resolution=min(MIN_RESOLUTION, resolution),
         time_limit_main=round(_clip(n_units / n_branches / 30, TIME_LIMIT_MAIN_RANGE), 1),
-        time_limit_sub=round(_clip(n_units / n_main / 30, TIME_LIMIT_SUB_RANGE), 1),
+        time_limit_sub=round(_clip(n_units / n_main / 20, TIME_LIMIT_SUB_RANGE), 1),
     )
