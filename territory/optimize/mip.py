@@ -27,6 +27,8 @@ import time
 import numpy as np
 import pulp
 
+from territory.errors import SolverError
+from territory.optimize.highs import checked_status, pulp_solver
 from territory.optimize.problem import Problem
 
 
@@ -96,24 +98,30 @@ def _build(P: Problem, k: int, lo, hi, objective: str, locked: np.ndarray,
 
 
 def _child(P, k, lo, hi, objective, locked, roots, time_limit, out) -> None:
+    try:
+        out.put(_solve_child(P, k, lo, hi, objective, locked, roots, time_limit))
+    except SolverError as exc:
+        out.put({"error": str(exc)})
+
+
+def _solve_child(P, k, lo, hi, objective, locked, roots, time_limit) -> dict:
     prob, x, R = _build(P, k, lo, hi, objective, locked, roots)
-    solver = pulp.HiGHS(msg=False, timeLimit=max(time_limit, 1.0), threads=1)
-    prob.solve(solver)
-    info = prob.solverModel.getInfo()
+    prob.solve(pulp_solver(max(time_limit, 1.0)))
     h = prob.solverModel
-    status = h.modelStatusToString(h.getModelStatus())
+    info = h.getInfo()
+    status = checked_status(h, "exact MIP")
     labels = None
     if pulp.value(prob.objective) is not None and info.primal_solution_status == 2:
         labels = np.full(P.n, -1)
         for (i, j), v in x.items():
             if (v.value() or 0) > 0.5:
                 labels[i] = j
-    out.put({
+    return {
         "labels": labels,
         "status": status,
         "objective": info.objective_function_value if labels is not None else None,
         "bound": info.mip_dual_bound,
-    })
+    }
 
 
 def solve_exact(P: Problem, k: int, lo: np.ndarray, hi: np.ndarray, *, objective: str,
@@ -141,4 +149,6 @@ def solve_exact(P: Problem, k: int, lo: np.ndarray, hi: np.ndarray, *, objective
         if proc.is_alive():
             proc.terminate()
         proc.join(timeout=2)
+    if "error" in res:
+        raise SolverError(res["error"])
     return res
