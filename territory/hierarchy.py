@@ -224,6 +224,7 @@ def build_plan(
         "measures": spec.measures, "objective": spec.objective,
         "main_grids_per_branch": {str(b): int(k) for b, k in counts.items()},
         "own_grid_islands": {str(b): n for b, n in islands.items() if n},
+        "balance_exempt_grids": sorted(island_grids),
         "solver_figures": figures,
     })
     return Plan(units=units, measures=list(spec.measures), params=p)

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from territory.optimize.balance import BalanceModel
 from territory.optimize.problem import Problem
 
 
@@ -94,7 +95,7 @@ class SearchStats:
 class LocalSearch:
     """Boundary-move local search over a contiguous labelling (see module docstring).
 
-    ``lo``/``hi`` are k x m load bounds (±inf for grids exempt from balance);
+    ``balance`` gives the k x m load bounds and judges moves (see :mod:`.balance`);
     ``objective`` is ``"distance"`` (presence-weighted distance to the grid centre, centres
     ``centres`` fixed or re-centred on each grid's medoid) or ``"boundary"`` (total shared
     boundary length between different grids).
@@ -104,9 +105,7 @@ class LocalSearch:
         self,
         P: Problem,
         labels: np.ndarray,
-        k: int,
-        lo: np.ndarray,
-        hi: np.ndarray,
+        balance: BalanceModel,
         *,
         objective: str,
         movable: np.ndarray,
@@ -114,14 +113,16 @@ class LocalSearch:
         fixed_centres: bool = False,
         rng: np.random.Generator,
     ) -> None:
-        self.P, self.k, self.lo, self.hi = P, k, lo, hi
+        self.P, self.k, self.model = P, balance.n_grids, balance
+        self.lo, self.hi = balance.bounds()
+        k = self.k
         self.objective = objective
         self.movable = movable
         self.rng = rng
         self.labels = labels.astype(np.int64).copy()
         self.lab = self.labels.tolist()
         self.nbrs = [P.indices[P.indptr[i] : P.indptr[i + 1]].tolist() for i in range(P.n)]
-        self.mu = np.maximum(P.W.sum(axis=0) / k, 1e-12)  # a zero measure: nothing to scale
+        self.mu = balance.scale
         self.loads = np.zeros((k, P.W.shape[1]))
         np.add.at(self.loads, self.labels, P.W)
         self.size = np.bincount(self.labels, minlength=k)
@@ -158,8 +159,7 @@ class LocalSearch:
         return float(self.ew[cut].sum() / 2)
 
     def violation(self) -> float:
-        over = np.maximum(self.loads - self.hi, 0) + np.maximum(self.lo - self.loads, 0)
-        return float((over / self.mu).sum())
+        return float(self.model.excess(self.loads).sum())
 
     # -- candidate moves --------------------------------------------------------------
     def _candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,20 +192,14 @@ class LocalSearch:
         return (da + db).sum(axis=1)
 
     def _viol(self, L, j) -> np.ndarray:
-        return ((np.maximum(L - self.hi[j], 0) + np.maximum(self.lo[j] - L, 0)) / self.mu).sum(
-            axis=1
-        )
+        return self.model.excess(L, j)
 
     def _delta_violation(self, w, a, b) -> np.ndarray:
         """Change of the total tolerance violation when loads ``w`` move from a to b."""
-        La, Lb = self.loads[a], self.loads[b]
-        return (self._viol(La - w, a) + self._viol(Lb + w, b)
-                - self._viol(La, a) - self._viol(Lb, b))
+        return self.model.move_delta(self.loads, w, a, b)
 
     def _keeps_feasible(self, i, a, b) -> np.ndarray:
-        w = self.P.W[i]
-        return ((self.loads[a] - w >= self.lo[a] - 1e-9).all(axis=1)
-                & (self.loads[b] + w <= self.hi[b] + 1e-9).all(axis=1))
+        return self.model.admissible(self.loads, self.P.W[i], a, b)
 
     def _feasible_compact(self, i, a, b) -> np.ndarray:
         """Compactness change of each move; +inf where it would break a tolerance."""
