@@ -194,12 +194,13 @@ class Shortfall:
     #: the largest grid count <= n_grids that passes the check at ``tolerance``
     max_grids: int
 
-    def message(self, where: str = "") -> str:
+    def message(self, where: str = "", count: str = "k") -> str:
+        """The refusal with its fix; ``count`` names the grid-count parameter."""
         return (
             f"{where + ': ' if where else ''}measure {self.measure!r} cannot be balanced "
             f"within ±{self.tolerance:.2%} over {self.n_grids} grids (mean {self.mean:.6g}): "
             f"{self.reason}. Proven from the unit loads. Fix: finer units (a smaller "
-            f"target_per_unit or a finer resolution), at most k={self.max_grids} grids, or a "
+            f"target_per_unit or a finer resolution), at most {count}={self.max_grids} grids, or a "
             f"tolerance of at least {math.ceil(self.min_tolerance * 1e4) / 1e4:.2%}"
         )
 
