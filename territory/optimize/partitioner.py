@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
 from territory.graph import induced_subgraph, join_components
+from territory.optimize.anneal import anneal
 from territory.optimize.balance import BalanceModel, locked_shortfalls, parse_tolerances, precheck
 from territory.optimize.lp import lp_lower_bound, solve_balanced_lp
 from territory.optimize.mip import solve_exact
@@ -321,8 +322,20 @@ class Partitioner:
                 search = best
                 break
         if feasible:
-            search.compact(deadline - 0.15 * max(deadline - time.monotonic(), 0))
-            search.perturb(deadline - 0.1 * max(deadline - time.monotonic(), 0), rounds=20)
+            search.compact(deadline)
+        # the anytime part: anneal until the budget is spent, minus what the steps after it
+        # need (the exact MIP on small instances; the LP bound for the distance objective)
+        left = deadline - time.monotonic()
+        small = C.n <= EXACT_MAX_UNITS
+        if small and (self.exact or not feasible):
+            reserve = 0.5 * left
+        elif self.objective == "distance" and C.xy is not None:
+            reserve = 0.15 * self.time_limit
+        else:
+            reserve = 0.02 * self.time_limit
+        if balance.n_grids > 1 and (locked < 0).any():
+            self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)))
+            feasible = search.violation() <= 1e-12
         return search, feasible
 
     @staticmethod
