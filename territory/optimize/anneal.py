@@ -22,6 +22,17 @@ import numpy as np
 
 BOUNDARY, DISTANCE = 0, 1
 
+# The schedule, in units of a typical move's objective change (temperature) and of the
+# objective per typical unit share of a grid (penalty); proposals per epoch = SWEEPS * n.
+# Tuned on the districting benchmark's tract graphs (../shared/benchmarks/districting).
+SWEEPS = 1000
+T_START, T_END = 2.0, 0.1
+PEN_START, PEN_END = 0.3, 50.0
+#: starting temperature of epoch e, as a share of T_START
+REHEAT = (1.0,)
+#: each epoch is GROWTH times longer than the one before (up to MAX_GROWTH times the first)
+GROWTH, MAX_GROWTH = 1.6, 1000.0
+
 _SIG = nb.types.Tuple((nb.float64, nb.float64, nb.int64))(
     nb.int64[::1], nb.int64[::1], nb.float64[::1],        # indptr, indices, elen
     nb.float64[:, ::1], nb.float64[:, ::1], nb.float64[:, ::1], nb.float64[::1],  # W lo hi sc
@@ -219,18 +230,22 @@ def typical_delta(P, objective: str) -> float:
     return float(np.median(step) * np.median(P.presence)) if len(step) else 1.0
 
 
-def epoch_iterations(n: int) -> int:
-    """Proposals per annealing epoch: enough sweeps of a small graph, capped for a city."""
-    return int(np.clip(3000 * n, 1_000_000, 30_000_000))
+def epoch_iterations(n: int, epoch: int) -> int:
+    """Proposals in annealing epoch ``epoch``: SWEEPS sweeps of the graph (at least a
+    million, capped for a city), growing by GROWTH per epoch up to MAX_GROWTH, so a long
+    budget becomes one slow anneal without the schedule depending on the clock."""
+    base = np.clip(SWEEPS * n, 1_000_000, 30_000_000)
+    return int(base * min(GROWTH**epoch, MAX_GROWTH))
 
 
-def anneal(search, deadline: float, seed: int, *, chunks: int = 10) -> int:
+def anneal(search, deadline: float, seed: int, *, chunks: int = 10,
+           max_epochs: int | None = None) -> int:
     """Anneal from ``search.labels`` until ``deadline``; leave the best plan within every
     band in ``search`` (or the start, when no such plan was seen). Returns the epochs run.
 
-    Epoch e starts from the best plan so far (the start for e = 0) at temperature
-    ``T0 = typical move`` (a third of it on odd epochs: intensify around the best) and
-    cools to 2 % of a typical move while the balance penalty hardens; chunk c of epoch e is
+    Epoch e starts from the best plan so far (the start for e = 0) at twice a typical
+    move's change and cools to a tenth of it while the balance penalty hardens; epochs
+    grow geometrically, so a long budget ends in one slow anneal; chunk c of epoch e is
     seeded with ``seed + 1000 e + c``, so the walk does not depend on the clock, only how
     far along it gets does.
     """
@@ -242,19 +257,19 @@ def anneal(search, deadline: float, seed: int, *, chunks: int = 10) -> int:
     arr = _arrays(P, search.labels, model, search.objective, search.movable, search.centres)
     typ = max(typical_delta(P, search.objective), 1e-12)
     per_unit = P.n / max(model.n_grids, 1)  # 1 / (a typical unit's share of a grid)
-    T_hi, T_lo = 1.0 * typ, 0.02 * typ
-    P_lo, P_hi = 0.3 * typ * per_unit, 50.0 * typ * per_unit
-    iters = max(epoch_iterations(P.n) // chunks, 1)
+    T_hi, T_lo = T_START * typ, T_END * typ
+    P_lo, P_hi = PEN_START * typ * per_unit, PEN_END * typ * per_unit
     start, start_viol = search.labels.copy(), search.violation()
     best = start.copy() if start_viol <= 1e-12 else None
     best_val = search.compactness() if best is not None else np.inf
     cur = search.labels.copy()
     out = np.empty(P.n, np.int64)
     epoch = 0
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (max_epochs is None or epoch < max_epochs):
         if best is not None:
             cur = best.copy()
-        t_start = T_hi * (0.3 if epoch % 2 else 1.0)
+        t_start = T_hi * REHEAT[epoch % len(REHEAT)]
+        iters = max(epoch_iterations(P.n, epoch) // chunks, 1)
         for c in range(chunks):
             if time.monotonic() >= deadline:
                 break
@@ -262,13 +277,14 @@ def anneal(search, deadline: float, seed: int, *, chunks: int = 10) -> int:
             if recentre:
                 search.set_labels(cur)
                 arr["centres"] = np.ascontiguousarray(search.centres, np.float64)
-            val, _, _ = anneal_chunk(
+            val, _, moved = anneal_chunk(
                 arr["indptr"], arr["indices"], arr["elen"], arr["W"], arr["lo"], arr["hi"],
                 arr["scale"], arr["movable"], cur, arr["xy"], arr["presence"],
                 arr["centres"], arr["objective"], iters,
                 t_start * (T_lo / t_start) ** f0, t_start * (T_lo / t_start) ** f1,
                 P_lo * (P_hi / P_lo) ** f0, P_lo * (P_hi / P_lo) ** f1,
                 seed + 1000 * epoch + c, out)
+            search.stats.moves += moved
             if np.isfinite(val):
                 if distance:  # the kernel's centres are fixed: score on the plan's own
                     search.set_labels(out)

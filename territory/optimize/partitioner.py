@@ -8,10 +8,22 @@ The quality comes from a heuristic; the MIP certifies small cases and supplies b
    centres within the balance tolerance; the few split units go to their largest share;
 3. contiguity repair keeps one piece per grid and hands orphans to the neighbour they share
    most boundary with;
-4. the local search (:mod:`.search`) balances every measure into its tolerance, then
-   improves compactness with boundary moves that keep contiguity and balance;
-5. with ``exact=True`` on small instances the flow MIP (:mod:`.mip`) runs in the remaining
-   time and replaces the plan when it finds a better one, proving optimality when it can.
+4. the local search (:mod:`.search`) balances every measure into its tolerance and
+   improves compactness greedily;
+5. simulated annealing (:mod:`.anneal`) of boundary moves, with a balance penalty that
+   hardens to the band, spends the rest of the time budget and keeps the best plan within
+   every band: the time limit is both a promise (the call returns by then) and a budget;
+6. with ``exact=True`` on small instances the flow MIP (:mod:`.mip`) runs in the time
+   reserved for it and replaces the plan when it finds a better one, proving optimality
+   when it can.
+
+The balance rules (means, bounds, exemptions, the pre-check that refuses impossible targets
+before any search) live in :mod:`.balance`.
+
+What varies with machine speed: how many annealing chunks fit in the time limit. Each chunk
+is seeded from ``random_state`` and its position, so on a fixed seed a longer time limit
+walks further along the same path and never returns a worse plan (unless the start itself
+was cut short by a very small time limit).
 
 Results follow scikit-learn's conventions: parameters in the constructor, ``solve(graph)``
 returns ``self``, results in trailing-underscore attributes.
@@ -69,7 +81,13 @@ class Partitioner:
     exact : bool
         Run the exact MIP after the heuristic on small instances.
     time_limit : float
-        Seconds; the call returns its best plan by then.
+        Seconds: a promise (the call returns its best plan by then) and a budget (the
+        annealing keeps improving the plan until then).
+    random_state : int or None
+        Seed of every random choice; with ``max_epochs`` the plan does not depend on the
+        machine's speed (as long as the epochs fit in the time limit).
+    max_epochs : int, optional
+        Stop the annealing after this many epochs even if time is left.
 
     Attributes (after ``solve``)
     ----------------------------
@@ -79,6 +97,7 @@ class Partitioner:
     status_ : "optimal" (proven) or "feasible"
     loads_ : DataFrame k x measures;  max_deviation_ : dict measure -> max |load/mean - 1|
     centres_ : list of node ids (distance objective) or None
+    epochs_ : annealing epochs run;  moves_ : moves applied;  time_ : seconds used
     """
 
     def __init__(
@@ -96,6 +115,7 @@ class Partitioner:
         time_limit: float = 60.0,
         candidates: int = 8,
         random_state: int | None = 0,
+        max_epochs: int | None = None,
     ) -> None:
         self.n_grids = n_grids
         self.measures = measures
@@ -109,6 +129,7 @@ class Partitioner:
         self.time_limit = time_limit
         self.candidates = candidates
         self.random_state = random_state
+        self.max_epochs = max_epochs
 
     def __getattr__(self, name: str):
         if name.endswith("_") and not name.startswith("_"):
@@ -301,6 +322,7 @@ class Partitioner:
         """
         best = None
         attempt = 0
+        self.epochs_ = 0
         while True:
             if balance.n_grids == 1:
                 labels = np.zeros(C.n, dtype=np.int64)
@@ -328,13 +350,14 @@ class Partitioner:
         left = deadline - time.monotonic()
         small = C.n <= EXACT_MAX_UNITS
         if small and (self.exact or not feasible):
-            reserve = 0.5 * left
+            reserve = left - min(0.5 * left, 0.05 * C.n)  # the MIP gets the larger share
         elif self.objective == "distance" and C.xy is not None:
             reserve = 0.15 * self.time_limit
         else:
             reserve = 0.02 * self.time_limit
         if balance.n_grids > 1 and (locked < 0).any():
-            self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)))
+            self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
+                                  max_epochs=self.max_epochs)
             feasible = search.violation() <= 1e-12
         return search, feasible
 

@@ -3,14 +3,13 @@
 The search moves one boundary unit at a time to a neighbouring grid. A move is allowed only
 when the unit is not locked, its grid keeps at least one unit and stays connected. Candidate
 moves are scored all at once with numpy; the best non-conflicting ones (no two touching the
-same grid in one round) are applied, then all scores are recomputed. Three phases:
+same grid in one round) are applied, then all scores are recomputed. Two phases build the
+start that the annealing (:mod:`.anneal`) then improves for the rest of the time budget:
 
 1. **balance** — minimise sum over grids and measures of ((load - mean) / mean)^2 plus a
    small share of the compactness objective, until every measure is within tolerance;
 2. **compact** — moves that lower the compactness objective and keep every grid within
-   tolerance;
-3. **perturb** — threshold accepting: moves that worsen compactness by less than a
-   shrinking threshold, keeping the best feasible plan seen, until the time is up.
+   tolerance.
 """
 
 from __future__ import annotations
@@ -429,29 +428,6 @@ class LocalSearch:
             if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
                            rescore=self._feasible_compact) == 0:
                 return
-
-    def perturb(self, deadline: float, rounds: int = 60) -> None:
-        """Phase 3: threshold accepting; keep the best feasible labelling seen."""
-        best = self.labels.copy()
-        best_val = self.compactness()
-        for r in range(rounds):
-            if time.monotonic() >= deadline:
-                break
-            i, a, b = self._candidates()
-            if len(i) == 0:
-                break
-            score = self._delta_compact(i, a, b)
-            ok = self._keeps_feasible(i, a, b)
-            pos = score[ok & (score > 0)]
-            thr = np.quantile(pos, 0.1) * (1 - r / rounds) if len(pos) else 0.0
-            noise = self.rng.random(len(score)) * thr
-            score = np.where(ok, score - noise, np.inf)
-            self._round(score, i, a, b, limit=thr * 1e-3 + 1e-12)
-            self.compact(min(deadline, time.monotonic() + 2.0))
-            val = self.compactness()
-            if val < best_val - 1e-9:
-                best, best_val = self.labels.copy(), val
-        self.set_labels(best)
 
     def set_labels(self, labels: np.ndarray) -> None:
         self.labels = labels.copy()
