@@ -155,9 +155,11 @@ class BalanceModel:
                                  float(self.mean[t])))
         return out
 
-    def explain(self, loads: np.ndarray, W: np.ndarray, *, searched: str) -> str:
-        """Which measure, which grid, and what would work; ``searched`` says how hard we
-        looked (the miss is not proven: a better search might still find a plan)."""
+    def explain(self, loads: np.ndarray, W: np.ndarray, *, searched: str,
+                proven: str | None = None) -> str:
+        """Which measure, which grid, and what would work. ``proven`` names what proved
+        that no plan exists (the exact MIP); otherwise ``searched`` says how hard we looked,
+        since a longer search might still find a plan."""
         by_m: dict[str, list[Violation]] = {}
         for v in self.violations(loads):
             by_m.setdefault(v.measure, []).append(v)
@@ -175,8 +177,10 @@ class BalanceModel:
                 + (f", or use at most k={kmax} grids" if kmax < self.n_balanced else
                    ", or use fewer grids or finer units")
             )
-        return ("balance targets not met (not proven impossible: no plan found " + searched
-                + "): " + "; ".join(lines))
+        head = (f"balance targets cannot be met (proven by {proven}); the best plan found: "
+                if proven else
+                f"balance targets not met (not proven impossible: no plan found {searched}): ")
+        return head + "; ".join(lines)
 
 
 # -- the pre-check: targets no plan can meet ------------------------------------------------

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 
 import highspy
+import numpy as np
 import pulp
 
 from territory.errors import SolverError
@@ -89,10 +90,28 @@ def new_highs() -> highspy.Highs:
     return h
 
 
-def pulp_solver(time_limit: float) -> pulp.HiGHS:
-    """PuLP's HiGHS interface under the same policy (its models are built by PuLP)."""
+class _WarmHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS with a (partial) starting solution handed to HiGHS before it runs:
+    HiGHS completes it and starts its branch and bound from that incumbent."""
+
+    def __init__(self, start: dict[pulp.LpVariable, float] | None = None, **kw) -> None:
+        super().__init__(**kw)
+        self.start = start or {}
+
+    def callSolver(self, lp) -> None:  # noqa: N802 (PuLP's name)
+        if self.start:
+            idx = np.array([v.index for v in self.start], dtype=np.int32)
+            val = np.array(list(self.start.values()), dtype=float)
+            lp.solverModel.setSolution(len(idx), idx, val)
+        super().callSolver(lp)
+
+
+def pulp_solver(time_limit: float,
+                start: dict[pulp.LpVariable, float] | None = None) -> pulp.HiGHS:
+    """PuLP's HiGHS interface under the same policy (its models are built by PuLP);
+    ``start`` warm-starts the MIP from known variable values."""
     _construct().clear()  # the banner, if any, is spent here while the streams are muted
-    return pulp.HiGHS(msg=verbose(), timeLimit=time_limit, threads=THREADS)
+    return _WarmHiGHS(start, msg=verbose(), timeLimit=time_limit, threads=THREADS)
 
 
 def checked_status(h: highspy.Highs, what: str) -> str:

@@ -187,13 +187,17 @@ class Partitioner:
         search, feasible = self._heuristic(C, model, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
+        self._proven: str | None = None
         if C.n <= EXACT_MAX_UNITS and (self.exact or not feasible):
             # small instances: the MIP proves optimality, or finds the balanced plan the
             # heuristic missed
             res = solve_exact(
                 C, k_rest, lo[0], hi[0], objective=self.objective, locked=c_locked,
                 roots=centre_pos, deadline=deadline - 0.05 * self.time_limit,
+                start=search.labels if feasible else None,
             )
+            if not feasible and res["status"] == "Infeasible":
+                self._proven = "the exact MIP: no contiguous plan meets every tolerance"
             if not feasible and res["labels"] is not None:
                 search.set_labels(self._root_labels(res["labels"], c_locked, centre_pos, k_rest))
                 feasible = True
@@ -419,7 +423,8 @@ class Partitioner:
         self.moves_ = search.stats.moves
         if violations or not self.contiguous_:
             lines = [full.explain(arr, P.W[labels < full.n_balanced], searched=(
-                f"within time_limit={self.time_limit:g} s; a longer time limit may find one"))
+                f"within time_limit={self.time_limit:g} s; a longer time limit may find one"),
+                proven=self._proven)
             ] if violations else []
             if not self.contiguous_:
                 lines.append(f"grids {np.flatnonzero(~contiguous).tolist()} could not be made "
