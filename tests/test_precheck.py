@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from territory.boundaries import load_city
 from territory.errors import InfeasibleError
 from territory.hierarchy import HierarchySpec, precheck_plan
-from territory.optimize.balance import max_feasible_grids, precheck
+from territory.optimize.balance import (
+    BalanceModel,
+    max_feasible_grids,
+    precheck,
+    stranded_units,
+)
 from territory.pipeline import Inputs, UnitOptions, run
 from territory.synth import generate_city
 
@@ -89,3 +94,24 @@ def test_precheck_never_refuses_an_instance_the_exact_search_solves(shape, k, to
     w = rng.choice([1.0, 2, 3, 5, 8, 20], size=len(g))
     if _brute_force_feasible(g, w, k, tol):
         assert not precheck(w[:, None], k, {"m": tol})
+        A = nx.to_scipy_sparse_array(g, nodelist=range(len(g)), format="csr")
+        model = BalanceModel.for_units(w[:, None], {"m": tol}, k)
+        assert not stranded_units(w[:, None], A.indptr, A.indices, model)
+
+
+def test_a_unit_that_fits_in_no_contiguous_grid_is_refused_as_proven():
+    from territory.optimize import Partitioner
+
+    # a light unit between two heavy ones: alone it is below the band, with either
+    # neighbour above it (Denver among Colorado's counties at ±0.5 %); the loads alone
+    # (bin packing without contiguity) would allow 100 | 100 | 10+50+50
+    g = nx.path_graph(5)
+    for i, w in enumerate([100.0, 10, 100, 50, 50]):
+        g.nodes[i].update(x=float(i), y=0.0, s=w)
+    assert not precheck(np.array([[100.0], [10], [100], [50], [50]]), 3, {"s": 0.05})
+    t0 = time.monotonic()
+    with pytest.raises(InfeasibleError, match="fits in no contiguous grid") as err:
+        Partitioner(3, measures={"s": 0.05}, objective="boundary", time_limit=30).solve(g)
+    assert time.monotonic() - t0 < 5 and "Proven" in str(err.value)
+    assert "unit 1 holds 10" in str(err.value)
+    assert "tolerance of at least 6.45%" in str(err.value)  # 110 / (310 / 3) - 1

@@ -43,7 +43,13 @@ from scipy.spatial import cKDTree
 from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize.anneal import anneal
-from territory.optimize.balance import BalanceModel, locked_shortfalls, parse_tolerances, precheck
+from territory.optimize.balance import (
+    BalanceModel,
+    locked_shortfalls,
+    parse_tolerances,
+    precheck,
+    stranded_units,
+)
 from territory.optimize.lp import lp_lower_bound, solve_balanced_lp
 from territory.optimize.mip import solve_exact
 from territory.optimize.problem import Problem, problem_from_graph
@@ -439,6 +445,8 @@ def _precheck(C: Problem, locked: np.ndarray, model: BalanceModel) -> None:
     short = precheck(C.W, model.n_balanced, dict(zip(model.measures, model.tolerance,
                                                       strict=True)))
     lines = [s.message() for s in short] + locked_shortfalls(C.W, locked, model)
+    if not lines:
+        lines = stranded_units(C.W, C.indptr, C.indices, model, C.ids)
     if lines:
         big = [i for i in range(C.n) if C.group_size[i] > 1]
         note = (f" (units that must stay together count as one: {len(big)} groups)"
