@@ -234,7 +234,7 @@ def epoch_iterations(n: int, epoch: int) -> int:
     """Proposals in annealing epoch ``epoch``: SWEEPS sweeps of the graph (at least a
     million, capped for a city), growing by GROWTH per epoch up to MAX_GROWTH, so a long
     budget becomes one slow anneal without the schedule depending on the clock."""
-    base = np.clip(SWEEPS * n, 1_000_000, 30_000_000)
+    base = np.clip(SWEEPS * n, 1_000_000, 5_000_000)
     return int(base * min(GROWTH**epoch, MAX_GROWTH))
 
 
