@@ -282,3 +282,14 @@ def test_infeasibility_proven_by_the_exact_mip_says_so():
     with pytest.raises(InfeasibleError, match="proven by the exact MIP"):
         Partitioner(2, measures={"subscribers": 0.1}, objective="boundary",
                     time_limit=5).solve(g)
+
+
+def test_parallel_walks_never_give_a_worse_plan():
+    g = lattice(12, 12, seed=13)
+    measures = {"subscribers": 0.03}
+    kw = dict(measures=measures, objective="boundary", time_limit=20, random_state=2,
+              max_epochs=2)
+    one = Partitioner(3, **kw).solve(g)
+    two = Partitioner(3, n_jobs=2, **kw).solve(g)
+    assert_valid(g, two, 3, measures)
+    assert two.objective_ <= one.objective_

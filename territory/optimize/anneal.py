@@ -11,8 +11,8 @@ neighbours that stops as soon as it has reached the others (a few steps for most
 
 The kernel is compiled by numba with a fixed signature when this module is imported, and
 cached on disk, so a solve's time limit never pays for compilation. It draws from numba's
-own generator, seeded per chunk: the same seed and the same number of chunks give the same
-walk; how many chunks fit in a time limit depends on the machine.
+own generator, seeded per call: the same seed and the same number of calls give the same
+walk; how many calls fit in a time limit depends on the machine.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ PEN_START, PEN_END = 0.3, 50.0
 REHEAT = (1.0,)
 #: each epoch is GROWTH times longer than the one before (up to MAX_GROWTH times the first)
 GROWTH, MAX_GROWTH = 1.6, 1000.0
+#: proposals per kernel call: the deadline is checked between calls
+CHUNK = 200_000
 
 _SIG = nb.types.Tuple((nb.float64, nb.float64, nb.int64))(
     nb.int64[::1], nb.int64[::1], nb.float64[::1],        # indptr, indices, elen
@@ -238,16 +240,42 @@ def epoch_iterations(n: int, epoch: int) -> int:
     return int(base * min(GROWTH**epoch, MAX_GROWTH))
 
 
-def anneal(search, deadline: float, seed: int, *, chunks: int = 10,
-           max_epochs: int | None = None) -> int:
+def anneal(search, deadline: float, seed: int, *, segments: int = 10,
+           max_epochs: int | None = None, n_walks: int = 1) -> int:
+    """Anneal ``n_walks`` independent walks in parallel threads (the kernel releases the
+    GIL) and keep the best plan; walk w is seeded ``seed + 7919 w``, so walk 0 is the
+    single walk and more walks never give a worse plan. Returns the epochs of walk 0."""
+    if n_walks <= 1:
+        return _walk(search, deadline, seed, segments, max_epochs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    walkers = [search.clone() for _ in range(n_walks)]
+    with ThreadPoolExecutor(n_walks) as ex:
+        epochs = list(ex.map(
+            lambda w: _walk(walkers[w], deadline, seed + 7919 * w, segments, max_epochs),
+            range(n_walks)))
+
+    def rank(w):  # within every band first, then the objective; else the least excess
+        v = w.violation()
+        return (v > 1e-12, v if v > 1e-12 else w.compactness())
+
+    best = min(walkers, key=rank)
+    search.set_labels(best.labels)
+    search.stats.moves += sum(w.stats.moves for w in walkers)
+    return epochs[0]
+
+
+def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | None) -> int:
     """Anneal from ``search.labels`` until ``deadline``; leave the best plan within every
     band in ``search`` (or the start, when no such plan was seen). Returns the epochs run.
 
     Epoch e starts from the best plan so far (the start for e = 0) at twice a typical
     move's change and cools to a tenth of it while the balance penalty hardens; epochs
-    grow geometrically, so a long budget ends in one slow anneal; chunk c of epoch e is
-    seeded with ``seed + 1000 e + c``, so the walk does not depend on the clock, only how
-    far along it gets does.
+    grow geometrically, so a long budget ends in one slow anneal. An epoch has ``segments``
+    segments (the distance objective re-centres its grids between them), each run in
+    kernel calls of at most CHUNK proposals, so the deadline is checked every few tens of
+    milliseconds. Call j of segment s of epoch e is seeded from (seed, e, s, j): the walk
+    does not depend on the clock, only how far along it gets does.
     """
     import time
 
@@ -265,32 +293,43 @@ def anneal(search, deadline: float, seed: int, *, chunks: int = 10,
     cur = search.labels.copy()
     out = np.empty(P.n, np.int64)
     epoch = 0
-    while time.monotonic() < deadline and (max_epochs is None or epoch < max_epochs):
+    timed_out = False
+    while not timed_out and (max_epochs is None or epoch < max_epochs):
         if best is not None:
             cur = best.copy()
-        t_start = T_hi * REHEAT[epoch % len(REHEAT)]
-        iters = max(epoch_iterations(P.n, epoch) // chunks, 1)
-        for c in range(chunks):
-            if time.monotonic() >= deadline:
-                break
-            f0, f1 = c / chunks, (c + 1) / chunks
+        t0 = T_hi * REHEAT[epoch % len(REHEAT)]
+        seg_iters = max(epoch_iterations(P.n, epoch) // segments, 1)
+        calls = -(-seg_iters // CHUNK)
+        for sgm in range(segments):
             if recentre:
                 search.set_labels(cur)
                 arr["centres"] = np.ascontiguousarray(search.centres, np.float64)
-            val, _, moved = anneal_chunk(
-                arr["indptr"], arr["indices"], arr["elen"], arr["W"], arr["lo"], arr["hi"],
-                arr["scale"], arr["movable"], cur, arr["xy"], arr["presence"],
-                arr["centres"], arr["objective"], iters,
-                t_start * (T_lo / t_start) ** f0, t_start * (T_lo / t_start) ** f1,
-                P_lo * (P_hi / P_lo) ** f0, P_lo * (P_hi / P_lo) ** f1,
-                seed + 1000 * epoch + c, out)
-            search.stats.moves += moved
-            if np.isfinite(val):
-                if distance:  # the kernel's centres are fixed: score on the plan's own
-                    search.set_labels(out)
-                    val = search.compactness()
-                if val < best_val - 1e-9 * max(1.0, abs(best_val)):
-                    best, best_val = out.copy(), val
+            seg_val, seg_best = np.inf, None
+            for j in range(calls):
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                f0 = (sgm + j / calls) / segments
+                f1 = (sgm + (j + 1) / calls) / segments
+                val, _, moved = anneal_chunk(
+                    arr["indptr"], arr["indices"], arr["elen"], arr["W"], arr["lo"],
+                    arr["hi"], arr["scale"], arr["movable"], cur, arr["xy"],
+                    arr["presence"], arr["centres"], arr["objective"],
+                    -(-seg_iters // calls),
+                    t0 * (T_lo / t0) ** f0, t0 * (T_lo / t0) ** f1,
+                    P_lo * (P_hi / P_lo) ** f0, P_lo * (P_hi / P_lo) ** f1,
+                    seed + 1_000_003 * epoch + 1009 * sgm + j, out)
+                search.stats.moves += moved
+                if val < seg_val:  # same centres within a segment: values compare
+                    seg_val, seg_best = val, out.copy()
+            if seg_best is not None:
+                if distance:  # score on the plan's own centres
+                    search.set_labels(seg_best)
+                    seg_val = search.compactness()
+                if seg_val < best_val - 1e-9 * max(1.0, abs(best_val)):
+                    best, best_val = seg_best, seg_val
+            if timed_out:
+                break
         epoch += 1
     search.set_labels(best if best is not None else cur)
     if best is None and search.violation() > start_viol:

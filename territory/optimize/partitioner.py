@@ -94,6 +94,9 @@ class Partitioner:
         machine's speed (as long as the epochs fit in the time limit).
     max_epochs : int, optional
         Stop the annealing after this many epochs even if time is left.
+    n_jobs : int
+        Independent annealing walks run in parallel threads (one per core you can spare;
+        the hierarchy already runs one partition per worker process, so it keeps 1).
 
     Attributes (after ``solve``)
     ----------------------------
@@ -122,6 +125,7 @@ class Partitioner:
         candidates: int = 8,
         random_state: int | None = 0,
         max_epochs: int | None = None,
+        n_jobs: int = 1,
     ) -> None:
         self.n_grids = n_grids
         self.measures = measures
@@ -136,6 +140,7 @@ class Partitioner:
         self.candidates = candidates
         self.random_state = random_state
         self.max_epochs = max_epochs
+        self.n_jobs = n_jobs
 
     def __getattr__(self, name: str):
         if name.endswith("_") and not name.startswith("_"):
@@ -333,6 +338,10 @@ class Partitioner:
         best = None
         attempt = 0
         self.epochs_ = 0
+        # what may move: not a locked unit, not a given centre (it anchors its grid)
+        movable = locked < 0
+        if centre_pos is not None:
+            movable[centre_pos] = False
         while True:
             if balance.n_grids == 1:
                 labels = np.zeros(C.n, dtype=np.int64)
@@ -341,7 +350,7 @@ class Partitioner:
                 labels, centres = self._initial(C, balance, locked, centre_pos, rng,
                                                 deadline, attempt)
             search = LocalSearch(
-                C, labels, balance, objective=self.objective, movable=locked < 0,
+                C, labels, balance, objective=self.objective, movable=movable,
                 centres=centres, fixed_centres=centre_pos is not None, rng=rng,
             )
             feasible = search.balance(t0 + 0.7 * self.time_limit)
@@ -365,9 +374,9 @@ class Partitioner:
             reserve = 0.15 * self.time_limit
         else:
             reserve = 0.02 * self.time_limit
-        if balance.n_grids > 1 and (locked < 0).any():
+        if balance.n_grids > 1 and movable.any():
             self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
-                                  max_epochs=self.max_epochs)
+                                  max_epochs=self.max_epochs, n_walks=max(1, int(self.n_jobs)))
             feasible = search.violation() <= 1e-12
         return search, feasible
 

@@ -14,6 +14,7 @@ start that the annealing (:mod:`.anneal`) then improves for the rest of the time
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -428,6 +429,18 @@ class LocalSearch:
             if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
                            rescore=self._feasible_compact) == 0:
                 return
+
+    def clone(self) -> LocalSearch:
+        """An independent copy of the mutable state (labels, loads, centres) sharing the
+        read-only problem arrays: one per parallel annealing walk."""
+        other = copy.copy(self)
+        other.labels = self.labels.copy()
+        other.lab = list(self.lab)
+        other.loads = self.loads.copy()
+        other.size = self.size.copy()
+        other.centres = None if self.centres is None else np.array(self.centres, copy=True)
+        other.stats = SearchStats()
+        return other
 
     def set_labels(self, labels: np.ndarray) -> None:
         self.labels = labels.copy()
