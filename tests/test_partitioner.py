@@ -275,12 +275,13 @@ def test_annealed_plans_keep_every_invariant(n, k, n_measures, tol, objective, c
 
 
 def test_infeasibility_proven_by_the_exact_mip_says_so():
-    # a path of three units 1-2-1: the loads allow {2} and {1, 1}, contiguity does not
-    g = nx.path_graph(3)
-    for i, w in enumerate([1.0, 2.0, 1.0]):
+    # a star: centre 1, leaves 1, 1, 1 and 2, three grids of 2 ± 10 %: the loads allow
+    # {2} {1, 1} {1, 1}, and every leaf of 1 fits with the centre, but only one can have it
+    g = nx.star_graph(4)
+    for i, w in enumerate([1.0, 1.0, 1.0, 1.0, 2.0]):
         g.nodes[i].update(x=100.0 * i, y=0.0, subscribers=w)
     with pytest.raises(InfeasibleError, match="proven by the exact MIP"):
-        Partitioner(2, measures={"subscribers": 0.1}, objective="boundary",
+        Partitioner(3, measures={"subscribers": 0.1}, objective="boundary",
                     time_limit=5).solve(g)
 
 
