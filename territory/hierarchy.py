@@ -161,8 +161,10 @@ def build_plan(
     if short:
         raise InfeasibleError("; ".join(s.message() for s in short))
     # ---------------------------------------------------------------------------------
+    # many jobs: the annealing stops after 3 epochs without a better plan instead of
+    # spending every job's whole time limit
     base = {"measures": spec.measures, "objective": spec.objective,
-            "random_state": spec.random_state}
+            "random_state": spec.random_state, "patience": 3}
     locks = _locks_by_branch(units, spec.locked, counts)
     groups = _groups_by(units["branch_id"], spec.together)
     jobs = []

@@ -294,3 +294,11 @@ def test_parallel_walks_never_give_a_worse_plan():
     two = Partitioner(3, n_jobs=2, **kw).solve(g)
     assert_valid(g, two, 3, measures)
     assert two.objective_ <= one.objective_
+
+
+def test_patience_ends_the_search_when_it_stops_improving():
+    g = lattice(8, 8, seed=14)
+    p = Partitioner(2, measures={"subscribers": 0.05}, objective="boundary", time_limit=60,
+                    patience=1).solve(g)
+    assert_valid(g, p, 2, {"subscribers": 0.05})
+    assert p.time_ < 30  # far from the time limit: a few short epochs at most

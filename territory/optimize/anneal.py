@@ -241,18 +241,20 @@ def epoch_iterations(n: int, epoch: int) -> int:
 
 
 def anneal(search, deadline: float, seed: int, *, segments: int = 10,
-           max_epochs: int | None = None, n_walks: int = 1) -> int:
+           max_epochs: int | None = None, patience: int | None = None,
+           n_walks: int = 1) -> int:
     """Anneal ``n_walks`` independent walks in parallel threads (the kernel releases the
     GIL) and keep the best plan; walk w is seeded ``seed + 7919 w``, so walk 0 is the
     single walk and more walks never give a worse plan. Returns the epochs of walk 0."""
     if n_walks <= 1:
-        return _walk(search, deadline, seed, segments, max_epochs)
+        return _walk(search, deadline, seed, segments, max_epochs, patience)
     from concurrent.futures import ThreadPoolExecutor
 
     walkers = [search.clone() for _ in range(n_walks)]
     with ThreadPoolExecutor(n_walks) as ex:
         epochs = list(ex.map(
-            lambda w: _walk(walkers[w], deadline, seed + 7919 * w, segments, max_epochs),
+            lambda w: _walk(walkers[w], deadline, seed + 7919 * w, segments, max_epochs,
+                            patience),
             range(n_walks)))
 
     def rank(w):  # within every band first, then the objective; else the least excess
@@ -265,7 +267,8 @@ def anneal(search, deadline: float, seed: int, *, segments: int = 10,
     return epochs[0]
 
 
-def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | None) -> int:
+def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | None,
+          patience: int | None) -> int:
     """Anneal from ``search.labels`` until ``deadline``; leave the best plan within every
     band in ``search`` (or the start, when no such plan was seen). Returns the epochs run.
 
@@ -293,8 +296,10 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
     cur = search.labels.copy()
     out = np.empty(P.n, np.int64)
     epoch = 0
+    last_gain = 0  # the epoch after the last improvement
     timed_out = False
-    while not timed_out and (max_epochs is None or epoch < max_epochs):
+    while not timed_out and (max_epochs is None or epoch < max_epochs) and (
+            patience is None or best is None or epoch - last_gain < patience):
         if best is not None:
             cur = best.copy()
         t0 = T_hi * REHEAT[epoch % len(REHEAT)]
@@ -328,6 +333,7 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
                     seg_val = search.compactness()
                 if seg_val < best_val - 1e-9 * max(1.0, abs(best_val)):
                     best, best_val = seg_best, seg_val
+                    last_gain = epoch + 1
             if timed_out:
                 break
         epoch += 1

@@ -94,6 +94,9 @@ class Partitioner:
         machine's speed (as long as the epochs fit in the time limit).
     max_epochs : int, optional
         Stop the annealing after this many epochs even if time is left.
+    patience : int, optional
+        Stop the annealing after this many epochs without a better plan (the hierarchy's
+        many small jobs); by default it runs until the time limit.
     n_jobs : int
         Independent annealing walks run in parallel threads (one per core you can spare;
         the hierarchy already runs one partition per worker process, so it keeps 1).
@@ -125,6 +128,7 @@ class Partitioner:
         candidates: int = 8,
         random_state: int | None = 0,
         max_epochs: int | None = None,
+        patience: int | None = None,
         n_jobs: int = 1,
     ) -> None:
         self.n_grids = n_grids
@@ -140,6 +144,7 @@ class Partitioner:
         self.candidates = candidates
         self.random_state = random_state
         self.max_epochs = max_epochs
+        self.patience = patience
         self.n_jobs = n_jobs
 
     def __getattr__(self, name: str):
@@ -376,7 +381,8 @@ class Partitioner:
             reserve = 0.02 * self.time_limit
         if balance.n_grids > 1 and movable.any():
             self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
-                                  max_epochs=self.max_epochs, n_walks=max(1, int(self.n_jobs)))
+                                  max_epochs=self.max_epochs, patience=self.patience,
+                                  n_walks=max(1, int(self.n_jobs)))
             feasible = search.violation() <= 1e-12
         return search, feasible
 
