@@ -40,3 +40,7 @@ class PartialPlanError(InfeasibleError):
         super().__init__(message)
         self.plan = plan
         self.failures = failures
+
+
+class SolverError(TerritoryError, RuntimeError):
+    """The LP/MIP solver failed to run (not: found no plan); the message says where."""
