@@ -162,14 +162,20 @@ def _check_staff(staff: pd.DataFrame, mains: pd.Index) -> None:
             f"e.g. {rows}; allocate the staff on this plan (territory staff PLAN ...)")
 
 
-def _counts_by(points: pd.DataFrame | None, grid_col: str, column: str,
-               order: Iterable[str] = ()) -> pd.DataFrame | None:
-    """Points of each grid counted by the values of ``column`` (columns in ``order`` first)."""
-    if points is None or column not in points:
-        return None
-    table = pd.crosstab(points[grid_col], points[column].astype(str))
-    first = [c for c in order if c in table.columns]
-    return table[first + sorted(c for c in table.columns if c not in first)]
+def _counts_by(table: pd.DataFrame, placed: pd.DataFrame | None, column: str,
+               order: Iterable[str], grids: pd.Index) -> tuple[pd.DataFrame, pd.Series]:
+    """Points of ``table`` counted by the values of ``column`` in each grid (``placed``:
+    the same points placed, None when none) and in the whole table; every value the table
+    holds is a column (those of ``order`` first), also one found only outside the grids."""
+    whole = table[column].astype(str).value_counts()
+    first = [v for v in order if v in whole.index]
+    values = first + sorted(v for v in whole.index if v not in first)
+    if placed is None:
+        inside = pd.DataFrame(0, index=grids, columns=values)
+    else:
+        inside = pd.crosstab(placed["main_grid_id"], placed[column].astype(str))
+        inside = inside.reindex(index=grids, columns=values, fill_value=0)
+    return inside, whole[values]
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -237,17 +243,18 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
     extra: list[Kpi] = []
     for name, column, order, label in (("customers", "segment", TIERS, "Customers, {} tier"),
                                        ("key_accounts", "kind", (), "Key accounts: {}")):
-        placed = layers.placed(tables, name)
-        counts = _counts_by(placed, "main_grid_id", column, order)
-        if counts is None:
+        table = (tables or {}).get(name)
+        if table is None or column not in table:
             continue
-        whole = tables[name][column].astype(str).value_counts()
-        for value in counts.columns:
+        placed = layers.placed(tables, name)
+        inside, whole = _counts_by(table, placed, column, order, grids.index)
+        for value in whole.index:
             key = f"{name}_{column}_{value}"
-            grids[key] = counts[value].reindex(grids.index, fill_value=0).astype(float)
-            city[key] = float(whole.get(value, 0))
+            grids[key] = inside[value].astype(float)
+            city[key] = float(whole[value])
             extra.append(Kpi(key, label.format(value.replace("_", " "))))
-        city[f"{name}_outside"] = float(placed["main_grid_id"].isna().sum())
+        placed_n = 0 if placed is None else int(placed["main_grid_id"].notna().sum())
+        city[f"{name}_outside"] = float(len(table) - placed_n)
 
     if staff is not None:
         _check_staff(staff, grids.index)
