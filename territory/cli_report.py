@@ -35,6 +35,9 @@ def report(
     = 0.6,
     online_tiles: Annotated[bool, typer.Option(help="Offer an online base map layer on the "
                                                     "maps (off until ticked)")] = True,
+    pdf: Annotated[bool, typer.Option(help="Write each grid's printable PDF too (embedding "
+                                           "the Chinese font takes about a second each)")]
+    = True,
 ) -> None:
     """Every main grid's own analysis: a self-contained HTML page (map, KPIs, comparison
     with its branch and the city, communities to work, staff) and a printable PDF, and a
@@ -59,7 +62,7 @@ def report(
         with progress(err_console) as show:
             written = write_reports(layers, out, tables, roster,
                                     target_penetration=target_penetration,
-                                    online_tiles=online_tiles,
+                                    online_tiles=online_tiles, pdf=pdf,
                                     progress=lambda done, total: show("grid reports", done,
                                                                       total))
         console.print(f"{len(written) - 1} grid reports → {out} (open {out / 'index.html'})")

@@ -449,7 +449,7 @@ def grid_page(layers: PlanLayers, figures: Figures, grid_id: str, tables: Tables
 
 
 def grid_html(layers: PlanLayers, figures: Figures, page: GridPage, tables: Tables | None,
-              *, online_tiles: bool = True) -> str:
+              *, online_tiles: bool = True, pdf: bool = True) -> str:
     """One grid's self-contained page: its field map embedded (``srcdoc``: Leaflet
     inlined, no request), its figures, comparisons, communities and staff."""
     from territory.maps import field_map  # folium: imported when a page is drawn
@@ -459,7 +459,7 @@ def grid_html(layers: PlanLayers, figures: Figures, page: GridPage, tables: Tabl
     return _environment().get_template("grid.html.j2").render(
         page=page, plan=layers.plan, map_html=map_html, scoring=SCORING,
         target=f"{figures.target_penetration:.0%}", chart=comparison_png(figures, page.grid_id),
-        pdf=quote(page_name(page.grid_id, "pdf")))
+        pdf=quote(page_name(page.grid_id, "pdf")) if pdf else None)
 
 
 def _print_table(ax: Axes, title: str, header: list[str], rows: list[list[str]],
@@ -517,8 +517,10 @@ def write_pdf(layers: PlanLayers, figures: Figures, page: GridPage, tables: Tabl
 def write_reports(plan: Plan | PlanLayers, out_dir: str | Path, tables: Tables | None = None,
                   staff: pd.DataFrame | None = None, *,
                   target_penetration: float = TARGET_PENETRATION, online_tiles: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Write every main grid's page (``<id>.html``) and print (``<id>.pdf``) and the city's
+                  pdf: bool = True, progress: Callable[[int, int], None] | None = None
+                  ) -> list[Path]:
+    """Write every main grid's page (``<id>.html``) and, with ``pdf``, its print
+    (``<id>.pdf``; embedding the Chinese font makes it the slow part) and the city's
     ``index.html`` into ``out_dir``; return the files written (index last).
 
     ``tables`` are the point tables (WGS84 ``lng``/``lat``) by name, ``staff`` a staff
@@ -531,14 +533,15 @@ def write_reports(plan: Plan | PlanLayers, out_dir: str | Path, tables: Tables |
     ids = list(figures.grids.index)
     for done, grid_id in enumerate(ids, 1):
         page = grid_page(layers, figures, grid_id, tables, staff)
-        html = grid_html(layers, figures, page, tables, online_tiles=online_tiles)
+        html = grid_html(layers, figures, page, tables, online_tiles=online_tiles, pdf=pdf)
         written.append(write_text(out / page_name(grid_id, "html"), html))
-        written.append(write_pdf(layers, figures, page, tables,
-                                 out / page_name(grid_id, "pdf")))
+        if pdf:
+            written.append(write_pdf(layers, figures, page, tables,
+                                     out / page_name(grid_id, "pdf")))
         log.debug("report of main grid %s written", grid_id)
         if progress is not None:
             progress(done, len(ids))
-    written.append(write_text(out / "index.html", index_html(layers, figures)))
+    written.append(write_text(out / "index.html", index_html(layers, figures, pdf=pdf)))
     return written
 
 
@@ -547,11 +550,12 @@ INDEX_KPIS = ("subscribers", "households", "penetration", "revenue_cny", "arpu_c
               "workload_per_staff_h", "area_km2", "headroom")
 
 
-def index_html(layers: PlanLayers, figures: Figures) -> str:
-    """The city's page: its figures and every main grid's, each linked to its page."""
+def index_html(layers: PlanLayers, figures: Figures, *, pdf: bool = True) -> str:
+    """The city's page: its figures and every main grid's, each linked to its page (and
+    to its PDF, with ``pdf``)."""
     kpis = [k for k in figures.kpis if k.key in INDEX_KPIS]
     grids = [{"id": gid, "href": quote(page_name(gid, "html")),
-              "pdf": quote(page_name(gid, "pdf")), "branch": row["branch_id"],
+              "pdf": quote(page_name(gid, "pdf")) if pdf else None, "branch": row["branch_id"],
               "values": [k.text(row[k.key]) for k in kpis]}
              for gid, row in figures.grids.iterrows()]
     city = [{"key": k.key, "label": k.label, "value": k.text(figures.city.get(k.key, np.nan))}

@@ -87,14 +87,15 @@ def roster(plan: Plan) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def written(plan, city, tmp_path_factory) -> Path:
-    """The reports written by ``territory report`` with every table and a staff file."""
+    """The reports written by ``territory report`` with every table and a staff file (the
+    pages: a PDF is written by :func:`printed`)."""
     root = tmp_path_factory.mktemp("reports")
     plan.save(root / "plan.gpkg")
     write_city(city, root / "synthetic")
     (root / "staffing").mkdir()
     roster(plan).to_csv(root / "staffing" / "staff.csv", index=False)
     args = ["report", str(root / "plan.gpkg"), "--out", str(root / "out"),
-            "--points-crs", "wgs84", "--staff", str(root / "staffing")]
+            "--points-crs", "wgs84", "--staff", str(root / "staffing"), "--no-pdf"]
     for name in ("customers", "communities", "stores", "key_accounts"):
         args += [f"--{name.replace('_', '-')}", str(root / "synthetic" / f"{name}.csv")]
     result = CliRunner().invoke(app, args)
@@ -223,9 +224,10 @@ def test_staff_file_naming_unknown_grids_is_refused(layers, tmp_path):
 def test_every_page_is_written_and_linked(written, layers):
     mains = list(layers.kpis("main_grid")["grid_id"])
     names = {p.name for p in written.iterdir()}
-    assert names == {"index.html", *(page_name(g, e) for g in mains for e in ("html", "pdf"))}
-    index = Page((written / "index.html").read_text(encoding="utf-8"))
-    assert [row[0] for row in index.tables["grids"][1:]] == mains
+    assert names == {"index.html", *(page_name(g, "html") for g in mains)}
+    html = (written / "index.html").read_text(encoding="utf-8")
+    assert [row[0] for row in Page(html).tables["grids"][1:]] == mains
+    assert ".pdf" not in html  # --no-pdf: no link to a print that is not there
 
 
 def test_grid_pages_add_up_to_the_city_page(written, layers):
@@ -308,9 +310,14 @@ def pdf_page_sizes(path: Path) -> list[tuple[float, float]]:
     return [(float(w), float(h)) for w, h in boxes]
 
 
-def test_pdf_pages_are_landscape_a4(written, layers):
+def test_pdf_pages_are_landscape_a4(layers, city, tmp_path):
     grid_id = layers.kpis("main_grid")["grid_id"].iloc[0]
-    sizes = pdf_page_sizes(written / page_name(grid_id, "pdf"))
+    staff = roster(layers.plan)
+    figures = grid_figures(layers, city.tables(), staff)
+    page = grid_page(layers, figures, grid_id, city.tables(), staff)
+    pdf = write_pdf(layers, figures, page, city.tables(), tmp_path / "grid.pdf")
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.pdf"]  # no temporary file left
+    sizes = pdf_page_sizes(pdf)
     w, h = PAPER["A4"]
     assert len(sizes) == 3  # the map, the figures, communities and staff
     assert all(abs(pw - w * 72) < 0.5 and abs(ph - h * 72) < 0.5 for pw, ph in sizes)
@@ -364,3 +371,32 @@ def test_write_reports_without_tables(layers, tmp_path):
     assert page.communities is None and page.staff is None
     assert {r["key"] for r in page.kpis} >= {"subscribers", "households", "penetration",
                                              "revenue_cny", "arpu_cny", "area_km2"}
+
+
+def test_service_serves_the_pages(plan, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.store import PlanStore
+    from tests.test_api import headers, settings_for
+
+    record = PlanStore(tmp_path).add_plan(plan, service_area="areas", created_by="test",
+                                          index_writer=lambda plan, folder: None)
+    base = f"/plans/{record.plan_id}/reports"
+    grid_id = sorted(plan.units["main_grid_id"].unique())[0]
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        index = client.get(f"{base}/index.html", headers=headers("viewer"))
+        assert index.status_code == 200, index.text
+        assert index.headers["content-type"].startswith("text/html")
+        assert f'href="{page_name(grid_id, "html")}"' in index.text
+        city = Page(index.text).kpis
+        page = client.get(f"{base}/{page_name(grid_id, 'html')}", headers=headers("planner"))
+        assert page.status_code == 200 and Page(page.text).kpis.keys() == city.keys()
+        assert "L.map(" in page.text  # the field map is embedded
+        pdf = client.get(f"{base}/{page_name(grid_id, 'pdf')}", headers=headers("viewer"))
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        assert pdf.headers["content-type"] == "application/pdf"
+        assert client.get(f"{base}/index.html",
+                          headers=headers("operations")).status_code == 403
+        missing = client.get(f"{base}/no-such-grid.html", headers=headers("viewer"))
+        assert missing.status_code == 404 and "no-such-grid" in missing.json()["detail"]
