@@ -63,9 +63,9 @@ TIERS = ("big", "business", "ordinary")
 STAFF_REQUIRED = ("person_id", "role", "main_grid_id")
 STAFF_OPTIONAL = ("sub_grid_id", "hours", "workload_hours", "travel_km", "moved")
 #: Communities listed on a printed page (the HTML page lists them all).
-PRINTED_COMMUNITIES = 20
-#: Staff rows on a printed page.
-PRINTED_STAFF = 20
+PRINTED_COMMUNITIES = 15
+#: Staff rows on a printed page (the HTML page lists them all).
+PRINTED_STAFF = 12
 TEMPLATES = Path(__file__).parent / "assets" / "templates"
 
 
@@ -443,6 +443,9 @@ def grid_page(layers: PlanLayers, figures: Figures, grid_id: str, tables: Tables
     people = None
     if staff is not None:
         people = staff[staff["main_grid_id"] == grid_id].sort_values(["role", "person_id"])
+        if "moved" in people:
+            moved = people["moved"].astype(str).str.lower().isin(("true", "1", "yes"))
+            people = people.assign(moved=moved.map({True: "yes", False: "no"}))
     return GridPage(grid_id, str(figures.grids.at[grid_id, "branch_id"]),
                     _kpi_rows(figures, grid_id), _comparison_rows(figures, grid_id),
                     _table(targets, COMMUNITY_COLUMNS), _table(people, STAFF_COLUMNS))
@@ -501,15 +504,16 @@ def write_pdf(layers: PlanLayers, figures: Figures, page: GridPage, tables: Tabl
             fig = Figure(figsize=PAPER["A4"])
             fig.suptitle(f"Main grid {page.grid_id}: communities and staff", fontsize=13,
                          fontweight="bold", x=0.02, ha="left")
-            if page.communities is not None:
-                _print_table(fig.add_axes((0.02, 0.05, 0.6, 0.85)),
-                             f"Communities by value (top {PRINTED_COMMUNITIES})",
-                             page.communities["header"],
-                             page.communities["rows"][:PRINTED_COMMUNITIES], 6.5)
-            if page.staff is not None:
-                _print_table(fig.add_axes((0.66, 0.05, 0.32, 0.85)), "Staff",
-                             page.staff["header"][:3], [r[:3] for r in
-                                                        page.staff["rows"][:PRINTED_STAFF]])
+            for table, title, limit, box in (
+                (page.communities, "Communities by value", PRINTED_COMMUNITIES,
+                 (0.02, 0.47, 0.96, 0.43)),
+                (page.staff, "Staff", PRINTED_STAFF, (0.02, 0.03, 0.96, 0.36)),
+            ):
+                if table is not None:
+                    more = len(table["rows"]) - limit
+                    _print_table(fig.add_axes(box), title + (
+                        f" (first {limit}; {more} more on the HTML page)" if more > 0 else ""),
+                        table["header"], table["rows"][:limit], 6.5)
             pdf.savefig(fig)
     return path
 
