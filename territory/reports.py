@@ -190,9 +190,9 @@ class Figures:
     target_penetration: float
 
 
-def _ratios(frame: pd.DataFrame, target: float) -> pd.DataFrame:
-    """The ratio KPIs (and headroom) from the additive ones, row by row; NaN where the
-    denominator is 0 or missing."""
+def _ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ratio KPIs from the additive ones, row by row; NaN where the denominator is 0
+    or missing."""
     def ratio(num: str, den: str) -> pd.Series:
         d = frame[den].astype(float) if den in frame else pd.Series(np.nan, frame.index)
         n = frame[num].astype(float) if num in frame else pd.Series(np.nan, frame.index)
@@ -269,8 +269,8 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
                              - grids["subscribers"]).clip(lower=0)
         # a grid above the target has no headroom: the city's is what every grid still needs
         city["headroom"] = float(grids["headroom"].sum())
-    grids = _ratios(grids, target_penetration)
-    city_row = _ratios(pd.DataFrame([city]), target_penetration).iloc[0]
+    grids = _ratios(grids)
+    city_row = _ratios(pd.DataFrame([city])).iloc[0]
     base = [k for k in KPIS if k.key in grids and grids[k.key].notna().any()]
     split = next((i for i, k in enumerate(base) if k.key == "communities"), len(base))
     order = (*base[:split], *extra, *base[split:])
@@ -376,8 +376,8 @@ def _kpi_rows(figures: Figures, grid_id: str) -> list[dict[str, str]]:
     rows = []
     for kpi in figures.kpis:
         branch_value = (branch[kpi.key].sum() if kpi.additive
-                        else _ratios(pd.DataFrame([branch.sum(numeric_only=True)]),
-                                     figures.target_penetration).iloc[0][kpi.key])
+                        else _ratios(pd.DataFrame([branch.sum(numeric_only=True)])).iloc[0][
+                            kpi.key])
         rows.append({"key": kpi.key, "label": kpi.label, "grid": kpi.text(grids.at[grid_id,
                      kpi.key]), "branch": kpi.text(branch_value),
                      "city": kpi.text(city.get(kpi.key, np.nan))})

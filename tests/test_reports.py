@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -182,8 +182,7 @@ def test_grid_figures_add_up_to_the_city(layers, city):
     assert c["customers_outside"] == 0  # the generator puts every point inside
 
 
-@settings(max_examples=6, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2**16), share=st.floats(0.05, 1.0))
 def test_totals_hold_for_any_sample_of_the_tables(layers, city, seed, share):
     """Whatever points the tables hold (a random sample, some moved outside the plan), the
