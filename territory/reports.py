@@ -102,7 +102,7 @@ KPIS = (
     Kpi("workload_h", "Workload (h/month)"),
     Kpi("staff", "Staff (people)"),
     Kpi("workload_per_staff_h", "Workload per staff member (h/month)", 1, False),
-    Kpi("area_km2", "Area (km²)", 2),
+    Kpi("area_km2", "Area (km², local UTM)", 2),
     Kpi("density_per_km2", "Density (subscribers/km²)", 0, False),
     Kpi("headroom", "Headroom to target (subscribers)"),
 )

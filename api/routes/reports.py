@@ -79,7 +79,9 @@ def report_page(user: ReportReader, plan: PlanDep, cache: LayerCacheDep,
     figures = _figures(layers)
     grid_id = _grid(figures, plan.plan_id, name)
     page = grid_page(layers, figures, grid_id, None, None)
-    return HTMLResponse(grid_html(layers, figures, page, None), headers={
+    with _PRINTING:  # its charts are drawn with matplotlib's process-wide settings
+        html = grid_html(layers, figures, page, None)
+    return HTMLResponse(html, headers={
         "Content-Disposition": content_disposition(f"{file_stem(plan)}-{name}.html",
                                                    "inline")})
 
