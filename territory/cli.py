@@ -6,7 +6,6 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,9 +19,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from territory.atomic import atomic_path, write_text
+from territory.atomic import atomic_path
 from territory.cli_output import configure, progress, stage
-from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
+from territory.errors import (
+    InfeasibleError,
+    InvalidInputError,
+    PartialPlanError,
+    TerritoryError,
+)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -111,10 +115,6 @@ def parse_balance(specs: list[str], default: float) -> dict[str, float]:
     return out
 
 
-def write_json(data: dict, path: Path) -> None:
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str))
-
-
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -180,15 +180,19 @@ def partition(
 def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.metrics import summary_frame
     from territory.pipeline import run
+    from territory.plan_folder import publish, sweep_folder
 
     out.mkdir(parents=True, exist_ok=True)
+    sweep_folder(out)
     with progress(err_console) as show:
-        result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
-                     progress=show)
+        try:
+            result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
+                         progress=show)
+            failed = None
+        except PartialPlanError as exc:  # the work is kept: saved, then reported
+            result, failed = exc.result, exc
     with stage(err_console, "plan written"):
-        path = result.plan.save(out / "plan.gpkg")
-        write_json(result.metrics, out / "metrics.json")
-        write_json(result.plan.meta(), out / "plan.json")
+        path = publish(result.plan, out)
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})
@@ -197,6 +201,14 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
         f"{rep.get('outside', 0)} outside, {rep.get('invalid', 0)} invalid; "
         f"islands joined: {len(result.graph.graph['islands'])}"
     )
+    for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
+        console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
+                      f"{r['requested']}[/] (its load cannot be balanced over "
+                      f"{r['requested']}: {escape(r['reason'])})", highlight=False)
+    if failed is not None:
+        err_console.print(f"the plan is saved in {out} with the failing grids flagged "
+                          "(column 'flag')")
+        _fail(failed)
     return result
 
 
@@ -253,6 +265,9 @@ def plan(
     time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    strict: Annotated[bool, typer.Option(help="Keep --sub-grids in every main grid: one that "
+                                              "cannot be balanced is saved flagged and the "
+                                              "run exits 3 (default: it gets fewer)")] = False,
 ) -> None:
     """Build the three-level plan (branches, main grids, sub-grids) on your own data."""
     from territory.boundaries import read_boundaries
@@ -281,7 +296,7 @@ def plan(
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
-            workers=workers, random_state=seed,
+            workers=workers, random_state=seed, strict=strict,
         )
         spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
         areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)

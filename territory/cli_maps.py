@@ -46,7 +46,7 @@ def _written(paths: list[Path], title: str) -> None:
 
 
 def map_command(
-    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     out: Annotated[Path, typer.Option(help="Output folder")],
     grid: Annotated[str | None, typer.Option(help="A grid id: write its field map and "
                                                   "printable map instead of the city's")]
@@ -70,6 +70,7 @@ def map_command(
     choropleth) or, with --grid, one grid's field map."""
     from territory.cli import _errors, console
     from territory.errors import InvalidInputError
+    from territory.filenames import safe_filename
     from territory.mapdata import PlanLayers
     from territory.maps import choropleth_map, field_map, overview_map
     from territory.offline import save_map
@@ -93,18 +94,19 @@ def map_command(
                     *print_city(layers, out / "city", tables, paper=paper or "A3"),
                 ]
         else:
+            name = safe_filename(grid)  # an id may hold "/" or ".."
             with console.status(f"drawing grid {grid}"):
                 written = [
                     save_map(field_map(layers, grid, tables, online_tiles=online_tiles),
-                             out / f"{grid}.html"),
-                    *print_grid(layers, grid, out / grid, tables, paper=paper or "A4"),
+                             out / f"{name}.html"),
+                    *print_grid(layers, grid, out / name, tables, paper=paper or "A4"),
                 ]
         _written(written, f"maps of plan {layers.plan.plan_id} → {out}")
 
 
 def export(
     ctx: typer.Context,
-    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     format: Annotated[str, typer.Option("--format", help="geojson, gpkg, kml or csv")],
     out: Annotated[Path, typer.Option(help="Output folder")],
     level: Annotated[list[str] | None, typer.Option(help="branch, main_grid or sub_grid "

@@ -6,7 +6,9 @@
 * **GeoPackage** for GIS: one file, a layer per level.
 * **KML** for the phone map apps field teams use: one file per level, each grid a
   placemark named by its id, coloured as on the maps (neighbours differ), with its key
-  figures as the description.
+  figures as the description. KML viewers show names, descriptions and data as HTML, so
+  every text there is escaped (:func:`kml_text`): KML is for showing, the other formats
+  carry the data as it is.
 * **CSV** for BOSS/CRM: ``units.csv`` (unit -> sub-grid, main grid, branch), one KPI table
   per level, and ``customers.csv`` (each customer with its unit and grids) when a customer
   table is given.
@@ -18,6 +20,7 @@ sees half an export and a failed export leaves the previous one intact.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -86,14 +89,35 @@ def _kml_driver() -> str:
     return "LIBKML" if "LIBKML" in pyogrio.list_drivers(write=True) else "KML"
 
 
+def kml_text(table: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``table`` with every text value and column name escaped for HTML. Google Earth and
+    the phone apps render a placemark's name, description and data in an HTML balloon, so
+    a grid id like ``<img src=x onerror=…>`` would run there; escaped, it shows as written
+    (the XML writer escapes once more for XML, and the reader's XML parser undoes only
+    that)."""
+    columns = [c for c in table.columns if c != table.geometry.name]
+    text = [c for c in columns if pd.api.types.is_string_dtype(table[c])
+            or pd.api.types.is_object_dtype(table[c])]
+    escaped = {c: table[c].map(lambda v: v if pd.isna(v) else html.escape(str(v)))
+               for c in text}
+    return table.assign(**escaped).rename(columns={c: html.escape(str(c)) for c in columns})
+
+
+def kml_description(figures: pd.Series) -> str:
+    """A placemark's description: one ``label: value`` line per key figure, as HTML (what
+    KML viewers render), the labels and values escaped."""
+    return "<br>".join(f"{html.escape(str(k))}: {html.escape(str(v))}"
+                       for k, v in figures.items())
+
+
 def write_kml(layers: PlanLayers, level: str, out_dir: Path) -> Path:
     """``<layer>.kml``: placemarks named by grid id, coloured as on the maps, with the key
     figures as description."""
     table = _export_table(layers, level)
     figures = key_figures(table, level, layers.plan.measures)
+    table = kml_text(table)
     table.insert(0, "Name", table["grid_id"])
-    table.insert(1, "Description", figures.apply(
-        lambda row: "\n".join(f"{k}: {v}" for k, v in row.items()), axis=1))
+    table.insert(1, "Description", figures.apply(kml_description, axis=1))
     table["OGR_STYLE"] = [f"BRUSH(fc:{c}{KML_FILL_ALPHA});PEN(c:#222222,w:{KML_WIDTH[level]}px)"
                           for c in table["colour"]]
     path = out_dir / f"{LAYER[level]}.kml"

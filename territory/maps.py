@@ -38,6 +38,7 @@ from matplotlib.colors import to_hex
 
 from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
+from territory.filenames import safe_filename
 from territory.mapdata import (
     COMMUNITY_COLOUR,
     DECIMALS,
@@ -114,23 +115,52 @@ def _base_map(bounds: Sequence[float], online_tiles: bool) -> folium.Map:
     return m
 
 
+#: Characters escaped on top of ``html.escape``'s: see :func:`html_text`.
+_MORE = str.maketrans({"{": "&#123;", "}": "&#125;", "/": "&#47;"})
+
+
+def html_text(value: object) -> str:
+    """``value`` as text in a map page; every name, id and label the operator supplied
+    enters the page through here (or as a number).
+
+    HTML's ``&<>"'`` are escaped, so Leaflet's ``innerHTML`` (tooltips, popups, the layer
+    control) shows markup as text. So are ``{`` and ``}``: folium compiles each element's
+    rendered script once more as a Jinja template (branca's ``MacroElement.render``), where
+    a name holding ``{{ … }}`` would be evaluated on the server. And ``/``, as OWASP's
+    HTML-escaping rule has it: a name then never reads as an outside URL (``src=//host``)
+    to :func:`territory.offline.inline_assets`, which refuses such pages.
+    """
+    return html.escape(str(value)).translate(_MORE)
+
+
 def _features(table: gpd.GeoDataFrame, properties: pd.DataFrame) -> dict:
-    """A FeatureCollection with feature ids = grid ids and the given text properties."""
+    """A FeatureCollection of ``table``'s geometry with the given (already escaped) text
+    properties. Feature ids are row positions: an id is written into the page's scripts
+    as it is, so a grid id, the operator's text, cannot be one."""
     frame = gpd.GeoDataFrame(properties.astype(str), geometry=table.geometry.values,
                              crs=table.crs)
-    frame.index = table["grid_id"].to_numpy()
-    return frame.to_geo_dict(drop_id=False)
+    return frame.reset_index(drop=True).to_geo_dict(drop_id=False)
+
+
+def html_figures(figures: pd.DataFrame) -> pd.DataFrame:
+    """``figures`` with every label and value as :func:`html_text`: folium's
+    ``GeoJsonTooltip`` writes both into the page with ``innerHTML``, and grid ids, parent
+    ids and measure names are the operator's text."""
+    out = figures.astype(str).map(html_text)
+    out.columns = [html_text(c) for c in figures.columns]
+    return out
 
 
 def _grid_layer(table: gpd.GeoDataFrame, level: str, measures: list[str], *, name: str,
                 fill: dict[str, str], show: bool, overlay: bool = False) -> folium.GeoJson:
     """Filled grids with a key-figures tooltip; ``fill`` maps grid id -> colour."""
-    figures = key_figures(table, level, measures)
+    figures = html_figures(key_figures(table, level, measures))
+    colours = table["grid_id"].map(fill).tolist()  # by feature id, the row position
     weight = LINE_WEIGHT[level]
     return folium.GeoJson(
         _features(table, figures),
         name=name, overlay=overlay, show=show,
-        style_function=lambda f: {"fillColor": fill[f["id"]], "fillOpacity": 0.6,
+        style_function=lambda f: {"fillColor": colours[int(f["id"])], "fillOpacity": 0.6,
                                   "color": LINE_COLOUR, "weight": weight},
         highlight_function=lambda f: {"fillOpacity": 0.85, "weight": weight + 1.5},
         tooltip=folium.GeoJsonTooltip(fields=list(figures.columns), sticky=True),
@@ -154,21 +184,31 @@ class _BoundaryLayer(Layer):
         super().__init__(name=f"{LEVEL_NAME[level]}: boundaries", overlay=True, show=True)
         self._name = "BoundaryLayer"
         self.data = (f"{source.get_name()}.toGeoJSON({DECIMALS})" if source is not None
-                     else json.dumps(_features(table, table[["grid_id"]])))
+                     else json.dumps(_features(table, table[[]])))
         self.colour = LINE_COLOUR
         self.weight = LINE_WEIGHT[level] if weight is None else weight
 
 
+class _Markup(folium.Element):
+    """Finished HTML, put in the page as it is. A branca ``Element`` compiles its first
+    argument as a Jinja template, so a grid id or a name holding ``{{ … }}`` in it would
+    be evaluated on the server; here the markup is a value the template only prints."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__("{{ this.markup }}")
+        self.markup = markup
+
+
 def _html_box(m: folium.Map, css_class: str, title: str, body: str) -> None:
     """A box fixed over the map that folds away (a phone screen is small)."""
-    m.get_root().html.add_child(folium.Element(
-        f'<details open class="territory-box {css_class}"><summary>{html.escape(title)}'
+    m.get_root().html.add_child(_Markup(
+        f'<details open class="territory-box {css_class}"><summary>{html_text(title)}'
         f"</summary>{body}</details>"))
 
 
 def _legend(m: folium.Map, title: str, rows: Iterable[tuple[str, str]]) -> None:
     """A fixed legend box; ``rows`` are (symbol HTML, label)."""
-    body = "".join(f"<tr><td>{sym}</td><td>{html.escape(label)}</td></tr>" for sym, label in rows)
+    body = "".join(f"<tr><td>{sym}</td><td>{html_text(label)}</td></tr>" for sym, label in rows)
     _html_box(m, "territory-legend", title, f"<table>{body}</table>")
 
 
@@ -189,8 +229,8 @@ def _line_rows(levels: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _text(values: Iterable[object], fmt: str = "") -> list[str]:
-    """Popup text: formatted and HTML-escaped (names come from the operator's data)."""
-    return [html.escape(t) for t in as_text(values, fmt)]
+    """Popup text: formatted and escaped (:func:`html_text`; names are the operator's)."""
+    return [html_text(t) for t in as_text(values, fmt)]
 
 
 class _PointLayer(Layer):
@@ -270,14 +310,31 @@ KEY_ACCOUNT_FIELDS = {"Kind": ("kind", ""), "Employees": ("employees", ",.0f"),
                       "Subscribers": ("subscribers", ",.0f")}
 
 
+class _Tooltip(folium.Tooltip):
+    """A tooltip of plain text. folium's own puts its text in a JavaScript template literal,
+    where ``${…}``, a backtick or a backslash in a store's name would run or break the
+    script; this one escapes the text (:func:`html_text`) and hands it to Leaflet as a
+    JSON string."""
+
+    _template = Template("""
+        {% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindTooltip({{ this.text|tojson }},
+            {{ this.options|tojavascript }});
+        {% endmacro %}
+    """)
+
+    def __init__(self, text: str) -> None:
+        super().__init__(html_text(text))
+
+
 def _store_marker(row: pd.Series, note: str = "") -> folium.Marker:
-    label = html.escape(str(row.get("name", row.get("store_id", "store"))))
-    kind = html.escape(str(row.get("kind", "store")).replace("_", " "))
+    label = str(row.get("name", row.get("store_id", "store")))
+    kind = str(row.get("kind", "store")).replace("_", " ")
     return folium.Marker(
         [row["lat"], row["lng"]],
         icon=folium.DivIcon(html=STORE_SVG, icon_size=(20, 20),
                             icon_anchor=(10, 10), class_name="territory-store-icon"),
-        tooltip=f"{label} ({kind}){note}",
+        tooltip=_Tooltip(f"{label} ({kind}){note}"),
     )
 
 
@@ -387,8 +444,10 @@ def choropleth_map(plan: Plan | PlanLayers, measure: str | None = None, *,
     fill = {g: colours[c] if c >= 0 else "#ffffff"
             for g, c in zip(table["grid_id"], classes, strict=True)}
     m = _base_map(table.total_bounds, online_tiles)
-    _grid_layer(table, level, layers.plan.measures, name=f"{LEVEL_NAME[level]}: {measure}",
-                fill=fill, show=True, overlay=True).add_to(m)
+    # Leaflet's layer control writes layer names with innerHTML
+    _grid_layer(table, level, layers.plan.measures,
+                name=html_text(f"{LEVEL_NAME[level]}: {measure}"), fill=fill, show=True,
+                overlay=True).add_to(m)
     coarser = list(LEVELS[: LEVELS.index(level)])
     for lv in coarser:
         _BoundaryLayer(lv, table=layers.display(lv)).add_to(m)
@@ -452,7 +511,7 @@ def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = Non
         for gid, g in zip(kids["grid_id"], kids.geometry, strict=True):
             p = g.point_on_surface()
             folium.Marker([p.y, p.x], icon=folium.DivIcon(
-                html=f'<div class="territory-label">{html.escape(gid)}</div>',
+                html=f'<div class="territory-label">{html_text(gid)}</div>',
                 icon_size=(120, 16), icon_anchor=(0, 8), class_name="territory-label-icon"),
             ).add_to(labels)
         labels.add_to(m)
@@ -500,7 +559,7 @@ def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = Non
     _legend(m, "Legend", legend_rows)
 
     figures = key_figures(grid, level, measures).iloc[0]
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(str(v))}</b></td></tr>"
+    body = "".join(f"<tr><td>{html_text(k)}</td><td><b>{html_text(v)}</b></td></tr>"
                    for k, v in figures.items())
     if top:
         body += "<tr><td colspan=2><h4>Top communities by value</h4></td></tr>"
@@ -514,11 +573,13 @@ def write_demo_maps(plan: Plan | PlanLayers, out_dir: str | Path,
                     tables: Tables | None = None) -> list[Path]:
     """Everything a demo hands out, into ``out_dir``: ``overview.html``,
     ``choropleth.html`` (balance of the first measure), ``field/<main grid>.html`` for every
-    main grid and the printable city map ``city.png``/``city.pdf``. Returns the files."""
+    main grid (the id made a safe file name by :func:`territory.filenames.safe_filename`)
+    and the printable city map ``city.png``/``city.pdf``. Returns the files."""
     layers = PlanLayers.of(plan)
     out = Path(out_dir)
     written = [save_map(overview_map(layers, tables), out / "overview.html"),
                save_map(choropleth_map(layers, tables=tables), out / "choropleth.html")]
-    written += [save_map(field_map(layers, gid, tables), out / "field" / f"{gid}.html")
+    written += [save_map(field_map(layers, gid, tables),
+                         out / "field" / f"{safe_filename(gid)}.html")
                 for gid in layers.kpis("main_grid")["grid_id"]]
     return written + print_city(layers, out / "city", tables)

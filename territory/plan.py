@@ -34,6 +34,20 @@ LEVELS = ("branch", "main_grid", "sub_grid")
 LAYER = {"branch": "branches", "main_grid": "main_grids", "sub_grid": "sub_grids"}
 PARENT = {"branch": None, "main_grid": "branch", "sub_grid": "main_grid"}
 _META = "territory_plan"
+#: The GeoPackage's name in a plan folder (``territory plan --out``, the service's store).
+PLAN_FILE = "plan.gpkg"
+
+
+def plan_file(path: str | Path) -> Path:
+    """The GeoPackage of a plan given as its file or as its folder, links resolved.
+
+    Resolving once, up front, pins one version of a plan folder: a plan published meanwhile
+    (see :mod:`territory.plan_folder`) cannot mix its files into what a reader opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILE
+    return path.resolve()
 
 
 def fingerprint(units: gpd.GeoDataFrame, measures: list[str]) -> str:
@@ -83,7 +97,11 @@ class Plan:
         keys = [col] + ([f"{parent}_id"] if parent else [])
         agg = {m: "sum" for m in self.measures}
         agg["n_units"] = "sum"
-        frame = self.units[keys + self.measures + ["geometry"]].assign(n_units=1)
+        # a plan kept despite failing grids marks their units (see hierarchy.build_plan)
+        flags = ["flag"] if "flag" in self.units else []
+        if flags:
+            agg["flag"] = _joined
+        frame = self.units[keys + self.measures + flags + ["geometry"]].assign(n_units=1)
         # units carry vertices snapped to GRID_SIZE_DEG; a union on that grid is exact and
         # robust where clipped pieces meet whole cells mid-edge
         out = frame.dissolve(by=keys, aggfunc=agg, grid_size=GRID_SIZE_DEG).reset_index()
@@ -91,7 +109,7 @@ class Plan:
         out["parent_id"] = out[f"{parent}_id"] if parent else None
         if parent:
             out = out.drop(columns=f"{parent}_id")
-        cols = ["grid_id", "parent_id", "n_units", *self.measures, "geometry"]
+        cols = ["grid_id", "parent_id", "n_units", *self.measures, *flags, "geometry"]
         return out[cols].sort_values("grid_id").reset_index(drop=True)
 
     def labels(self, level: str) -> pd.Series:
@@ -132,7 +150,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
+        """Read a plan from its GeoPackage or from its folder (``territory plan --out``)."""
+        if not Path(path).exists():
+            raise InvalidInputError(f"{path}: no such plan file or folder")
+        path = plan_file(path)
         if not path.exists():
             raise InvalidInputError(f"{path}: no such plan file")
         try:
@@ -151,9 +172,42 @@ class Plan:
         )
 
 
+def _joined(flags: pd.Series) -> str:
+    """The distinct non-empty flags of a grid's units, in order."""
+    return "; ".join(dict.fromkeys(f for f in flags if f))
+
+
 def _json(o):
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, set | tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_grids(path: str | Path, level: str, *, parent_id: str | None = None,
+               grid_id: str | None = None) -> gpd.GeoDataFrame:
+    """One level's grids from a saved plan's GeoPackage, as written (no dissolve), in layer
+    order; only those with the given ``parent_id`` and/or ``grid_id`` when given.
+
+    The values never become SQL text: OGR's attribute filter (``where=``) is a string, so
+    a value would have to be quoted into it, and a quote, a NUL byte or a ``%`` in a grid id
+    would change or break the query. The GeoPackage is an SQLite database, so SQLite picks
+    the matching feature ids with bound ``?`` parameters and OGR then reads only those
+    features: a lookup decodes one grid's geometry, not the whole layer's.
+    """
+    if level not in LEVELS:
+        raise InvalidInputError(f"level={level!r}: choose one of {list(LEVELS)}")
+    layer = LAYER[level]
+    filters = [(c, v) for c, v in (("parent_id", parent_id), ("grid_id", grid_id))
+               if v is not None]
+    if not filters:
+        return pyogrio.read_dataframe(path, layer=layer)
+    # column and layer names are this module's constants; only the values are the caller's
+    where = " AND ".join(f"{column} = ?" for column, _ in filters)
+    with sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True) as con:
+        fids = [fid for (fid,) in con.execute(
+            f'SELECT rowid FROM "{layer}" WHERE {where} ORDER BY rowid',
+            [str(value) for _, value in filters])]
+    con.close()
+    return pyogrio.read_dataframe(path, layer=layer, fids=fids)

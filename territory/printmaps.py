@@ -353,14 +353,16 @@ def _quiet_weight_fallback(record: logging.LogRecord) -> bool:
 
 @contextmanager
 def _rc() -> Iterator[None]:
-    """Fonts with Chinese glyph fallback (embedded as TrueType in PDFs), for this drawing
-    only: a library must not change the caller's matplotlib settings. CJK fonts often come
+    """Fonts with Chinese glyph fallback (embedded as TrueType in PDFs) and no mathtext
+    (``$`` in a grid id or a name is text, not a formula that fails to parse), for this
+    drawing only: a library must not change the caller's matplotlib settings. CJK fonts often come
     in one weight (WenQuanYi Zen Hei: 500); matplotlib's warning that it used that weight
     for normal or bold text is dropped meanwhile, as the library does not print."""
     log = logging.getLogger("matplotlib.font_manager")
     log.addFilter(_quiet_weight_fallback)
     try:
-        with rc_context({"font.family": _fonts(), "pdf.fonttype": 42}):
+        with rc_context({"font.family": _fonts(), "pdf.fonttype": 42,
+                         "text.parse_math": False}):
             yield
     finally:
         log.removeFilter(_quiet_weight_fallback)

@@ -240,7 +240,8 @@ def small_city(tmp_path, *, codes=("440305", "440306"), n=400, seed=0):
 
 
 def plan_args(boundaries, customers, out, *extra):
-    return ["plan", str(boundaries), "--customers", str(customers), "--main-grids", "2",
+    return ["plan", str(boundaries), "--customers", str(customers), "--points-crs", "wgs84",
+            "--main-grids", "2",
             "--sub-grids", "1", "--resolution", "8", "--balance", "customers=0.3",
             "--workers", "1", "--time-limit-main", "5", "--out", str(out), *extra]
 

@@ -21,7 +21,7 @@ ROWS = pd.DataFrame({
 def test_csv_in_its_encoding_reads_back_the_same_text(tmp_path, encoding):
     path = tmp_path / "c.csv"
     ROWS.to_csv(path, index=False, encoding=encoding)
-    got = read_points(path, encoding=encoding, name="customers")
+    got = read_points(path, crs="wgs84", encoding=encoding, name="customers")
     assert got["address"].tolist() == ROWS["address"].tolist()
     assert got["lng"].tolist() == ROWS["lng"].tolist()
 

@@ -31,6 +31,7 @@ from api.problems import ProblemError, field_problem
 from api.routes.plans import ERRORS
 from api.store import PlanRecord, PlanStore
 from territory.errors import InvalidInputError
+from territory.filenames import safe_filename
 from territory.mapdata import LEVEL_NAME, PlanLayers
 from territory.maps import CHOROPLETH_SCHEMES, choropleth_map, field_map, overview_map
 from territory.offline import offline_html
@@ -158,8 +159,7 @@ def _no_plan(plan_id: str) -> ProblemError:
 # -- responses -----------------------------------------------------------------------------
 def file_stem(plan: PlanRecord) -> str:
     """``<service area>-v<version>``, safe as a file name on any system."""
-    area = re.sub(r"[^\w.-]+", "_", plan.service_area).strip("._") or "plan"
-    return f"{area}-v{plan.version}"
+    return f"{safe_filename(plan.service_area)}-v{plan.version}"
 
 
 def content_disposition(filename: str, kind: str = "attachment") -> str:
@@ -243,7 +243,7 @@ def choropleth(
     measure = _measure(layers, level, measure)
     m = choropleth_map(layers, measure, level=level, scheme=scheme, k=k,
                        online_tiles=online_tiles)
-    return _html(m, f"{file_stem(plan)}-choropleth-{level}-{measure}.html")
+    return _html(m, f"{file_stem(plan)}-choropleth-{level}-{safe_filename(measure)}.html")
 
 
 @router.get("/maps/field/{grid_id}", response_class=HTMLResponse, responses=HTML_RESPONSES,
@@ -255,13 +255,13 @@ def field(user: Reader, plan: PlanDep, cache: LayerCacheDep, grid_id: GridId,
     layers = cache.layers(plan.plan_id)
     grid_level(layers, plan.plan_id, grid_id)
     return _html(field_map(layers, grid_id, online_tiles=online_tiles),
-                 f"{file_stem(plan)}-{grid_id}.html")
+                 f"{file_stem(plan)}-{safe_filename(grid_id)}.html")
 
 
 # -- printable maps ------------------------------------------------------------------------
 def _print(cache: LayerCache, plan: PlanRecord, grid_id: str | None, paper: str,
            fmt: str) -> Response:
-    name = f"{file_stem(plan)}-{grid_id or 'city'}.{fmt}"
+    name = f"{file_stem(plan)}-{safe_filename(grid_id or 'city')}.{fmt}"
     return Response(cache.printed(plan.plan_id, grid_id, paper, fmt),
                     media_type=PRINT_MEDIA[fmt],
                     headers={"Content-Disposition": content_disposition(name, "inline")})
