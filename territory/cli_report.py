@@ -14,7 +14,8 @@ import typer
 
 def report(
     ctx: typer.Context,
-    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    plan: Annotated[Path, typer.Argument(help="A plan folder (territory plan/demo --out) "
+                                               "or its plan.gpkg")],
     out: Annotated[Path, typer.Option(help="Output folder: <main grid>.html/.pdf and "
                                            "index.html")],
     points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables' coordinates "
