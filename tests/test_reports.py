@@ -323,7 +323,7 @@ def test_pdf_pages_are_landscape_a4(layers, city, tmp_path):
 
 
 # -- hostile ids ---------------------------------------------------------------------------
-HOSTILE = '<i>M&"x\'</i>/../../evil'
+HOSTILE = '<i>M&"x\'</i>/../../evil{{7*7}}$x$'
 
 
 def test_hostile_grid_id_is_escaped_and_its_file_name_safe(plan, city, tmp_path):
@@ -343,7 +343,8 @@ def test_hostile_grid_id_is_escaped_and_its_file_name_safe(plan, city, tmp_path)
 
     html = grid_html(layers, figures, page, city.tables())
     assert "<i>M" not in html.split("<iframe")[0]
-    assert "&lt;i&gt;M&amp;&#34;x&#39;&lt;/i&gt;/../../evil" in html
+    assert "&lt;i&gt;M&amp;&#34;x&#39;&lt;/i&gt;/../../evil{{7*7}}$x$" in html
+    assert "evil49" not in html  # no template ever evaluated the id
     assert Page(html).tables["kpis"]  # still a page
     index = index_html(layers, figures)
     assert "<i>M" not in index
