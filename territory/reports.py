@@ -59,6 +59,8 @@ TARGET_PENETRATION = 0.6
 #: Value pyramid tiers (价值金字塔), top first, as the customers' ``segment`` column names
 #: them; other values are shown after these.
 TIERS = ("big", "business", "ordinary")
+#: Staff roles (``territory staff``), in page order; other roles are shown after these.
+ROLES = ("grid_manager", "customer_manager", "key_account_manager", "installer")
 #: Columns a staff file (``staff.csv`` of ``territory staff``) must have, and may have.
 STAFF_REQUIRED = ("person_id", "role", "main_grid_id")
 STAFF_OPTIONAL = ("sub_grid_id", "hours", "workload_hours", "travel_km", "moved")
@@ -240,7 +242,7 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
     grids["area_km2"] = kpis["area_km2"]
     city["area_km2"] = coverage(layers.plan, "branch")["area_km2"]
 
-    extra: list[Kpi] = []
+    after: dict[str, list[Kpi]] = {}  # KPIs shown after the one they break down
     for name, column, order, label in (("customers", "segment", TIERS, "Customers, {} tier"),
                                        ("key_accounts", "kind", (), "Key accounts: {}")):
         table = (tables or {}).get(name)
@@ -252,7 +254,7 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
             key = f"{name}_{column}_{value}"
             grids[key] = inside[value].astype(float)
             city[key] = float(whole[value])
-            extra.append(Kpi(key, label.format(value.replace("_", " "))))
+            after.setdefault(name, []).append(Kpi(key, label.format(value.replace("_", " "))))
         placed_n = 0 if placed is None else int(placed["main_grid_id"].notna().sum())
         city[f"{name}_outside"] = float(len(table) - placed_n)
 
@@ -263,6 +265,12 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
             grids.index, fill_value=0).astype(float)
         city["staff"] = float(len(assigned))
         city["staff_unassigned"] = float(len(staff) - len(assigned))
+        by_role, whole = _counts_by(assigned, assigned, "role", ROLES, grids.index)
+        for role in whole.index:
+            grids[f"staff_role_{role}"] = by_role[role].astype(float)
+            city[f"staff_role_{role}"] = float(whole[role])
+            after.setdefault("staff", []).append(
+                Kpi(f"staff_role_{role}", f"Staff: {role.replace('_', ' ')} (people)"))
 
     if "households" in grids and "subscribers" in grids:
         grids["headroom"] = (target_penetration * grids["households"]
@@ -271,9 +279,8 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
         city["headroom"] = float(grids["headroom"].sum())
     grids = _ratios(grids)
     city_row = _ratios(pd.DataFrame([city])).iloc[0]
-    base = [k for k in KPIS if k.key in grids and grids[k.key].notna().any()]
-    split = next((i for i, k in enumerate(base) if k.key == "communities"), len(base))
-    order = (*base[:split], *extra, *base[split:])
+    order = [kpi for base in KPIS if base.key in grids and grids[base.key].notna().any()
+             for kpi in (base, *after.get(base.key, []))]
     return Figures(grids, city_row, tuple(order), target_penetration)
 
 

@@ -171,6 +171,11 @@ def test_grid_figures_add_up_to_the_city(layers, city):
     assert {"subscribers", "revenue_cny", "customers_segment_big", "staff", "area_km2",
             "headroom"} <= set(additive)
     assert any(k.startswith("key_accounts_kind_") for k in additive)
+    assert (figures.grids["staff_role_grid_manager"] == 1).all()  # staff by role
+    assert figures.city["staff_role_customer_manager"] == layers.plan.units[
+        "sub_grid_id"].nunique()
+    keys = [k.key for k in figures.kpis]
+    assert keys.index("staff_role_grid_manager") == keys.index("staff") + 1
     for key in additive:
         np.testing.assert_allclose(figures.grids[key].sum(), figures.city[key], rtol=1e-9,
                                    err_msg=key)
