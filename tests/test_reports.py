@@ -34,9 +34,11 @@ from territory.reports import (
     page_name,
     read_staff,
     write_pdf,
+    write_reports,
 )
 from territory.synth import generate_city, write_city
 from tests.conftest import random_areas
+from tests.test_hostile_text import INERT_JS, NAMES, hostile  # noqa: F401 (a fixture)
 from tests.test_maps import assert_offline_and_clean, opened
 
 ROLES_PER_GRID = ("grid_manager", "key_account_manager")
@@ -111,6 +113,8 @@ class Page(HTMLParser):
         self.text: list[str] = []
         self.kpis: dict[str, str] = {}
         self.tables: dict[str, list[list[str]]] = {}
+        self.title = ""
+        self._in_title = False
         self._skip = 0
         self._kpi: str | None = None
         self._table: str | None = None
@@ -120,6 +124,7 @@ class Page(HTMLParser):
         a = dict(attrs)
         if tag in ("script", "style"):
             self._skip += 1
+        self._in_title = tag == "title"
         if tag == "td" and "data-kpi" in a:
             self._kpi = a["data-kpi"]
             self.kpis[self._kpi] = ""
@@ -138,8 +143,12 @@ class Page(HTMLParser):
             self._kpi = None
         if tag == "table":
             self._table = None
+        if tag == "title":
+            self._in_title = False
 
     def handle_data(self, data):
+        if self._in_title:
+            self.title += data
         if self._skip:
             return
         self.text.append(data)
@@ -335,8 +344,7 @@ def test_hostile_grid_id_is_escaped_and_its_file_name_safe(plan, city, tmp_path)
     first = sorted(plan.units["main_grid_id"].unique())[0]
     units = plan.units.copy()
     units["main_grid_id"] = units["main_grid_id"].replace(first, HOSTILE)
-    hostile = Plan(units=units, measures=plan.measures)
-    layers = PlanLayers(hostile)
+    layers = PlanLayers(Plan(units=units, measures=plan.measures))
     figures = grid_figures(layers, city.tables())
     page = grid_page(layers, figures, HOSTILE, city.tables(), None)
     out = tmp_path / "out"
@@ -405,3 +413,33 @@ def test_service_serves_the_pages(plan, tmp_path):
                           headers=headers("operations")).status_code == 403
         missing = client.get(f"{base}/no-such-grid.html", headers=headers("viewer"))
         assert missing.status_code == 404 and "no-such-grid" in missing.json()["detail"]
+
+
+def test_hostile_plan_pages_stay_inert_in_a_browser(hostile, tmp_path):  # noqa: F811
+    """The hostile plan of :mod:`tests.test_hostile_text` (payloads in every id, community,
+    store and key-account name and type): every file stays in its folder, the PDF prints
+    mathtext ids as text, and no payload runs on the pages or in the embedded map."""
+    plan, tables = hostile
+    layers = PlanLayers(plan)
+    out = tmp_path / "out"
+    written = write_reports(layers, out, tables, pdf=False)
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in written)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    grid_id = layers.kpis("main_grid")["grid_id"].iloc[0]
+    figures = grid_figures(layers, tables)
+    pdf = write_pdf(layers, figures, grid_page(layers, figures, grid_id, tables, None), tables,
+                    out / page_name(grid_id, "pdf"))
+    assert pdf.read_bytes().startswith(b"%PDF")
+    for path in (out / "index.html", out / page_name(grid_id, "html")):
+        with opened(path, tmp_path / path.stem) as browser:
+            state = browser.eval(INERT_JS)
+            assert state["xss"] is None and state["handlers"] == [], state
+            assert browser.eval("document.title") == Page(path.read_text(
+                encoding="utf-8")).title
+            frame = browser.eval("(() => { const f = document.querySelector('iframe.map');"
+                                 " return f ? [f.contentWindow.__xss === undefined,"
+                                 " f.contentDocument.title] : null; })()")
+            assert frame is None or frame[0] is True
+    page = Page((out / page_name(grid_id, "html")).read_text(encoding="utf-8"))
+    assert page.tables["communities"][1:] and any(
+        name in " ".join(page.text) for name in NAMES)  # names shown as text
