@@ -321,31 +321,42 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
     city: Annotated[str, typer.Option(help="shenzhen or xiamen")] = "shenzhen",
     customers: Annotated[int, typer.Option(help="Synthetic customers")] = 300_000,
-    main_grids: Annotated[int, typer.Option()] = 100,
-    sub_grids: Annotated[int, typer.Option()] = 4,
+    main_grids: Annotated[int | None, typer.Option(help="Main grids in the city (default: "
+                                                        "one per ~2 000 customers)")] = None,
+    sub_grids: Annotated[int | None, typer.Option(help="Sub-grids per main grid (default: "
+                                                       "~500 customers each, 2-6)")] = None,
+    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (default: "
+                                                               "~25 units a sub-grid)")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Finest H3 resolution of units "
+                                                        "(default 9, 10 or 11 by the "
+                                                        "customers' density)")] = None,
+    stores_as_centres: Annotated[bool, typer.Option(help="One main grid per store, centred "
+                                                         "on it")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     workers: Annotated[int, typer.Option()] = 2,
 ) -> None:
-    """The main job on the shipped data: synthetic customers on real districts → plan."""
-    from territory.boundaries import load_city
-    from territory.hierarchy import HierarchySpec
-    from territory.pipeline import Inputs, UnitOptions
-    from territory.synth import generate_city, write_city
+    """The main job on the shipped data: synthetic customers on real districts → plan.
+
+    Grid counts, unit size and time limits follow the number of customers
+    (territory.sizing.demo_sizing); every option given overrides its rule.
+    """
+    from territory.demo import demo_job, store_units_by_main_grid
+    from territory.synth import write_city
 
     with _errors():
-        areas = load_city(city)
         with stage(err_console, f"{customers} synthetic customers generated"):
-            data = generate_city(areas, n_customers=customers, seed=seed)
+            job = demo_job(city, customers, seed=seed, workers=workers, main_grids=main_grids,
+                           sub_grids=sub_grids, target_per_unit=target_per_unit,
+                           resolution=resolution)
+        console.print(f"{city}, {customers} customers: {job.size.describe()}")
         out.mkdir(parents=True, exist_ok=True)
-        write_city(data, out / "synthetic")
-        inputs = Inputs(areas, "adcode", data.customers, data.communities, data.stores,
-                        data.key_accounts)
-        spec = HierarchySpec(
-            measures={"subscribers": 0.05, "workload": 0.05}, n_main=main_grids,
-            n_sub=sub_grids, workers=workers, random_state=seed,
-        )
-        result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
-        _demo_outputs(result.plan, out, data)
+        write_city(job.data, out / "synthetic")
+        result = _plan_job(job.inputs, job.units, job.spec, out, stores_as_centres)
+        held = store_units_by_main_grid(result.plan.units, job.data.stores)
+        console.print(f"main grids containing a store: {int((held > 0).sum())} of {len(held)} "
+                      f"({len(job.data.stores)} stores; a grid without one is served by the "
+                      "nearest)")
+        _demo_outputs(result.plan, out, job.data)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:
