@@ -384,6 +384,11 @@ def _demo_outputs(plan, out: Path, data) -> None:
 
         maps = write_demo_maps(layers, out / "maps", data.tables())
     console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
+    with stage(err_console, "grid analyses written"):
+        from territory.reports import write_reports
+
+        analyses = write_reports(layers, out / "reports" / "grids", data.tables())
+    console.print(f"{len(analyses) - 1} grid analyses → {out / 'reports' / 'grids'}")
 
 
 # Commands defined in their own modules register here, one line each.
@@ -395,6 +400,8 @@ app.command(name="serve")(_serve)
 from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001
 app.command(name="map")(_map)
 app.command(name="export")(_export)
+from territory.cli_report import report as _report  # noqa: E402, I001
+app.command(name="report")(_report)
 
 
 def main() -> None:  # pragma: no cover - console entry point

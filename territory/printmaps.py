@@ -245,62 +245,70 @@ def print_city(plan: Plan | PlanLayers, stem: str | Path, tables: Tables | None 
 def print_grid(plan: Plan | PlanLayers, grid_id: str, stem: str | Path,
                tables: Tables | None = None, *, paper: str = "A4", dpi: int = DPI
                ) -> list[Path]:
-    """One grid on a landscape page for its team: its child grids coloured and labelled,
+    """One grid on a landscape page for its team (see :func:`grid_figure`). Writes
+    ``stem.png`` and ``stem.pdf``."""
+    with _rc():
+        return _save(grid_figure(plan, grid_id, tables, paper=paper, dpi=dpi), Path(stem))
+
+
+def grid_figure(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = None, *,
+                paper: str = "A4", dpi: int = DPI) -> Figure:
+    """The page of :func:`print_grid`: the grid with its child grids coloured and labelled,
     neighbours grey, communities numbered by value rank, key accounts and stores, the key
-    figures and the top communities. Writes ``stem.png`` and ``stem.pdf``."""
+    figures and the top communities. Draw and save it inside :func:`print_style` (the
+    fonts are chosen when the text is made, the PDF font type when it is saved)."""
     layers = PlanLayers.of(plan)
     level = layers.level_of(grid_id)
-    with _rc():
-        fig, ax, panel, scale = _page(paper, dpi)
-        table = layers.kpis(level)
-        grid = table[table["grid_id"] == grid_id]
-        b = grid.total_bounds
-        utm = local_projected_crs([b[0], b[2]], [b[1], b[3]])
-        grid_utm = grid.to_crs(utm)
-        neighbours = table[table["grid_id"].isin(layers.neighbours(level)[grid_id])].to_crs(utm)
-        if len(neighbours):
-            neighbours.plot(ax=ax, color=NEIGHBOUR_GREY, edgecolor="white", linewidth=0.8)
-        child = LEVELS[LEVELS.index(level) + 1] if level != LEVELS[-1] else None
-        if child:
-            kids = layers.kpis(child)
-            kids = kids[kids["parent_id"] == grid_id].to_crs(utm)
-            kids.plot(ax=ax, color=kids["colour"], edgecolor=LINE_COLOUR,
-                      linewidth=PRINT_LINE[child], alpha=0.8)
-        else:
-            grid_utm.plot(ax=ax, color=grid_utm["colour"], alpha=0.8)
-        grid_utm.boundary.plot(ax=ax, color=LINE_COLOUR, linewidth=PRINT_LINE["branch"])
-        _fit(ax, grid_utm.total_bounds)
-        if len(neighbours):
-            _labels(ax, neighbours.set_geometry(neighbours.geometry.intersection(
-                _view_box(ax))), 6 * scale)
-        if child:
-            _labels(ax, kids, 8 * scale)
-        handles = [Patch(facecolor=NEIGHBOUR_GREY, label="Neighbouring grid"),
-                   Line2D([], [], color=LINE_COLOUR, linewidth=PRINT_LINE["branch"],
-                          label=f"{ONE_NAME[level]} boundary")]
-        if child:
-            handles.append(Line2D([], [], color=LINE_COLOUR, linewidth=PRINT_LINE[child],
-                                  label=f"{ONE_NAME[child]} boundary"))
-        handles += _grid_points(ax, layers, tables, level, grid_id, utm, scale)
-        scale_bar(ax, scale)
-        north_arrow(ax, scale)
-        _header(fig, f"{ONE_NAME[level]} {grid_id}", layers.plan, utm.name, scale)
-        panel.legend(handles=handles, loc="upper left", frameon=False, fontsize=8 * scale,
-                     title="Legend", title_fontproperties={"weight": "bold",
-                                                           "size": 10 * scale})
-        figures = key_figures(grid, level, layers.plan.measures).iloc[0]
-        y = _figures_text(panel, 0.68, list(figures.items())[1:], "Key figures", scale)
-        communities = ranked_communities(layers, tables, level, grid_id)
-        if communities is not None and len(communities):
-            top = communities.head(_TOP_COMMUNITIES)
-            names = top["name"] if "name" in top else top.index
-            ids = top["community_id"] if "community_id" in top else top.index
-            rows = [(f"{rank}. {_printable(name, cid)}", f"{hh} hh · {pen}")
-                    for rank, name, cid, hh, pen in zip(
-                        top["rank"], names, ids, as_text(top["households"], ",.0f"),
-                        as_text(top["penetration"], ".0%"), strict=True)]
-            _figures_text(panel, y, rows, "Top communities by value", scale)
-        return _save(fig, Path(stem))
+    fig, ax, panel, scale = _page(paper, dpi)
+    table = layers.kpis(level)
+    grid = table[table["grid_id"] == grid_id]
+    b = grid.total_bounds
+    utm = local_projected_crs([b[0], b[2]], [b[1], b[3]])
+    grid_utm = grid.to_crs(utm)
+    neighbours = table[table["grid_id"].isin(layers.neighbours(level)[grid_id])].to_crs(utm)
+    if len(neighbours):
+        neighbours.plot(ax=ax, color=NEIGHBOUR_GREY, edgecolor="white", linewidth=0.8)
+    child = LEVELS[LEVELS.index(level) + 1] if level != LEVELS[-1] else None
+    if child:
+        kids = layers.kpis(child)
+        kids = kids[kids["parent_id"] == grid_id].to_crs(utm)
+        kids.plot(ax=ax, color=kids["colour"], edgecolor=LINE_COLOUR,
+                  linewidth=PRINT_LINE[child], alpha=0.8)
+    else:
+        grid_utm.plot(ax=ax, color=grid_utm["colour"], alpha=0.8)
+    grid_utm.boundary.plot(ax=ax, color=LINE_COLOUR, linewidth=PRINT_LINE["branch"])
+    _fit(ax, grid_utm.total_bounds)
+    if len(neighbours):
+        _labels(ax, neighbours.set_geometry(neighbours.geometry.intersection(
+            _view_box(ax))), 6 * scale)
+    if child:
+        _labels(ax, kids, 8 * scale)
+    handles = [Patch(facecolor=NEIGHBOUR_GREY, label="Neighbouring grid"),
+               Line2D([], [], color=LINE_COLOUR, linewidth=PRINT_LINE["branch"],
+                      label=f"{ONE_NAME[level]} boundary")]
+    if child:
+        handles.append(Line2D([], [], color=LINE_COLOUR, linewidth=PRINT_LINE[child],
+                              label=f"{ONE_NAME[child]} boundary"))
+    handles += _grid_points(ax, layers, tables, level, grid_id, utm, scale)
+    scale_bar(ax, scale)
+    north_arrow(ax, scale)
+    _header(fig, f"{ONE_NAME[level]} {grid_id}", layers.plan, utm.name, scale)
+    panel.legend(handles=handles, loc="upper left", frameon=False, fontsize=8 * scale,
+                 title="Legend", title_fontproperties={"weight": "bold",
+                                                       "size": 10 * scale})
+    figures = key_figures(grid, level, layers.plan.measures).iloc[0]
+    y = _figures_text(panel, 0.68, list(figures.items())[1:], "Key figures", scale)
+    communities = ranked_communities(layers, tables, level, grid_id)
+    if communities is not None and len(communities):
+        top = communities.head(_TOP_COMMUNITIES)
+        names = top["name"] if "name" in top else top.index
+        ids = top["community_id"] if "community_id" in top else top.index
+        rows = [(f"{rank}. {_printable(name, cid)}", f"{hh} hh · {pen}")
+                for rank, name, cid, hh, pen in zip(
+                    top["rank"], names, ids, as_text(top["households"], ",.0f"),
+                    as_text(top["penetration"], ".0%"), strict=True)]
+        _figures_text(panel, y, rows, "Top communities by value", scale)
+    return fig
 
 
 def _view_box(ax: Axes) -> shapely.Polygon:
@@ -358,3 +366,9 @@ def _rc() -> Iterator[None]:
             yield
     finally:
         log.removeFilter(_quiet_weight_fallback)
+
+
+#: The drawing context of every printed page (fonts with Chinese glyphs, TrueType in PDFs),
+#: for pages other modules draw (:mod:`territory.reports`): enter it before the figure is
+#: made and stay in it until it is saved.
+print_style = _rc

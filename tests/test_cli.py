@@ -154,6 +154,8 @@ def test_demo_and_plan_commands(tmp_path):
     assert (out / "maps" / "overview.html").exists() and (out / "maps" / "city.pdf").exists()
     assert len(list((out / "maps" / "field").glob("*.html"))) == 8
     assert list((out / "reports").glob("*.csv")) and list((out / "exports").glob("*.kml"))
+    assert len(list((out / "reports" / "grids").glob("*.pdf"))) == 8  # each grid's analysis
+    assert (out / "reports" / "grids" / "index.html").exists()
     # territory plan on the demo's own files, with customers given in GCJ-02
     cust = pd.read_csv(out / "synthetic" / "customers.csv")
     from territory.crs import wgs84_to_gcj02
