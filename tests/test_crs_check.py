@@ -234,6 +234,75 @@ def test_the_cli_refuses_points_without_a_crs(plan_file, city, tmp_path):
     assert res.exit_code == 0 and "warning" not in _said(res)
 
 
+def test_map_and_export_need_the_points_crs(plan_file, tmp_path):
+    runner = CliRunner()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "customers.csv").write_text("lng,lat\n118.1,24.5\n")
+    for args in (["map", str(plan_file), "--out", str(tmp_path / "m"), "--data", str(folder)],
+                 ["export", str(plan_file), "--format", "csv", "--out", str(tmp_path / "e"),
+                  "--customers", str(folder / "customers.csv")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "--points-crs is required" in _said(res), res.output
+        assert "wgs84, cgcs2000, gcj02, bd09 or EPSG:N" in _said(res)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
+    # plan-only runs need no CRS
+    res = runner.invoke(app, ["export", str(plan_file), "--format", "csv", "--level", "branch",
+                              "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+
+
+def test_export_checks_customers_against_the_plan(plan_file, city, tmp_path):
+    runner = CliRunner()
+    _, plan, _, x, y = city
+    gx, gy = from_wgs84(x, y, "gcj02")
+    src = tmp_path / "c.csv"
+    pd.DataFrame({"id": np.arange(len(gx)), "lng": gx, "lat": gy}).to_csv(src, index=False)
+    args = ["export", str(plan_file), "--format", "csv", "--level", "branch", "--out",
+            str(tmp_path / "e"), "--customers", str(src), "--points-crs"]
+    res = runner.invoke(app, [*args, "wgs84"])
+    assert res.exit_code == 0 and "warning:" in _said(res), res.output
+    assert "customers declared wgs84 fit better as gcj02" in _said(res)
+    res = runner.invoke(app, [*args, "gcj02"])
+    assert res.exit_code == 0 and "warning" not in _said(res), res.output
+    placed = pd.read_csv(tmp_path / "e" / "customers.csv", dtype={"sub_grid_id": str})
+    expected = plan.units["sub_grid_id"].to_numpy()[locate_points(plan.units, x, y)]
+    inside = placed["sub_grid_id"].notna().to_numpy()
+    assert inside.mean() > 0.9
+    assert (placed["sub_grid_id"].to_numpy()[inside] == expected[inside]).all()
+
+
+def test_map_tables_are_checked_against_the_plan(city, tmp_path):
+    from territory.cli_maps import read_tables
+
+    _, plan, _, x, y = city
+    bx, by = from_wgs84(x, y, "bd09")
+    pd.DataFrame({"lng": bx, "lat": by}).to_csv(tmp_path / "customers.csv", index=False)
+    found: list[str] = []
+    tables = read_tables(tmp_path, "gcj02", areas=plan.units, on_warning=found.append)
+    assert len(found) == 1 and found[0].startswith("customers declared gcj02 fit better as bd09")
+    found.clear()
+    tables = read_tables(tmp_path, "bd09", areas=plan.units, on_warning=found.append)
+    assert found == []
+    np.testing.assert_allclose(tables["customers"]["lng"], x, atol=1e-6)
+
+
+def test_export_reads_customers_in_the_crm_encoding(plan_file, city, tmp_path):
+    runner = CliRunner()
+    _, _, _, x, y = city
+    src = tmp_path / "c.csv"
+    pd.DataFrame({"name": "思明区营业厅", "lng": x[:50], "lat": y[:50]}).to_csv(
+        src, index=False, encoding="gb18030")
+    args = ["export", str(plan_file), "--format", "csv", "--level", "branch", "--out",
+            str(tmp_path / "e"), "--customers", str(src), "--points-crs", "wgs84"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--encoding" in _said(res) and "line 2" in _said(res)
+    res = runner.invoke(app, [*args, "--encoding", "gb18030"])
+    assert res.exit_code == 0, res.output
+    placed = pd.read_csv(tmp_path / "e" / "customers.csv", encoding="utf-8")
+    assert (placed["name"] == "思明区营业厅").all()
+
+
 # -- the service --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_dir(city, tmp_path_factory) -> Path:
