@@ -389,6 +389,33 @@ def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_pat
         assert job.request["source"]["points_crs"] == "wgs84"
 
 
+def test_a_plan_job_returns_its_crs_warnings(data_dir, city):
+    from tests.test_api import headers, settings_for, wait_for_job
+
+    _, _, _, x, y = city
+    datasets = data_dir / "datasets"
+    datasets.mkdir(exist_ok=True)
+    city[0].to_file(datasets / "b.geojson")
+    gx, gy = from_wgs84(x, y, "gcj02")
+    pd.DataFrame({"lng": gx, "lat": gy}).to_csv(datasets / "gcj.csv", index=False)
+    request = {"source": {"kind": "datasets", "boundaries": "b.geojson",
+                          "customers": "gcj.csv", "points_crs": "wgs84"},
+               "parameters": {"main_grids": 2, "sub_grids": 2, "resolution": 8,
+                              "min_resolution": 7, "time_limit_main": 2,
+                              "time_limit_sub": 1, "balance": {"customers": 0.5}}}
+    h = headers("planner")
+    with TestClient(create_app(settings_for(data_dir))) as client:
+        r = client.post("/plans", headers=h, json=request)
+        assert r.status_code == 202, r.text
+        job = wait_for_job(client, r.headers["location"])
+        assert job["status"] == "done", job["error"]
+        (message,) = job["warnings"]
+        assert message.startswith("customers declared wgs84 fit better as gcj02")
+        assert str(data_dir) not in message and "--" not in message
+        listed = client.get("/jobs", headers=h).json()["data"]
+        assert next(j for j in listed if j["job_id"] == job["job_id"])["warnings"] == [message]
+
+
 def test_settings_parse_points_crs(monkeypatch):
     monkeypatch.setenv("TERRITORY_POINTS_CRS", "xiamen:GCJ-02, shenzhen:EPSG:4547")
     assert Settings().points_crs == {"xiamen": "gcj02", "shenzhen": "EPSG:4547"}
