@@ -8,6 +8,7 @@ BD-09 with territory.crs and then declared rightly or wrongly.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -356,6 +357,39 @@ def test_the_service_needs_a_crs_unless_the_area_has_one(city, data_dir):
         ok = client.post(f"/plans/{plan_id}/assign/file", headers=h,
                          files={"file": ("p.csv", csv, "text/csv")})
         assert json.loads(ok.headers["x-assign-warnings"]) == []
+
+
+def test_file_uploads_name_their_encoding(city, data_dir):
+    _, plan, _, x, y = city
+    csv = pd.DataFrame({"name": "思明区营业厅", "lng": x[:20], "lat": y[:20]}).to_csv(
+        index=False).encode("gb18030")
+    h = {"X-API-Key": KEY}
+    with _client(data_dir) as client:
+        plan_id = client.get("/plans", headers=h).json()["data"][0]["plan_id"]
+
+        def upload(**params: str):
+            return client.post(f"/plans/{plan_id}/assign/file", headers=h,
+                               params={"crs": "wgs84", **params},
+                               files={"file": ("crm.csv", csv, "text/csv")})
+
+        r = upload()  # read as UTF-8
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "line 2" in detail and "`encoding`" in detail and "gb18030" in detail
+        assert "the uploaded file" in detail and str(data_dir) not in detail
+        assert "--" not in detail
+        for encoding in ("gb18030", "gbk"):
+            r = upload(encoding=encoding)
+            assert r.status_code == 200, r.text
+            out = pd.read_csv(io.BytesIO(r.content), dtype={"sub_grid_id": str})
+            assert (out["name"] == "思明区营业厅").all() and len(out) == 20
+            expected = plan.units["sub_grid_id"].to_numpy()[
+                locate_points(plan.units, x[:20], y[:20])]
+            assert list(out["sub_grid_id"]) == list(expected)
+        bad = upload(encoding="latin-1")
+        assert bad.status_code == 422, bad.text
+        err = bad.json()["errors"][0]
+        assert err["field"] == "query.encoding" and "gb18030" in err["fix"]
 
 
 def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_path):
