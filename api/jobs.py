@@ -31,6 +31,7 @@ from api.problems import make_problem, territory_problem
 from api.schemas import PlanParameters, TableOptions
 from api.store import PlanStore, now
 from territory.boundaries import load_city, read_boundaries
+from territory.crs_check import Warn
 from territory.errors import TerritoryError
 from territory.hierarchy import HierarchySpec
 from territory.pipeline import Inputs, UnitOptions, read_points, run
@@ -60,8 +61,9 @@ class _Progress:
         self.store.update_job(self.job_id, stage=stage, done=done, total=total)
 
 
-def _inputs(source: dict[str, Any]) -> Inputs:
-    """The pipeline's Inputs from a job's source: a demo city, or files on disk."""
+def _inputs(source: dict[str, Any], on_warning: Warn) -> Inputs:
+    """The pipeline's Inputs from a job's source: a demo city, or files on disk; what the
+    point tables' CRS check finds goes to ``on_warning``."""
     if source["kind"] == "demo":
         areas = load_city(source["city"])
         data = generate_city(areas, n_customers=source["customers"], seed=source["seed"])
@@ -73,7 +75,7 @@ def _inputs(source: dict[str, Any]) -> Inputs:
     tables = {
         name: read_points(source[name], crs=opts.points_crs, lng=opts.lng_column,
                           lat=opts.lat_column, name=name, areas=areas,
-                          encoding=opts.encoding, on_warning=lambda m: log.warning("%s", m))
+                          encoding=opts.encoding, on_warning=on_warning)
         if source.get(name) else None
         for name in POINT_TABLES
     }
@@ -103,9 +105,17 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
     store.update_job(job_id, status="running", stage="reading inputs", started=now(),
                      worker_pid=os.getpid())
     request = job.request
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        """Keep a warning in the job's row, where its client reads it, and in the log."""
+        log.warning("plan job %s: %s", job_id, message)
+        warnings.append(message)
+        store.update_job(job_id, warnings=warnings)
+
     try:
         try:
-            inputs = _inputs(request["source"])
+            inputs = _inputs(request["source"], warn)
         except TerritoryError as exc:
             # the files themselves are unusable: a client error about what was sent
             raise _Malformed(exc) from exc

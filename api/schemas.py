@@ -173,6 +173,9 @@ class JobPublic(BaseModel):
     service_area: str
     plan_id: str | None = Field(None, description="The plan made, once done")
     error: Problem | None = Field(None, description="Why it failed")
+    warnings: list[str] = Field(default_factory=list, description=(
+        "What the inputs' checks found without stopping the job, e.g. points that fit the "
+        "service area better in another coordinate system than the one declared"))
     created: datetime
     started: datetime | None = None
     finished: datetime | None = None

@@ -63,9 +63,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     done INTEGER NOT NULL DEFAULT 0, total INTEGER, service_area TEXT NOT NULL,
     request TEXT NOT NULL, plan_id TEXT, error TEXT, created TEXT NOT NULL,
     started TEXT, finished TEXT, created_by TEXT NOT NULL, runner TEXT NOT NULL,
-    worker_pid INTEGER);
+    worker_pid INTEGER, warnings TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 """
+#: Columns added since the first catalogues, as ``ALTER TABLE`` adds them to an existing one
+#: (``CREATE TABLE IF NOT EXISTS`` leaves an older table as it was).
+_ADDED_COLUMNS = {"jobs": {"warnings": "TEXT NOT NULL DEFAULT '[]'"}}
 
 # A window: the plan in force from one activation until the next one of its area.
 _WINDOWS = """
@@ -130,6 +133,7 @@ class JobRecord:
     created_by: str
     runner: str
     worker_pid: int | None
+    warnings: list[str]
 
 
 class PlanStore:
@@ -216,6 +220,11 @@ class PlanStore:
             with sqlite3.connect(self.root / "catalogue.sqlite", timeout=30.0) as con:
                 con.execute("PRAGMA journal_mode = WAL")
                 con.executescript(_SCHEMA)
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+                    for name, decl in columns.items():
+                        if name not in have:
+                            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
             con.close()
             self._ready = True
 
@@ -374,9 +383,10 @@ class PlanStore:
         return record
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        """Set job columns; ``error`` is stored as JSON."""
-        if "error" in fields and fields["error"] is not None:
-            fields["error"] = json.dumps(fields["error"], ensure_ascii=False)
+        """Set job columns; ``error`` and ``warnings`` are stored as JSON."""
+        for name in ("error", "warnings"):
+            if fields.get(name) is not None:
+                fields[name] = json.dumps(fields[name], ensure_ascii=False)
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         with self._write() as con:
             con.execute(f"UPDATE jobs SET {sets} WHERE job_id = :job_id",
@@ -387,6 +397,7 @@ class PlanStore:
         data = dict(row)
         data["request"] = json.loads(data["request"])
         data["error"] = json.loads(data["error"]) if data["error"] else None
+        data["warnings"] = json.loads(data["warnings"])
         return JobRecord(**data)
 
     def get_job(self, job_id: str) -> JobRecord | None:

@@ -7,18 +7,26 @@ inside the commands because it imports this one while it is being loaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pandas as pd
 import typer
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+    from territory.crs_check import Warn
 
 #: Point tables ``--data`` looks for, as ``<name>.csv`` or ``<name>.parquet``.
 TABLE_NAMES = ("communities", "stores", "key_accounts", "customers")
 
 
-def read_tables(data: Path | None, points_crs: str = "wgs84") -> dict[str, pd.DataFrame]:
+def read_tables(data: Path | None, points_crs: str | None, *,
+                areas: gpd.GeoDataFrame | None = None, encoding: str = "utf-8",
+                on_warning: Warn | None = None) -> dict[str, pd.DataFrame]:
     """The point tables found in folder ``data`` (the demo's ``synthetic/``), coordinates
-    converted to WGS84 from ``points_crs``."""
+    converted to WGS84 from ``points_crs`` (required: never assumed) and, with ``areas``,
+    each checked for a mistaken CRS (see :func:`territory.pipeline.read_points`)."""
     from territory.errors import InvalidInputError
     from territory.pipeline import read_points
 
@@ -32,7 +40,8 @@ def read_tables(data: Path | None, points_crs: str = "wgs84") -> dict[str, pd.Da
         for ext in (".csv", ".parquet"):
             path = data / f"{name}{ext}"
             if path.exists():
-                tables[name] = read_points(path, crs=points_crs, name=name)
+                tables[name] = read_points(path, crs=points_crs, name=name, areas=areas,
+                                           encoding=encoding, on_warning=on_warning)
                 break
     return tables
 
@@ -46,6 +55,7 @@ def _written(paths: list[Path], title: str) -> None:
 
 
 def map_command(
+    ctx: typer.Context,
     plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     out: Annotated[Path, typer.Option(help="Output folder")],
     grid: Annotated[str | None, typer.Option(help="A grid id: write its field map and "
@@ -60,7 +70,12 @@ def map_command(
     = "Quantiles",
     data: Annotated[Path | None, typer.Option(help="Folder of communities/stores/"
                                                    "key_accounts/customers CSV files")] = None,
-    points_crs: Annotated[str, typer.Option(help="CRS of the --data points")] = "wgs84",
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the --data points "
+                                                        "(required with --data): "
+                                                        "wgs84, cgcs2000, gcj02, "
+                                                        "bd09 or EPSG:N")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the --data CSV "
+                                               "files, e.g. gb18030 or gbk")] = "utf-8",
     paper: Annotated[str | None, typer.Option(help="A4 or A3 (default A3 for the city, A4 "
                                                    "for a grid)")] = None,
     online_tiles: Annotated[bool, typer.Option(help="Offer an online base map layer (off "
@@ -68,7 +83,7 @@ def map_command(
 ) -> None:
     """Offline HTML maps and printable PNG/PDF maps of a plan: the city (overview and
     choropleth) or, with --grid, one grid's field map."""
-    from territory.cli import _errors, console
+    from territory.cli import _errors, console, require_crs, warn
     from territory.errors import InvalidInputError
     from territory.filenames import safe_filename
     from territory.mapdata import PlanLayers
@@ -77,12 +92,16 @@ def map_command(
     from territory.plan import Plan
     from territory.printmaps import print_city, print_grid
 
-    with _errors():
+    with _errors(ctx):
         if grid is not None and measure is not None:
             raise InvalidInputError("--measure colours the city maps; drop it with --grid")
-        tables = read_tables(data, points_crs)
+        if data is not None:
+            points_crs = require_crs(points_crs, "--points-crs")  # before the plan is read
         with console.status("loading the plan and measuring its grids"):
-            layers = PlanLayers(Plan.load(plan))
+            saved = Plan.load(plan)
+            tables = read_tables(data, points_crs, areas=saved.units, encoding=encoding,
+                                 on_warning=warn)
+            layers = PlanLayers(saved)
         if grid is None:
             with console.status("drawing the city maps"):
                 written = [
@@ -116,20 +135,32 @@ def export(
     customers: Annotated[Path | None, typer.Option(help="Customer table (CSV/Parquet) to "
                                                         "assign to grids (csv format)")]
     = None,
-    points_crs: Annotated[str, typer.Option(help="CRS of the customer coordinates")]
-    = "wgs84",
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the customer coordinates "
+                                                        "(required with --customers): wgs84, "
+                                                        "cgcs2000, gcj02, bd09 or EPSG:N")]
+    = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV customer table, e.g. "
+                                               "gb18030 or gbk")] = "utf-8",
+    excel_safe: Annotated[bool, typer.Option(help="Prefix ' to CSV text cells a spreadsheet "
+                                                  "would run as a formula (=, +, -, @); off "
+                                                  "by default: ids stay exact for BOSS/CRM "
+                                                  "imports")] = False,
 ) -> None:
     """Write a plan's grids as GeoJSON, GeoPackage, KML or CSV (unit → grid, customer →
     grid), level by level."""
-    from territory.cli import _errors, console
+    from territory.cli import _errors, console, require_crs, warn
     from territory.exports import export_plan
     from territory.pipeline import read_points
     from territory.plan import Plan
 
     with _errors(ctx):
-        table = (read_points(customers, crs=points_crs, name="customers")
+        if customers is not None:
+            points_crs = require_crs(points_crs, "--points-crs")  # before the plan is read
+        saved = Plan.load(plan)
+        table = (read_points(customers, crs=points_crs, name="customers", areas=saved.units,
+                             encoding=encoding, on_warning=warn)
                  if customers is not None else None)
         with console.status(f"exporting {format}"):
-            written = export_plan(Plan.load(plan), format, out, levels=level, crs=crs,
-                                  customers=table)
+            written = export_plan(saved, format, out, levels=level, crs=crs,
+                                  customers=table, excel_safe=excel_safe)
         _written(written, f"{format} → {out}")

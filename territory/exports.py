@@ -11,7 +11,10 @@
   carry the data as it is.
 * **CSV** for BOSS/CRM: ``units.csv`` (unit -> sub-grid, main grid, branch), one KPI table
   per level, and ``customers.csv`` (each customer with its unit and grids) when a customer
-  table is given.
+  table is given. The cells are the data exactly as it is, because CRM imports match ids
+  byte for byte; a spreadsheet opening such a file runs a cell starting with ``=``, ``+``,
+  ``-``, ``@``, a tab or a carriage return as a formula (CSV injection). ``excel_safe``
+  prefixes those text cells with ``'`` for files meant for people, not for imports.
 
 Every property carries the grid's KPIs (:func:`territory.mapdata.grid_kpis`). Every file is
 written to a temporary file in the target folder and renamed into place, so a reader never
@@ -41,6 +44,8 @@ GEOJSON_PRECISION = 7
 KML_WIDTH = {"branch": 4, "main_grid": 2, "sub_grid": 1}
 #: Fill opacity of KML grids (hex alpha): a phone's base map stays readable underneath.
 KML_FILL_ALPHA = "80"
+#: First characters that make a spreadsheet read a CSV cell as a formula.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _levels(levels: Sequence[str] | None) -> list[str]:
@@ -126,35 +131,51 @@ def write_kml(layers: PlanLayers, level: str, out_dir: Path) -> Path:
     return path
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+def excel_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells starting with :data:`FORMULA_START` begin with
+    ``'``, which a spreadsheet shows as text instead of running (numbers are left alone)."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or isinstance(out[column].dtype, pd.StringDtype):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, safe: bool = False) -> Path:
+    """RFC 4180 lines (CRLF): the csv module then quotes a cell holding a lone carriage
+    return, which a ``\n`` line end leaves bare and readers split into two rows."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, encoding="utf-8")
+        (excel_safe(frame) if safe else frame).to_csv(tmp, index=False, encoding="utf-8",
+                                                      lineterminator="\r\n")
     return path
 
 
 def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
-              customers: pd.DataFrame | None = None) -> list[Path]:
-    """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``."""
+              customers: pd.DataFrame | None = None, *, safe: bool = False) -> list[Path]:
+    """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``;
+    ``safe`` applies :func:`excel_safe` to each."""
     plan = layers.plan
     ids = ["sub_grid_id", "main_grid_id", "branch_id"]
-    written = [_write_csv(plan.units[ids].reset_index(), out_dir / "units.csv")]
+    written = [_write_csv(plan.units[ids].reset_index(), out_dir / "units.csv", safe)]
     for level in levels:
         table = pd.DataFrame(_export_table(layers, level).drop(columns="geometry"))
-        written.append(_write_csv(table, out_dir / f"{LAYER[level]}.csv"))
+        written.append(_write_csv(table, out_dir / f"{LAYER[level]}.csv", safe))
     if customers is not None:
-        written.append(_write_csv(place_points(plan, customers), out_dir / "customers.csv"))
+        written.append(_write_csv(place_points(plan, customers), out_dir / "customers.csv",
+                                  safe))
     return written
 
 
 def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
                 levels: Sequence[str] | None = None, crs: str = "wgs84",
-                customers: pd.DataFrame | None = None) -> list[Path]:
+                customers: pd.DataFrame | None = None, excel_safe: bool = False) -> list[Path]:
     """Write the plan's grids at ``levels`` (default all) in format ``fmt`` into ``out_dir``;
     returns the files written.
 
     ``crs`` is ``wgs84`` or, for GeoJSON only, ``gcj02``: GeoPackage and KML readers expect
     WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) is used by the
-    CSV export.
+    CSV export; ``excel_safe`` (CSV only) guards its text cells against formula injection.
     """
     if fmt not in FORMATS:
         raise InvalidInputError(f"format {fmt!r}: choose one of {list(FORMATS)}")
@@ -166,6 +187,8 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         )
     if customers is not None and fmt != "csv":
         raise InvalidInputError("a customer table is exported with `format` 'csv'")
+    if excel_safe and fmt != "csv":
+        raise InvalidInputError("`excel_safe` applies to `format` 'csv' only")
     layers = PlanLayers.of(plan)
     chosen = _levels(levels)
     out = Path(out_dir)
@@ -173,6 +196,6 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         "geojson": lambda: [write_geojson(layers, lv, out, crs) for lv in chosen],
         "gpkg": lambda: [write_gpkg(layers, chosen, out)],
         "kml": lambda: [write_kml(layers, lv, out) for lv in chosen],
-        "csv": lambda: write_csv(layers, chosen, out, customers),
+        "csv": lambda: write_csv(layers, chosen, out, customers, safe=excel_safe),
     }
     return writers[fmt]()

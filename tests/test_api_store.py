@@ -56,3 +56,28 @@ def test_no_unlisted_folder_is_swept_while_a_job_may_still_list_it(tiny_units, t
     store.create_job(service_area="a", request={}, created_by="t", runner=f"{os.getpid()}:x")
     store.sweep_plans()
     assert sorted((tmp_path / "plans").iterdir()) == sorted([*kept, unlisted])
+
+
+def test_a_catalogue_of_an_earlier_release_gains_the_job_warnings(tmp_path):
+    """The jobs table as released before ``warnings``: its rows read back, and take some."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "catalogue.sqlite") as con:
+        con.execute(
+            "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+            "stage TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0, total INTEGER, "
+            "service_area TEXT NOT NULL, request TEXT NOT NULL, plan_id TEXT, error TEXT, "
+            "created TEXT NOT NULL, started TEXT, finished TEXT, created_by TEXT NOT NULL, "
+            "runner TEXT NOT NULL, worker_pid INTEGER)")
+        con.execute("INSERT INTO jobs (job_id, status, stage, service_area, request, created, "
+                    "created_by, runner) VALUES ('old', 'done', 'done', 'a', '{}', "
+                    "'2026-01-01T00:00:00+00:00', 'planner', '1:x')")
+    con.close()
+    store = PlanStore(tmp_path)
+    assert store.get_job("old").warnings == []
+    store.update_job("old", warnings=["customers declared wgs84 fit better as gcj02"])
+    assert PlanStore(tmp_path).get_job("old").warnings == [
+        "customers declared wgs84 fit better as gcj02"]
+    with TestClient(create_app(Settings(data_dir=tmp_path, api_keys="k:viewer"))) as client:
+        job = client.get("/jobs/old", headers={"X-API-Key": "k"}).json()
+    assert job["warnings"] == ["customers declared wgs84 fit better as gcj02"]

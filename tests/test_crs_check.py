@@ -8,6 +8,7 @@ BD-09 with territory.crs and then declared rightly or wrongly.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -234,6 +235,75 @@ def test_the_cli_refuses_points_without_a_crs(plan_file, city, tmp_path):
     assert res.exit_code == 0 and "warning" not in _said(res)
 
 
+def test_map_and_export_need_the_points_crs(plan_file, tmp_path):
+    runner = CliRunner()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "customers.csv").write_text("lng,lat\n118.1,24.5\n")
+    for args in (["map", str(plan_file), "--out", str(tmp_path / "m"), "--data", str(folder)],
+                 ["export", str(plan_file), "--format", "csv", "--out", str(tmp_path / "e"),
+                  "--customers", str(folder / "customers.csv")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and "--points-crs is required" in _said(res), res.output
+        assert "wgs84, cgcs2000, gcj02, bd09 or EPSG:N" in _said(res)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
+    # plan-only runs need no CRS
+    res = runner.invoke(app, ["export", str(plan_file), "--format", "csv", "--level", "branch",
+                              "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+
+
+def test_export_checks_customers_against_the_plan(plan_file, city, tmp_path):
+    runner = CliRunner()
+    _, plan, _, x, y = city
+    gx, gy = from_wgs84(x, y, "gcj02")
+    src = tmp_path / "c.csv"
+    pd.DataFrame({"id": np.arange(len(gx)), "lng": gx, "lat": gy}).to_csv(src, index=False)
+    args = ["export", str(plan_file), "--format", "csv", "--level", "branch", "--out",
+            str(tmp_path / "e"), "--customers", str(src), "--points-crs"]
+    res = runner.invoke(app, [*args, "wgs84"])
+    assert res.exit_code == 0 and "warning:" in _said(res), res.output
+    assert "customers declared wgs84 fit better as gcj02" in _said(res)
+    res = runner.invoke(app, [*args, "gcj02"])
+    assert res.exit_code == 0 and "warning" not in _said(res), res.output
+    placed = pd.read_csv(tmp_path / "e" / "customers.csv", dtype={"sub_grid_id": str})
+    expected = plan.units["sub_grid_id"].to_numpy()[locate_points(plan.units, x, y)]
+    inside = placed["sub_grid_id"].notna().to_numpy()
+    assert inside.mean() > 0.9
+    assert (placed["sub_grid_id"].to_numpy()[inside] == expected[inside]).all()
+
+
+def test_map_tables_are_checked_against_the_plan(city, tmp_path):
+    from territory.cli_maps import read_tables
+
+    _, plan, _, x, y = city
+    bx, by = from_wgs84(x, y, "bd09")
+    pd.DataFrame({"lng": bx, "lat": by}).to_csv(tmp_path / "customers.csv", index=False)
+    found: list[str] = []
+    tables = read_tables(tmp_path, "gcj02", areas=plan.units, on_warning=found.append)
+    assert len(found) == 1 and found[0].startswith("customers declared gcj02 fit better as bd09")
+    found.clear()
+    tables = read_tables(tmp_path, "bd09", areas=plan.units, on_warning=found.append)
+    assert found == []
+    np.testing.assert_allclose(tables["customers"]["lng"], x, atol=1e-6)
+
+
+def test_export_reads_customers_in_the_crm_encoding(plan_file, city, tmp_path):
+    runner = CliRunner()
+    _, _, _, x, y = city
+    src = tmp_path / "c.csv"
+    pd.DataFrame({"name": "思明区营业厅", "lng": x[:50], "lat": y[:50]}).to_csv(
+        src, index=False, encoding="gb18030")
+    args = ["export", str(plan_file), "--format", "csv", "--level", "branch", "--out",
+            str(tmp_path / "e"), "--customers", str(src), "--points-crs", "wgs84"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--encoding" in _said(res) and "line 2" in _said(res)
+    res = runner.invoke(app, [*args, "--encoding", "gb18030"])
+    assert res.exit_code == 0, res.output
+    placed = pd.read_csv(tmp_path / "e" / "customers.csv", encoding="utf-8")
+    assert (placed["name"] == "思明区营业厅").all()
+
+
 # -- the service --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_dir(city, tmp_path_factory) -> Path:
@@ -289,6 +359,39 @@ def test_the_service_needs_a_crs_unless_the_area_has_one(city, data_dir):
         assert json.loads(ok.headers["x-assign-warnings"]) == []
 
 
+def test_file_uploads_name_their_encoding(city, data_dir):
+    _, plan, _, x, y = city
+    csv = pd.DataFrame({"name": "思明区营业厅", "lng": x[:20], "lat": y[:20]}).to_csv(
+        index=False).encode("gb18030")
+    h = {"X-API-Key": KEY}
+    with _client(data_dir) as client:
+        plan_id = client.get("/plans", headers=h).json()["data"][0]["plan_id"]
+
+        def upload(**params: str):
+            return client.post(f"/plans/{plan_id}/assign/file", headers=h,
+                               params={"crs": "wgs84", **params},
+                               files={"file": ("crm.csv", csv, "text/csv")})
+
+        r = upload()  # read as UTF-8
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "line 2" in detail and "`encoding`" in detail and "gb18030" in detail
+        assert "the uploaded file" in detail and str(data_dir) not in detail
+        assert "--" not in detail
+        for encoding in ("gb18030", "gbk"):
+            r = upload(encoding=encoding)
+            assert r.status_code == 200, r.text
+            out = pd.read_csv(io.BytesIO(r.content), dtype={"sub_grid_id": str})
+            assert (out["name"] == "思明区营业厅").all() and len(out) == 20
+            expected = plan.units["sub_grid_id"].to_numpy()[
+                locate_points(plan.units, x[:20], y[:20])]
+            assert list(out["sub_grid_id"]) == list(expected)
+        bad = upload(encoding="latin-1")
+        assert bad.status_code == 422, bad.text
+        err = bad.json()["errors"][0]
+        assert err["field"] == "query.encoding" and "gb18030" in err["fix"]
+
+
 def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_path):
     keys = f"{KEY}:planner"
     datasets = data_dir / "datasets"
@@ -318,6 +421,33 @@ def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_pat
         assert r.status_code == 202, r.text
         job = PlanStore(data_dir).get_job(r.json()["job_id"])
         assert job.request["source"]["points_crs"] == "wgs84"
+
+
+def test_a_plan_job_returns_its_crs_warnings(data_dir, city):
+    from tests.test_api import headers, settings_for, wait_for_job
+
+    _, _, _, x, y = city
+    datasets = data_dir / "datasets"
+    datasets.mkdir(exist_ok=True)
+    city[0].to_file(datasets / "b.geojson")
+    gx, gy = from_wgs84(x, y, "gcj02")
+    pd.DataFrame({"lng": gx, "lat": gy}).to_csv(datasets / "gcj.csv", index=False)
+    request = {"source": {"kind": "datasets", "boundaries": "b.geojson",
+                          "customers": "gcj.csv", "points_crs": "wgs84"},
+               "parameters": {"main_grids": 2, "sub_grids": 2, "resolution": 8,
+                              "min_resolution": 7, "time_limit_main": 2,
+                              "time_limit_sub": 1, "balance": {"customers": 0.5}}}
+    h = headers("planner")
+    with TestClient(create_app(settings_for(data_dir))) as client:
+        r = client.post("/plans", headers=h, json=request)
+        assert r.status_code == 202, r.text
+        job = wait_for_job(client, r.headers["location"])
+        assert job["status"] == "done", job["error"]
+        (message,) = job["warnings"]
+        assert message.startswith("customers declared wgs84 fit better as gcj02")
+        assert str(data_dir) not in message and "--" not in message
+        listed = client.get("/jobs", headers=h).json()["data"]
+        assert next(j for j in listed if j["job_id"] == job["job_id"])["warnings"] == [message]
 
 
 def test_settings_parse_points_crs(monkeypatch):

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 
 from api.main import create_app
 from api.store import PlanStore
+from territory.errors import InvalidInputError
 from territory.exports import export_plan, kml_description, kml_text
 from territory.filenames import safe_filename
 from territory.hierarchy import HierarchySpec
@@ -438,6 +439,32 @@ def test_map_command_names_files_safely(saved, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
     stem = safe_filename(main)
     assert {p.name for p in out.iterdir()} == {f"{stem}.{e}" for e in ("html", "png", "pdf")}
+
+
+#: Cells a spreadsheet runs as formulas (CSV injection), as ids and names of a CRM table.
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)",
+            "\tTAB", "\rCR"]
+
+
+def test_csv_export_keeps_data_exact_unless_made_excel_safe(layers, tables, tmp_path):
+    customers = tables["customers"].iloc[:len(FORMULAS)].assign(
+        id=FORMULAS, name=FORMULAS[::-1], plain="O'Brien", debt=-5.5)
+    export_plan(layers, "csv", tmp_path / "exact", levels=["branch"], customers=customers)
+    export_plan(layers, "csv", tmp_path / "safe", levels=["branch"], customers=customers,
+                excel_safe=True)
+
+    def read(folder: str) -> pd.DataFrame:
+        return pd.read_csv(tmp_path / folder / "customers.csv", dtype=str,
+                           keep_default_na=False)
+
+    exact, safe = read("exact"), read("safe")
+    assert list(exact["id"]) == FORMULAS and list(exact["name"]) == FORMULAS[::-1]
+    assert list(safe["id"]) == ["'" + f for f in FORMULAS]
+    assert list(safe["name"]) == ["'" + f for f in FORMULAS[::-1]]
+    for column in ("plain", "debt", "lng", "sub_grid_id"):  # numbers and harmless text stay
+        assert list(safe[column]) == list(exact[column])
+    with pytest.raises(InvalidInputError, match="excel_safe"):
+        export_plan(layers, "kml", tmp_path / "k", excel_safe=True)
 
 
 # -- grid filters never become SQL ---------------------------------------------------------

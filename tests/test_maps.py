@@ -524,13 +524,15 @@ def test_map_and_export_commands(saved, busiest_main, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["map", str(saved / "plan.gpkg"), "--out", str(tmp_path),
-                                 "--grid", busiest_main, "--data", str(saved / "synthetic")])
+                                 "--grid", busiest_main, "--data", str(saved / "synthetic"),
+                                 "--points-crs", "wgs84"])
     assert result.exit_code == 0, result.output
     assert {p.name for p in tmp_path.iterdir()} >= {f"{busiest_main}.{e}"
                                                     for e in ("html", "png", "pdf")}
     result = runner.invoke(app, ["export", str(saved / "plan.gpkg"), "--format", "csv",
                                  "--level", "sub_grid", "--out", str(tmp_path / "csv"),
-                                 "--customers", str(saved / "synthetic" / "customers.csv")])
+                                 "--customers", str(saved / "synthetic" / "customers.csv"),
+                                 "--points-crs", "wgs84"])
     assert result.exit_code == 0, result.output
     assert {p.name for p in (tmp_path / "csv").iterdir()} == {"units.csv", "sub_grids.csv",
                                                               "customers.csv"}

@@ -25,7 +25,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,7 @@ from api.store import PlanRecord, PlanStore
 from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
 from territory.crs import normalize_crs
 from territory.errors import InvalidInputError, TerritoryError
+from territory.tables import codec
 
 router = APIRouter(tags=["assign"])
 
@@ -169,17 +170,19 @@ def _file_suffix(upload: UploadFile) -> str:
     return suffix
 
 
-def _readable(path: Path, suffix: str) -> None:
-    """400 for a file that is not what it says it is, before any work is done on it."""
+def _readable(path: Path, suffix: str, encoding: str) -> None:
+    """400 for a file that is not what it says it is, before any work is done on it.
+    Undecodable text is left to the reader, whose message names the line and the fix."""
     try:
         if suffix == ".parquet":
             pq.ParquetFile(path).close()
         else:
-            pd.read_csv(path, nrows=1, dtype=str, encoding="utf-8-sig")
+            pd.read_csv(path, nrows=1, dtype=str, encoding=codec(encoding),
+                        encoding_errors="replace")
     except (ValueError, OSError, pa.ArrowException) as exc:
         message = f"the upload cannot be read as {suffix[1:].upper()} ({exc})"
-        raise field_problem("file", message, "send a complete, well-formed UTF-8 CSV or "
-                            "Parquet file", status=400, kind="malformed-file",
+        raise field_problem("file", message, "send a complete, well-formed CSV (text in "
+                            "`encoding`) or Parquet file", status=400, kind="malformed-file",
                             title="Malformed file") from None
 
 
@@ -196,7 +199,7 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: FileCol
         src, dst = folder / f"input{suffix}", folder / f"output{suffix}"
         with open(src, "wb") as out:
             shutil.copyfileobj(upload.file, out, 1 << 20)
-        _readable(src, suffix)
+        _readable(src, suffix, columns.encoding)
 
         def limit(done: int, total: int | None) -> None:
             if max(done, total or 0) > settings.max_batch_points:
@@ -206,9 +209,11 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: FileCol
 
         warnings: list[str] = []
         try:
-            counts = assign_file(index, src, dst, columns=Columns(crs=crs, **vars(columns)),
+            counts = assign_file(index, src, dst,
+                                 columns=Columns(lng=columns.lng, lat=columns.lat, crs=crs,
+                                                 crs_column=columns.crs_column),
                                  chunk_size=FILE_CHUNK, progress=limit,
-                                 on_warning=warnings.append)
+                                 on_warning=warnings.append, encoding=columns.encoding)
         except TerritoryError as exc:  # the same error, without the server's path
             raise type(exc)(public_message(str(exc), {str(src): "the uploaded file"})) from None
     except BaseException:
@@ -224,13 +229,19 @@ def _file(index: LockedIndex, ref: PlanRef, upload: UploadFile, columns: FileCol
     )
 
 
+#: Text encodings a CSV upload may be in.
+FileEncoding = Literal["utf-8", "gbk", "gb18030"]
+
+
 @dataclass(frozen=True)
 class FileColumnsIn:
-    """The file's column names; its crs is resolved per service area (:func:`_file`)."""
+    """The file's column names and text encoding; its crs is resolved per service area
+    (:func:`_file`)."""
 
     lng: str
     lat: str
     crs_column: str | None
+    encoding: str
 
 
 def file_columns(
@@ -238,8 +249,12 @@ def file_columns(
     lat_column: Annotated[str, Query(description="Latitude / northing column")] = "lat",
     crs_column: Annotated[str | None, Query(description="Column naming each row's crs "
                                                         "(blank: `crs`)")] = None,
+    encoding: Annotated[FileEncoding, Query(description="Text encoding of a CSV file: "
+                                                        "Chinese CRM exports are often "
+                                                        "gb18030 or gbk")] = "utf-8",
 ) -> FileColumnsIn:
-    return FileColumnsIn(lng=lng_column, lat=lat_column, crs_column=crs_column)
+    return FileColumnsIn(lng=lng_column, lat=lat_column, crs_column=crs_column,
+                         encoding=encoding)
 
 
 FileColumns = Annotated[FileColumnsIn, Depends(file_columns)]

@@ -21,6 +21,7 @@ def public_job(job: JobRecord) -> JobPublic:
         progress=JobProgress(stage=job.stage, done=job.done, total=job.total),
         service_area=job.service_area, plan_id=job.plan_id,
         error=Problem.model_validate(job.error) if job.error else None,
+        warnings=job.warnings,
         created=job.created, started=job.started, finished=job.finished,
         created_by=job.created_by,
     )
