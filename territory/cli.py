@@ -180,6 +180,9 @@ def plan(
     communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
     stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
     key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
+    workload: Annotated[Path | None, typer.Option(help="Workload model TOML (default: the "
+                                                       "shipped territory/assets/"
+                                                       "workload.toml)")] = None,
     points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required): "
                                                         "wgs84, cgcs2000, gcj02, bd09 or "
                                                         "EPSG:N")] = None,
@@ -217,6 +220,7 @@ def plan(
     from territory.boundaries import read_boundaries
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
+    from territory.workload import load_model
 
     with _errors():
         points_crs = require_crs(points_crs, "--points-crs")
@@ -230,7 +234,7 @@ def plan(
 
         inputs = Inputs(areas, branch_column, pts(customers, "customers"),
                         pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"))
+                        pts(key_accounts, "key_accounts"), workload=load_model(workload))
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
