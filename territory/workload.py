@@ -31,6 +31,7 @@ from typing import Literal
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from territory.errors import InvalidInputError
@@ -116,9 +117,14 @@ class Role(_Section):
         return self
 
 
+class Staff(_Section):
+    monthly_hours: float = Field(gt=0)
+
+
 class WorkloadModel(_Section):
     """The parsed, validated TOML (see the shipped file for what every figure means)."""
 
+    staff: Staff
     customers: CustomerHours
     communities: CommunityHours
     key_accounts: KeyAccountHours
@@ -255,15 +261,17 @@ def add_total(units: pd.DataFrame) -> pd.DataFrame:
     return units.assign(**{TOTAL: units[parts].fillna(0).sum(axis=1) if parts else 0.0})
 
 
-def grid_stats(units: gpd.GeoDataFrame, level: str) -> pd.DataFrame:
-    """Per grid of ``level``: workload parts (hours), area (km²) and customer spread (km).
+def grid_stats(units: gpd.GeoDataFrame, level: str, crs: pyproj.CRS | None = None
+               ) -> pd.DataFrame:
+    """Per grid of ``level``: workload parts (hours), area (km²), customer spread (km) and
+    centre (``centre_x``/``centre_y``, metres in ``crs``).
 
-    The spread is the customer-weighted root-mean-square distance of the units' centroids
-    from the grid's weighted centre (units weighted equally where there are no customers),
-    measured in the plan's local UTM zone.
+    The centre is the customer-weighted mean of the units' centroids (units weighted equally
+    where a grid has no customers) and the spread the weighted root-mean-square distance from
+    it, measured in ``crs`` (default: the plan's local UTM zone).
     """
     col = f"{level}_id"
-    proj = units.to_crs(units.estimate_utm_crs())
+    proj = units.to_crs(crs or units.estimate_utm_crs())
     c = proj.geometry.centroid
     w = units["customers"].to_numpy(float) if "customers" in units else np.ones(len(units))
     df = pd.DataFrame({"grid_id": units[col].to_numpy(), "x": c.x.to_numpy(),
@@ -279,6 +287,8 @@ def grid_stats(units: gpd.GeoDataFrame, level: str) -> pd.DataFrame:
     out = pd.DataFrame({
         "area_km2": g["area"].sum() / 1e6,
         "spread_km": np.sqrt(d2.groupby(df["grid_id"]).sum() / g["w"].sum()) / 1000,
+        "centre_x": mx.groupby(df["grid_id"]).first(),
+        "centre_y": my.groupby(df["grid_id"]).first(),
         **{k: g[k].sum() for k in PARTS},
     })
     if level == "sub_grid":
@@ -288,15 +298,18 @@ def grid_stats(units: gpd.GeoDataFrame, level: str) -> pd.DataFrame:
     return out
 
 
-def role_workload(units: gpd.GeoDataFrame, model: WorkloadModel) -> pd.DataFrame:
+def role_workload(units: gpd.GeoDataFrame, model: WorkloadModel,
+                  crs: pyproj.CRS | None = None) -> pd.DataFrame:
     """Monthly hours of every (role, grid) of the plan in ``units``.
 
     Columns: ``role``, ``level``, ``grid_id``, ``main_grid_id``, ``branch_id``,
     ``hours`` (the role's share of the grid's customer, community and key-account hours plus
-    its fixed hours), ``travel_km``, ``travel_hours`` (zero for roles that do not travel)
-    and ``workload_hours`` (their sum: what the role's staff in the grid share).
+    its fixed hours), ``travel_km``, ``travel_hours`` (zero for roles that do not travel),
+    ``workload_hours`` (their sum: what the role's staff in the grid share) and the grid's
+    ``centre_x``/``centre_y`` in ``crs`` (default: the plan's local UTM zone).
     """
-    stats = {lv: grid_stats(units, lv) for lv in LEVELS}
+    crs = crs or units.estimate_utm_crs()
+    stats = {lv: grid_stats(units, lv, crs) for lv in LEVELS}
     frames = []
     for name, role in model.roles.items():
         s = stats[role.level]
@@ -309,6 +322,7 @@ def role_workload(units: gpd.GeoDataFrame, model: WorkloadModel) -> pd.DataFrame
             "main_grid_id": s["main_grid_id"] if role.level == "sub_grid" else s.index,
             "branch_id": s["branch_id"], "hours": hours.to_numpy(), "travel_km": km,
             "travel_hours": km / model.travel.speed_kmh,
+            "centre_x": s["centre_x"], "centre_y": s["centre_y"],
         }))
     out = pd.concat(frames, ignore_index=True)
     out["workload_hours"] = out["hours"] + out["travel_hours"]
