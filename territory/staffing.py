@@ -50,7 +50,7 @@ from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError,
 from territory.optimize.highs import checked_status, pulp_solver
 from territory.plan import Plan
 from territory.units import locate_points
-from territory.workload import ROLES, WorkloadModel, load_model, role_workload
+from territory.workload import ROLES, WorkloadModel, load_model, plan_crs, role_workload
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class StaffAllocator:
         if not 0 <= self.within:
             raise InvalidInputError(f"within={self.within}: give a fraction >= 0 such as 0.1")
         units = plan.units
-        crs = units.estimate_utm_crs()
+        crs = plan_crs(units)
         load = role_workload(units, model, crs)
         roster = roster.copy()
         roster["branch_id"] = _person_branches(roster, units, load, stores)

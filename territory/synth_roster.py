@@ -17,7 +17,7 @@ import pyproj
 
 from territory.plan import Plan
 from territory.staffing import people_needed
-from territory.workload import WorkloadModel, load_model, role_workload
+from territory.workload import WorkloadModel, load_model, plan_crs, role_workload
 
 
 def synthetic_roster(plan: Plan, *, stores: pd.DataFrame | None = None,
@@ -30,7 +30,7 @@ def synthetic_roster(plan: Plan, *, stores: pd.DataFrame | None = None,
     """
     rng = np.random.default_rng(seed)
     model = model or load_model()
-    crs = plan.units.estimate_utm_crs()
+    crs = plan_crs(plan.units)
     load = role_workload(plan.units, model, crs)
     hours = model.staff.monthly_hours
     to_wgs = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)

@@ -34,6 +34,7 @@ import pandas as pd
 import pyproj
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,12 @@ def add_total(units: pd.DataFrame) -> pd.DataFrame:
     return units.assign(**{TOTAL: units[parts].fillna(0).sum(axis=1) if parts else 0.0})
 
 
+def plan_crs(units: gpd.GeoDataFrame) -> pyproj.CRS:
+    """The local UTM zone of a plan's units (EPSG:4326), where distances are measured."""
+    b = units.total_bounds
+    return local_projected_crs([b[0], b[2]], [b[1], b[3]])
+
+
 def grid_stats(units: gpd.GeoDataFrame, level: str, crs: pyproj.CRS | None = None
                ) -> pd.DataFrame:
     """Per grid of ``level``: workload parts (hours), area (km²), customer spread (km) and
@@ -271,7 +278,7 @@ def grid_stats(units: gpd.GeoDataFrame, level: str, crs: pyproj.CRS | None = Non
     it, measured in ``crs`` (default: the plan's local UTM zone).
     """
     col = f"{level}_id"
-    proj = units.to_crs(crs or units.estimate_utm_crs())
+    proj = units.to_crs(crs or plan_crs(units))
     c = proj.geometry.centroid
     w = units["customers"].to_numpy(float) if "customers" in units else np.ones(len(units))
     df = pd.DataFrame({"grid_id": units[col].to_numpy(), "x": c.x.to_numpy(),
@@ -308,7 +315,7 @@ def role_workload(units: gpd.GeoDataFrame, model: WorkloadModel,
     ``workload_hours`` (their sum: what the role's staff in the grid share) and the grid's
     ``centre_x``/``centre_y`` in ``crs`` (default: the plan's local UTM zone).
     """
-    crs = crs or units.estimate_utm_crs()
+    crs = crs or plan_crs(units)
     stats = {lv: grid_stats(units, lv, crs) for lv in LEVELS}
     frames = []
     for name, role in model.roles.items():
