@@ -334,6 +334,8 @@ app.command(name="serve")(_serve)
 from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001
 app.command(name="map")(_map)
 app.command(name="export")(_export)
+from territory.cli_staff import staff as _staff  # noqa: E402, I001
+app.command(name="staff")(_staff)
 
 
 def main() -> None:  # pragma: no cover - console entry point

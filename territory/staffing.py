@@ -35,6 +35,7 @@ role, the branch or grid, and the numbers.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ import pandas as pd
 import pulp
 import pyproj
 
+from territory.atomic import atomic_path, write_text
 from territory.crs import normalize_crs, to_wgs84
 from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError, SolverError
 from territory.optimize.highs import checked_status, pulp_solver
@@ -603,3 +605,22 @@ def staff_csv(staff: pd.DataFrame, load: pd.DataFrame) -> pd.DataFrame:
 def round_for_people(df: pd.DataFrame) -> pd.DataFrame:
     """Floats to one decimal: hours and km are read by people."""
     return df.round({c: 1 for c in df.columns if pd.api.types.is_float_dtype(df[c])})
+
+
+def write_staffing(result: StaffAllocator, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``staff.csv``, ``grids_staffing.csv``, ``roles_staffing.csv`` (per role and
+    grid) and ``staffing.json`` (the summary per role) into ``out_dir``, each atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    roles = result.load_.drop(columns=["centre_x", "centre_y"])
+    frames = {"staff": staff_csv(result.staff_, result.load_),
+              "grids_staffing": round_for_people(result.grids_),
+              "roles_staffing": round_for_people(roles)}
+    paths = {}
+    for name, df in frames.items():
+        paths[name] = out / f"{name}.csv"
+        with atomic_path(paths[name]) as tmp:
+            df.to_csv(tmp, index=False)
+    paths["summary"] = write_text(out / "staffing.json",
+                                  json.dumps(result.summary_, ensure_ascii=False, indent=2))
+    return paths

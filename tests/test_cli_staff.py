@@ -1,0 +1,66 @@
+"""``territory staff`` end to end: the files it writes and its exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from territory.cli import app
+from territory.synth_roster import synthetic_roster
+from tests.test_staffing import tiny_plan
+
+runner = CliRunner()
+
+
+def _files(tmp_path, seed=0):
+    plan = tiny_plan(seed)
+    plan.save(tmp_path / "plan.gpkg")
+    roster = synthetic_roster(plan, seed=seed)
+    roster.to_csv(tmp_path / "roster.csv", index=False)
+    return plan, roster
+
+
+def test_staff_writes_staff_and_grids(tmp_path):
+    plan, roster = _files(tmp_path)
+    res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
+                              str(tmp_path / "roster.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    staff = pd.read_csv(tmp_path / "s" / "staff.csv")
+    assert list(staff.columns[:3]) == ["person_id", "name", "role"]
+    assert {"main_grid_id", "sub_grid_id", "hours", "workload_hours", "travel_km",
+            "moved"} <= set(staff.columns)
+    assert sorted(staff["person_id"]) == sorted(roster["person_id"])
+    assert staff.loc[staff["role"] == "customer_manager", "sub_grid_id"].notna().all()
+    assert staff.loc[staff["role"] != "customer_manager", "sub_grid_id"].isna().all()
+    assert (staff["workload_hours"] <= staff["hours"] + 0.05).all()
+    grids = pd.read_csv(tmp_path / "s" / "grids_staffing.csv")
+    main = grids[grids["level"] == "main_grid"]
+    assert sorted(main["grid_id"]) == sorted(plan.units["main_grid_id"].unique())
+    assert (main["grid_manager"] == 1).all() and main["staff"].sum() == len(staff)
+    # every hour of work is someone's (the files round to 0.1 h)
+    assert abs(main["workload_hours"].sum() - staff["workload_hours"].sum()) <= 0.05 * (
+        len(staff) + len(main))
+    summary = json.loads((tmp_path / "s" / "staffing.json").read_text())
+    assert set(summary) == {"grid_manager", "customer_manager", "key_account_manager",
+                            "installer"}
+
+
+def test_staff_counts_file_and_refusals(tmp_path):
+    _, roster = _files(tmp_path, seed=1)
+    heads = roster.groupby(["branch_id", "role"]).size().rename("headcount").reset_index()
+    heads.loc[heads["role"] == "grid_manager", "headcount"] += 1
+    heads.to_csv(tmp_path / "counts.csv", index=False)
+    res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
+                              str(tmp_path / "roster.csv"), "--counts",
+                              str(tmp_path / "counts.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 3 and "grid managers for 2 main grids" in res.output
+    res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
+                              str(tmp_path / "roster.csv"), "--stores", str(tmp_path / "x.csv"),
+                              "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "--stores-crs" in res.output
+    (tmp_path / "bad.csv").write_text("person_id,role\np1,chef\n")
+    res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
+                              str(tmp_path / "bad.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 2 and "chef" in res.output
