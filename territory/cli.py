@@ -203,6 +203,11 @@ def plan(
                                                            "count per branch")] = None,
     sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")] = 4,
     sub_size: Annotated[float | None, typer.Option(help="Target load per sub-grid")] = None,
+    staff_hours: Annotated[float | None, typer.Option(help="A team member's monthly hours: "
+                                                           "each sub-grid is sized to one "
+                                                           "person's workload (the number of "
+                                                           "sub-grids follows the staff) and "
+                                                           "workload is balanced")] = None,
     balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
     tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
     objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
@@ -220,10 +225,11 @@ def plan(
     from territory.boundaries import read_boundaries
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
-    from territory.workload import load_model
+    from territory.workload import BEAT, TOTAL, beat_size, load_model
 
     with _errors():
         points_crs = require_crs(points_crs, "--points-crs")
+        model = load_model(workload)
         areas = read_boundaries(boundaries, crs=boundaries_crs)
 
         def pts(path, name):
@@ -234,7 +240,7 @@ def plan(
 
         inputs = Inputs(areas, branch_column, pts(customers, "customers"),
                         pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"), workload=load_model(workload))
+                        pts(key_accounts, "key_accounts"), workload=model)
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
@@ -253,8 +259,16 @@ def plan(
             raise InvalidInputError(
                 "give --main-grids (a number), --branch-grids (one per branch) or --main-size"
             )
+        measures = parse_balance(balance or ["subscribers", "workload"], tolerance)
+        size_measure = None
+        if staff_hours is not None:
+            if sub_size is not None:
+                raise InvalidInputError("give --staff-hours or --sub-size, not both")
+            sub_size = beat_size(model, staff_hours)
+            size_measure = BEAT
+            measures.setdefault(TOTAL, tolerance)
         spec = HierarchySpec(
-            measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
+            measures=measures, size_measure=size_measure,
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,

@@ -163,7 +163,8 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
         )
     report = {}
     frames = []
-    tables = annotate(inputs.tables(), inputs.workload or load_model())
+    model = inputs.workload or load_model()
+    tables = annotate(inputs.tables(), model)
     for name, table in tables.items():
         sums = {col: out for (t, col), out in SUMS.items() if t == name and col in table}
         agg, rep = aggregate_points(units, table, sums=list(sums), count_name=COUNTS[name])
@@ -171,7 +172,7 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
         report[name] = {"rows": rep.n_rows, "inside": rep.n_inside, "outside": rep.n_outside,
                         "invalid": rep.n_invalid, "outside_rows": rep.outside_rows[:20],
                         "invalid_rows": rep.invalid_rows[:20]}
-    units = add_total(units.join(pd.concat(frames, axis=1)))
+    units = add_total(units.join(pd.concat(frames, axis=1)), model)
     units["branch_id"] = units["area_id"].astype(str)
     return units, report
 

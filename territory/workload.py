@@ -44,6 +44,9 @@ PARTS = {"customers": "workload_customers", "communities": "workload_communities
          "key_accounts": "workload_key_accounts"}
 #: the unit column of the total (the balance measure)
 TOTAL = "workload"
+#: the unit column of a sub-grid team member's (customer manager's) hours, which sizes
+#: sub-grids when they follow the staff (:func:`beat_size`)
+BEAT = "customer_manager_hours"
 #: the column :func:`annotate` writes on each point table
 ROW_COLUMN = "workload_hours"
 ROLES = ("grid_manager", "customer_manager", "key_account_manager", "installer")
@@ -120,6 +123,7 @@ class Role(_Section):
 
 class Staff(_Section):
     monthly_hours: float = Field(gt=0)
+    beat_share: float = Field(gt=0, le=1)
 
 
 class WorkloadModel(_Section):
@@ -256,10 +260,27 @@ def annotate(tables: dict[str, pd.DataFrame], model: WorkloadModel) -> dict[str,
             for name, t in tables.items()}
 
 
-def add_total(units: pd.DataFrame) -> pd.DataFrame:
-    """``units`` with ``workload`` = the sum of the workload parts present (0 if none)."""
-    parts = [c for c in PARTS.values() if c in units]
-    return units.assign(**{TOTAL: units[parts].fillna(0).sum(axis=1) if parts else 0.0})
+def add_total(units: pd.DataFrame, model: WorkloadModel) -> pd.DataFrame:
+    """``units`` with ``workload`` = the sum of the workload parts present (0 if none) and
+    ``customer_manager_hours``, the sub-grid team member's share of them."""
+    parts = {k: units[c].fillna(0) if c in units else pd.Series(0.0, index=units.index)
+             for k, c in PARTS.items()}
+    shares = model.roles["customer_manager"].shares
+    return units.assign(**{TOTAL: sum(parts.values()),
+                           BEAT: sum(shares.get(k, 0.0) * v for k, v in parts.items())})
+
+
+def beat_size(model: WorkloadModel, staff_hours: float) -> float:
+    """Customer-manager hours per sub-grid so that a sub-grid is one person's month:
+    ``staff_hours`` less the role's fixed hours, times ``beat_share`` (the rest is travel)."""
+    if staff_hours <= 0:
+        raise InvalidInputError(f"staff hours {staff_hours}: give a person's monthly hours, "
+                                "e.g. 160")
+    size = (staff_hours - model.roles["customer_manager"].fixed_hours) * model.staff.beat_share
+    if size <= 0:
+        raise InvalidInputError(f"staff hours {staff_hours} leave no time for visits after "
+                                "the customer manager's fixed hours; give more")
+    return size
 
 
 def plan_crs(units: gpd.GeoDataFrame) -> pyproj.CRS:

@@ -64,3 +64,38 @@ def test_staff_counts_file_and_refusals(tmp_path):
     res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
                               str(tmp_path / "bad.csv"), "--out", str(tmp_path / "s")])
     assert res.exit_code == 2 and "chef" in res.output
+
+
+def test_plan_with_staff_hours_then_staff(tmp_path):
+    """Joint planning: sub-grids sized to one person's hours, then the staff allocated."""
+    from territory.boundaries import DATA_DIR, load_city
+    from territory.plan import Plan
+    from territory.synth import generate_city, write_city
+    from territory.workload import BEAT, beat_size, load_model
+
+    areas = load_city("xiamen")
+    data = generate_city(areas, n_customers=4000, seed=3)
+    write_city(data, tmp_path / "data")
+    d = tmp_path / "data"
+    res = runner.invoke(app, [
+        "plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"), "--boundaries-crs", "gcj02",
+        "--customers", str(d / "customers.csv"), "--communities", str(d / "communities.csv"),
+        "--key-accounts", str(d / "key_accounts.csv"), "--points-crs", "wgs84",
+        "--resolution", "8", "--main-grids", "6",
+        "--staff-hours", "60", "--balance", "workload=0.5", "--out", str(tmp_path / "p"),
+        "--workers", "1", "--time-limit-main", "5", "--time-limit-sub", "2"])
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(tmp_path / "p" / "plan.gpkg")
+    size = beat_size(load_model(), 60)
+    per_main = plan.units.groupby("main_grid_id").agg(
+        beat=(BEAT, "sum"), n_sub=("sub_grid_id", "nunique"))
+    expected = (per_main["beat"] / size).round().clip(lower=1)
+    assert (per_main["n_sub"] == expected).all()  # the sub-grids follow the staff
+    assert per_main["n_sub"].nunique() > 1 or per_main["n_sub"].iloc[0] != 4
+    synthetic_roster(plan, seed=3).to_csv(tmp_path / "roster.csv", index=False)
+    res = runner.invoke(app, ["staff", str(tmp_path / "p" / "plan.gpkg"), "--roster",
+                              str(tmp_path / "roster.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    staff = pd.read_csv(tmp_path / "s" / "staff.csv")
+    cm = staff[staff["role"] == "customer_manager"]
+    assert set(cm["sub_grid_id"]) == set(plan.units["sub_grid_id"])

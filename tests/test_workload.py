@@ -57,7 +57,10 @@ def test_travel_grows_with_area_and_spread(area, spread):
 
 def test_total_is_the_sum_of_parts():
     units = pd.DataFrame({PARTS["customers"]: [1.0, 2.0], PARTS["communities"]: [np.nan, 3.0]})
-    assert add_total(units)["workload"].tolist() == [1.0, 5.0]
+    out = add_total(units, load_model())
+    assert out["workload"].tolist() == [1.0, 5.0]
+    # the customer manager serves 65 % of customer hours and 70 % of community hours
+    np.testing.assert_allclose(out["customer_manager_hours"], [0.65, 0.65 * 2 + 0.7 * 3])
 
 
 def test_pipeline_sums_model_hours_into_units():
