@@ -295,6 +295,7 @@ def demo(
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions
     from territory.synth import generate_city, write_city
+    from territory.synth_roster import demo_staffing
 
     with _errors():
         areas = load_city(city)
@@ -310,6 +311,8 @@ def demo(
         )
         result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
         _demo_outputs(result.plan, out, data)
+        with stage(err_console, "synthetic roster allocated to the grids (out/staff)"):
+            demo_staffing(result.plan, data.stores, out, seed=seed)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:

@@ -11,12 +11,15 @@ point near their grid's centre, in WGS84.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyproj
 
+from territory.atomic import atomic_path
 from territory.plan import Plan
-from territory.staffing import people_needed
+from territory.staffing import StaffAllocator, people_needed, read_roster, write_staffing
 from territory.workload import WorkloadModel, load_model, plan_crs, role_workload
 
 
@@ -70,3 +73,17 @@ def synthetic_roster(plan: Plan, *, stores: pd.DataFrame | None = None,
         roster.loc[at_store, ["home_lng", "home_lat", "home_crs"]] = None
     roster["synthetic"] = True
     return roster
+
+
+def demo_staffing(plan: Plan, stores: pd.DataFrame, out: str | Path, *, seed: int = 0
+                  ) -> dict[str, Path]:
+    """The demo's staffing: a synthetic roster in ``out/synthetic/roster.csv``, allocated to
+    ``plan`` into ``out/staff/`` (see :func:`territory.staffing.write_staffing`)."""
+    out = Path(out)
+    roster = synthetic_roster(plan, stores=stores, seed=seed)
+    (out / "synthetic").mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "synthetic" / "roster.csv") as tmp:
+        roster.to_csv(tmp, index=False)
+    shops = stores.set_index(stores["store_id"].astype(str))[["lng", "lat"]]
+    result = StaffAllocator().solve(plan, read_roster(roster), stores=shops)
+    return write_staffing(result, out / "staff")

@@ -212,3 +212,22 @@ def test_summary_names_the_worst_grid():
         rows = a.load_[a.load_["role"] == role]
         assert s["max_per_staff"] == pytest.approx(rows["workload_per_staff"].max(), abs=0.06)
         assert s["worst_grid"] in set(rows["grid_id"])
+
+
+def test_demo_staffing_writes_a_labelled_synthetic_roster_and_its_allocation(tmp_path):
+    from territory.synth_roster import demo_staffing
+
+    plan = tiny_plan(7)
+    stores = pd.DataFrame({"store_id": ["S1", "S2"], "lng": [114.005, 114.035],
+                           "lat": [22.61, 22.63]})
+    paths = demo_staffing(plan, stores, tmp_path, seed=7)
+    roster = pd.read_csv(tmp_path / "synthetic" / "roster.csv")
+    assert roster["synthetic"].all() and roster["name"].str.startswith("synthetic").all()
+    assert roster["home_store_id"].notna().any()  # some home bases are stores
+    staff = pd.read_csv(paths["staff"])
+    assert sorted(staff["person_id"]) == sorted(roster["person_id"])
+    # same seed, same roster
+    again = synthetic_roster(plan, stores=stores, seed=7)
+    pd.testing.assert_frame_equal(
+        roster.drop(columns="home_store_id"), again.drop(columns="home_store_id")
+        .reset_index(drop=True).astype(roster.drop(columns="home_store_id").dtypes.to_dict()))
