@@ -65,6 +65,8 @@ def map_command(
                                                    "for a grid)")] = None,
     online_tiles: Annotated[bool, typer.Option(help="Offer an online base map layer (off "
                                                     "until ticked)")] = True,
+    staff: Annotated[Path | None, typer.Option(help="staff.csv of territory staff: the "
+                                                    "grid's staff in its field map")] = None,
 ) -> None:
     """Offline HTML maps and printable PNG/PDF maps of a plan: the city (overview and
     choropleth) or, with --grid, one grid's field map."""
@@ -80,6 +82,10 @@ def map_command(
         if grid is not None and measure is not None:
             raise InvalidInputError("--measure colours the city maps; drop it with --grid")
         tables = read_tables(data, points_crs)
+        if staff is not None:
+            from territory.staffing import read_staff_table
+
+            tables["staff"] = read_staff_table(staff)
         with console.status("loading the plan and measuring its grids"):
             layers = PlanLayers(Plan.load(plan))
         if grid is None:
@@ -115,6 +121,8 @@ def export(
     = None,
     points_crs: Annotated[str, typer.Option(help="CRS of the customer coordinates")]
     = "wgs84",
+    staff: Annotated[Path | None, typer.Option(help="staff.csv of territory staff, exported "
+                                                    "beside the grids (csv format)")] = None,
 ) -> None:
     """Write a plan's grids as GeoJSON, GeoPackage, KML or CSV (unit → grid, customer →
     grid), level by level."""
@@ -126,7 +134,12 @@ def export(
     with _errors():
         table = (read_points(customers, crs=points_crs, name="customers")
                  if customers is not None else None)
+        people = None
+        if staff is not None:
+            from territory.staffing import read_staff_table
+
+            people = read_staff_table(staff)
         with console.status(f"exporting {format}"):
             written = export_plan(Plan.load(plan), format, out, levels=level, crs=crs,
-                                  customers=table)
+                                  customers=table, staff=people)
         _written(written, f"{format} → {out}")

@@ -109,8 +109,11 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
-              customers: pd.DataFrame | None = None) -> list[Path]:
-    """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``."""
+              customers: pd.DataFrame | None = None, staff: pd.DataFrame | None = None
+              ) -> list[Path]:
+    """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``;
+    given a staffing (``staff.csv`` of ``territory staff``), ``staff.csv`` with each
+    person's branch, main grid and sub-grid checked against the plan."""
     plan = layers.plan
     ids = ["sub_grid_id", "main_grid_id", "branch_id"]
     written = [_write_csv(plan.units[ids].reset_index(), out_dir / "units.csv")]
@@ -119,18 +122,25 @@ def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
         written.append(_write_csv(table, out_dir / f"{LAYER[level]}.csv"))
     if customers is not None:
         written.append(_write_csv(place_points(plan, customers), out_dir / "customers.csv"))
+    if staff is not None:
+        unknown = set(staff["main_grid_id"].astype(str)) - set(plan.units["main_grid_id"])
+        if unknown:
+            raise InvalidInputError(f"staff: main grids {sorted(unknown)[:5]} are not in plan "
+                                    f"{plan.plan_id}; export the staffing of this plan")
+        written.append(_write_csv(staff, out_dir / "staff.csv"))
     return written
 
 
 def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
                 levels: Sequence[str] | None = None, crs: str = "wgs84",
-                customers: pd.DataFrame | None = None) -> list[Path]:
+                customers: pd.DataFrame | None = None, staff: pd.DataFrame | None = None
+                ) -> list[Path]:
     """Write the plan's grids at ``levels`` (default all) in format ``fmt`` into ``out_dir``;
     returns the files written.
 
     ``crs`` is ``wgs84`` or, for GeoJSON only, ``gcj02``: GeoPackage and KML readers expect
-    WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) is used by the
-    CSV export.
+    WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) and ``staff``
+    (``staff.csv`` of ``territory staff``) are used by the CSV export.
     """
     if fmt not in FORMATS:
         raise InvalidInputError(f"format {fmt!r}: choose one of {list(FORMATS)}")
@@ -142,6 +152,8 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         )
     if customers is not None and fmt != "csv":
         raise InvalidInputError("a customer table is exported with --format csv")
+    if staff is not None and fmt != "csv":
+        raise InvalidInputError("a staff table is exported with --format csv")
     layers = PlanLayers.of(plan)
     chosen = _levels(levels)
     out = Path(out_dir)
@@ -149,6 +161,6 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         "geojson": lambda: [write_geojson(layers, lv, out, crs) for lv in chosen],
         "gpkg": lambda: [write_gpkg(layers, chosen, out)],
         "kml": lambda: [write_kml(layers, lv, out) for lv in chosen],
-        "csv": lambda: write_csv(layers, chosen, out, customers),
+        "csv": lambda: write_csv(layers, chosen, out, customers, staff),
     }
     return writers[fmt]()

@@ -602,6 +602,22 @@ def staff_csv(staff: pd.DataFrame, load: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+STAFF_COLUMNS = ("person_id", "name", "role", "branch_id", "main_grid_id", "sub_grid_id",
+                 "hours", "workload_hours", "travel_km", "home_km", "moved", "reason")
+
+
+def read_staff_table(path: str | Path) -> pd.DataFrame:
+    """A ``staff.csv`` written by :func:`write_staffing` (for maps and exports)."""
+    df = _read_table(path, "staff")
+    missing = [c for c in STAFF_COLUMNS if c not in df]
+    if missing:
+        raise InvalidInputError(f"staff: {path} lacks columns {missing}; give the staff.csv "
+                                "that territory staff wrote")
+    for c in ("hours", "workload_hours", "travel_km", "home_km"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
 def round_for_people(df: pd.DataFrame) -> pd.DataFrame:
     """Floats to one decimal: hours and km are read by people."""
     return df.round({c: 1 for c in df.columns if pd.api.types.is_float_dtype(df[c])})

@@ -99,3 +99,32 @@ def test_plan_with_staff_hours_then_staff(tmp_path):
     staff = pd.read_csv(tmp_path / "s" / "staff.csv")
     cm = staff[staff["role"] == "customer_manager"]
     assert set(cm["sub_grid_id"]) == set(plan.units["sub_grid_id"])
+
+
+def test_staff_in_field_maps_and_exports(tmp_path):
+    plan, roster = _files(tmp_path, seed=2)
+    roster.loc[roster.index[roster["role"] == "grid_manager"][0], "name"] = "<b>Wang</b>"
+    roster.to_csv(tmp_path / "roster.csv", index=False)
+    res = runner.invoke(app, ["staff", str(tmp_path / "plan.gpkg"), "--roster",
+                              str(tmp_path / "roster.csv"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    staff = pd.read_csv(tmp_path / "s" / "staff.csv")
+    boss = staff[staff["name"] == "<b>Wang</b>"].iloc[0]
+    grid = boss["main_grid_id"]
+    res = runner.invoke(app, ["map", str(tmp_path / "plan.gpkg"), "--grid", grid, "--out",
+                              str(tmp_path / "m"), "--staff", str(tmp_path / "s" / "staff.csv")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "m" / f"{grid}.html").read_text(encoding="utf-8")
+    mine = staff[staff["main_grid_id"] == grid]
+    assert f"Staff ({len(mine)})" in page
+    assert "<b>Wang</b>" not in page and "Wang" in page  # escaped, never markup
+    res = runner.invoke(app, ["export", str(tmp_path / "plan.gpkg"), "--format", "csv",
+                              "--out", str(tmp_path / "e"), "--staff",
+                              str(tmp_path / "s" / "staff.csv")])
+    assert res.exit_code == 0, res.output
+    exported = pd.read_csv(tmp_path / "e" / "staff.csv")
+    assert sorted(exported["person_id"]) == sorted(staff["person_id"])
+    res = runner.invoke(app, ["export", str(tmp_path / "plan.gpkg"), "--format", "kml",
+                              "--out", str(tmp_path / "e"), "--staff",
+                              str(tmp_path / "s" / "staff.csv")])
+    assert res.exit_code == 2 and "--format csv" in res.output
