@@ -227,16 +227,25 @@ def min_max_counts(W: np.ndarray, lo: np.ndarray, hi: np.ndarray, H: int, *, wha
     prob += pulp.lpSum(k * v for (_, k), v in y.items()) == H
     prob += z
     _solve(prob, what, time_limit)
-    best = pulp.value(z)
+    n = _chosen(y, len(W))
     work = [g for g in by_grid if W[g] > 0]
     if len(work) > 1:
+        # the best maximum, from the whole-number solution (not z, which carries the solver's
+        # tolerances), with a margin the solver's feasibility tolerance respects
+        best = float(np.max(np.where(n > 0, W / np.maximum(n, 1), 0.0)))
         w = pulp.LpVariable("w", lowBound=0)
-        prob += z <= best * (1 + 1e-9) + 1e-9
+        prob += z <= best * (1 + 1e-7) + 1e-6
         for g in work:
             prob += w <= load[g]
         prob.setObjective(z - w)
         _solve(prob, f"{what} (spread)", time_limit)
-    n = np.zeros(len(W), dtype=int)
+        n = _chosen(y, len(W))
+    return n
+
+
+def _chosen(y: dict, n_grids: int) -> np.ndarray:
+    """The people per grid a solved ``y_gk`` picks."""
+    n = np.zeros(n_grids, dtype=int)
     for (g, k), v in y.items():
         if (v.value() or 0) > 0.5:
             n[g] = k
