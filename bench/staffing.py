@@ -54,7 +54,8 @@ def _bisect(xy: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     axis = int(np.ptp(xy[:, 0]) < np.ptp(xy[:, 1]))
     order = np.argsort(xy[:, axis], kind="stable")
     cum = np.cumsum(w[order] + 1e-9)
-    cut = max(1, min(len(xy) - 1, int(np.searchsorted(cum, cum[-1] * k1 / k))))
+    # each side keeps at least as many units as the parts it is cut into
+    cut = max(k1, min(len(xy) - (k - k1), int(np.searchsorted(cum, cum[-1] * k1 / k))))
     left, right = order[:cut], order[cut:]
     labels[left] = _bisect(xy[left], w[left], k1)
     labels[right] = k1 + _bisect(xy[right], w[right], k - k1)

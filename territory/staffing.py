@@ -328,20 +328,21 @@ class StaffAllocator:
         heads = (roster.groupby(["branch_id", "role"]).size().rename("headcount").reset_index()
                  if counts is None else counts)
         heads = heads.set_index(["role", "branch_id"])["headcount"]
+        extra = set(heads[heads > 0].index) - set(load.groupby(["role", "branch_id"]).groups)
+        if extra:
+            raise InvalidInputError(f"counts: headcount for (role, branch) {sorted(extra)[:5]} "
+                                    "but the plan has no such branch; use the plan's "
+                                    f"branches {sorted(set(load['branch_id']))[:20]}")
         load["staff"] = 0
         for (role, branch), idx in load.groupby(["role", "branch_id"]).groups.items():
             load.loc[idx, "staff"] = self._counts(model, role, str(branch), load.loc[idx],
                                                   int(heads.get((role, branch), 0)), roster)
-        extra = set(heads[heads > 0].index) - set(load.groupby(["role", "branch_id"]).groups)
-        if extra:
-            raise InfeasibleError(f"counts/roster: headcount for (role, branch) {sorted(extra)}"
-                                  " but the plan has no such branch")
         load["workload_per_staff"] = np.where(load["staff"] > 0,
                                               load["workload_hours"] / load["staff"].clip(1), 0)
         self.load_ = load
         self.staff_ = self._people(model, load, roster, crs, stores)
         self.grids_ = grid_table(load, self.staff_)
-        self.summary_ = self._summary(load)
+        self.summary_ = self._summary(load, model)
         return self
 
     # -- counts ---------------------------------------------------------------------------
@@ -445,7 +446,7 @@ class StaffAllocator:
         return out
 
     # -- report ---------------------------------------------------------------------------
-    def _summary(self, load: pd.DataFrame) -> dict:
+    def _summary(self, load: pd.DataFrame, model: WorkloadModel) -> dict:
         out = {}
         for role, rows in load.groupby("role", sort=False):
             staff = int(rows["staff"].sum())
@@ -453,7 +454,7 @@ class StaffAllocator:
             worst = rows.loc[rows["workload_per_staff"].idxmax()]
             b = worst["branch_id"]
             mine = rows[rows["branch_id"] == b]
-            r = (self.model or load_model()).roles[role]
+            r = model.roles[role]
             target = None
             if role != "grid_manager":
                 target = headcount_within(

@@ -183,6 +183,15 @@ def test_impossible_staffing_is_refused_with_numbers():
                                counts=read_counts(heads))
 
 
+def test_counts_for_an_unknown_branch_are_named():
+    plan = tiny_plan(0)
+    roster = read_roster(synthetic_roster(plan, seed=0))
+    heads = roster.groupby(["branch_id", "role"]).size().rename("headcount").reset_index()
+    heads.loc[0, "branch_id"] = "B9"
+    with pytest.raises(InvalidInputError, match="B9.*no such branch.*'B0', 'B1'"):
+        StaffAllocator().solve(plan, roster, counts=read_counts(heads))
+
+
 @pytest.mark.parametrize("change, match", [
     (lambda r: r.assign(role="boss"), "roles \\['boss'\\]"),
     (lambda r: r.assign(hours="-3"), "'hours'"),
