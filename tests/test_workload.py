@@ -20,7 +20,7 @@ def test_shipped_model_loads_and_prices_rows():
     # 1 h per community + 0.25 h per 100 households x threshold factor (1.0 and 2.4)
     np.testing.assert_allclose(m.row_hours("communities", com), [1 + 2.5, 1 + 2.5 * 2.4])
     ka = pd.DataFrame({"kind": ["industrial_park"], "employees": [5000]})
-    np.testing.assert_allclose(m.row_hours("key_accounts", ka), [10 + 2.0 * 5])
+    np.testing.assert_allclose(m.row_hours("key_accounts", ka), [6 + 1.0 * 5])
 
 
 def test_unknown_tier_and_bad_values_are_named():
