@@ -17,8 +17,8 @@ def test_shipped_model_loads_and_prices_rows():
     cust = pd.DataFrame({"segment": ["big", "business", "ordinary", None]})
     np.testing.assert_allclose(m.row_hours("customers", cust), [1.5, 0.3, 0.05, 0.05])
     com = pd.DataFrame({"households": [1000, 1000], "entry_threshold": [1, 5]})
-    # 1 h per community + 0.25 h per 100 households x threshold factor (1.0 and 2.4)
-    np.testing.assert_allclose(m.row_hours("communities", com), [1 + 2.5, 1 + 2.5 * 2.4])
+    # 0.5 h per community + 0.12 h per 100 households x threshold factor (1.0 and 1.7)
+    np.testing.assert_allclose(m.row_hours("communities", com), [0.5 + 1.2, 0.5 + 1.2 * 1.7])
     ka = pd.DataFrame({"kind": ["industrial_park"], "employees": [5000]})
     np.testing.assert_allclose(m.row_hours("key_accounts", ka), [6 + 1.0 * 5])
 
