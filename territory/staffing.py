@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -276,13 +275,6 @@ def headcount_within(W: np.ndarray, lo: np.ndarray, hi: np.ndarray, H: int, *,
 # --------------------------------------------------------------------------------------
 # The allocator
 # --------------------------------------------------------------------------------------
-@dataclass
-class _Branch:
-    role: str
-    branch: str
-    rows: pd.Index  # rows of load_
-
-
 class StaffAllocator:
     """Allocate staff to the grids of a plan: counts per grid, then named people.
 
