@@ -105,6 +105,9 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
     store.update_job(job_id, status="running", stage="reading inputs", started=now(),
                      worker_pid=os.getpid())
     request = job.request
+    if request.get("kind") == "staffing":  # a roster allocated to a stored plan
+        from api.routes.staff import run_staffing
+        return run_staffing(store, job_id, request)
     warnings: list[str] = []
 
     def warn(message: str) -> None:

@@ -19,7 +19,18 @@ from api.assignment import Indexes
 from api.auth import AuthMiddleware, KeyRing
 from api.batches import BatchGate
 from api.jobs import JobRunner
-from api.routes import assign, datasets, exports, grids, health, jobs, maps, plans, reports
+from api.routes import (
+    assign,
+    datasets,
+    exports,
+    grids,
+    health,
+    jobs,
+    maps,
+    plans,
+    reports,
+    staff,
+)
 from api.settings import Settings
 from api.store import PlanStore
 
@@ -81,6 +92,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                app.swagger_ui_oauth2_redirect_url, "/health")
                                    if p])
     # assignment first: its routes are the hot path, and routes are matched in order
-    for module in (assign, health, plans, jobs, grids, datasets, maps, exports, reports):
+    for module in (assign, health, plans, jobs, grids, datasets, maps, exports, reports, staff):
         app.include_router(module.router)
     return app

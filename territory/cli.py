@@ -225,6 +225,9 @@ def plan(
     communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
     stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
     key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
+    workload: Annotated[Path | None, typer.Option(help="Workload model TOML (default: the "
+                                                       "shipped territory/assets/"
+                                                       "workload.toml)")] = None,
     points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required): "
                                                         "wgs84, cgcs2000, gcj02, bd09 or "
                                                         "EPSG:N")] = None,
@@ -253,6 +256,11 @@ def plan(
                                                            "count per branch")] = None,
     sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")] = 4,
     sub_size: Annotated[float | None, typer.Option(help="Target load per sub-grid")] = None,
+    staff_hours: Annotated[float | None, typer.Option(help="A team member's monthly hours: "
+                                                           "each sub-grid is sized to one "
+                                                           "person's workload (the number of "
+                                                           "sub-grids follows the staff) and "
+                                                           "workload is balanced")] = None,
     balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
     tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
     objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
@@ -273,10 +281,12 @@ def plan(
     from territory.boundaries import read_boundaries
     from territory.hierarchy import HierarchySpec
     from territory.pipeline import Inputs, UnitOptions, read_points
+    from territory.workload import BEAT, TOTAL, beat_size, load_model
 
     with _errors(ctx, crs="boundaries_crs", id_column="unit_id_column", lng="lng_column",
                  lat="lat_column", n_main="main_grids", n_sub="sub_grids"):
         points_crs = require_crs(points_crs, "--points-crs")
+        model = load_model(workload)
         locked = {}
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
@@ -291,8 +301,16 @@ def plan(
                     f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
                 )
             n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
+        measures = parse_balance(balance or ["subscribers", "workload"], tolerance)
+        size_measure = None
+        if staff_hours is not None:
+            if sub_size is not None:
+                raise InvalidInputError("give --staff-hours or --sub-size, not both")
+            sub_size = beat_size(model, staff_hours)
+            size_measure = BEAT
+            measures.setdefault(TOTAL, tolerance)
         spec = HierarchySpec(
-            measures=parse_balance(balance or ["subscribers", "workload"], tolerance),
+            measures=measures, size_measure=size_measure,
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
@@ -309,7 +327,8 @@ def plan(
 
         inputs = Inputs(areas, branch_column, pts(customers, "customers"),
                         pts(communities, "communities"), pts(stores, "stores"),
-                        pts(key_accounts, "key_accounts"), dissolve_branches=dissolve_branches)
+                        pts(key_accounts, "key_accounts"), dissolve_branches=dissolve_branches,
+                        workload=model)
         layer = None if units is None else read_boundaries(
             units, crs=boundaries_crs, id_column=unit_id_column, repair=repair)
         opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
@@ -342,6 +361,7 @@ def demo(
     """
     from territory.demo import demo_job, store_units_by_main_grid
     from territory.synth import write_city
+    from territory.synth_roster import demo_staffing
 
     with _errors():
         with stage(err_console, f"{customers} synthetic customers generated"):
@@ -357,6 +377,8 @@ def demo(
                       f"({len(job.data.stores)} stores; a grid without one is served by the "
                       "nearest)")
         _demo_outputs(result.plan, out, job.data)
+        with stage(err_console, "synthetic roster allocated to the grids (out/staff)"):
+            demo_staffing(result.plan, job.data.stores, out, seed=seed)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:
@@ -402,6 +424,8 @@ app.command(name="map")(_map)
 app.command(name="export")(_export)
 from territory.cli_report import report as _report  # noqa: E402, I001
 app.command(name="report")(_report)
+from territory.cli_staff import staff as _staff  # noqa: E402, I001
+app.command(name="staff")(_staff)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -80,6 +80,8 @@ def map_command(
                                                    "for a grid)")] = None,
     online_tiles: Annotated[bool, typer.Option(help="Offer an online base map layer (off "
                                                     "until ticked)")] = True,
+    staff: Annotated[Path | None, typer.Option(help="staff.csv of territory staff: the "
+                                                    "grid's staff in its field map")] = None,
 ) -> None:
     """Offline HTML maps and printable PNG/PDF maps of a plan: the city (overview and
     choropleth) or, with --grid, one grid's field map."""
@@ -101,6 +103,10 @@ def map_command(
             saved = Plan.load(plan)
             tables = read_tables(data, points_crs, areas=saved.units, encoding=encoding,
                                  on_warning=warn)
+            if staff is not None:
+                from territory.staffing import read_staff_table
+
+                tables["staff"] = read_staff_table(staff)
             layers = PlanLayers(saved)
         if grid is None:
             with console.status("drawing the city maps"):
@@ -145,6 +151,8 @@ def export(
                                                   "would run as a formula (=, +, -, @); off "
                                                   "by default: ids stay exact for BOSS/CRM "
                                                   "imports")] = False,
+    staff: Annotated[Path | None, typer.Option(help="staff.csv of territory staff, exported "
+                                                    "beside the grids (csv format)")] = None,
 ) -> None:
     """Write a plan's grids as GeoJSON, GeoPackage, KML or CSV (unit → grid, customer →
     grid), level by level."""
@@ -160,7 +168,12 @@ def export(
         table = (read_points(customers, crs=points_crs, name="customers", areas=saved.units,
                              encoding=encoding, on_warning=warn)
                  if customers is not None else None)
+        people = None
+        if staff is not None:
+            from territory.staffing import read_staff_table
+
+            people = read_staff_table(staff)
         with console.status(f"exporting {format}"):
             written = export_plan(saved, format, out, levels=level, crs=crs,
-                                  customers=table, excel_safe=excel_safe)
+                                  customers=table, staff=people, excel_safe=excel_safe)
         _written(written, f"{format} → {out}")

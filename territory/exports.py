@@ -152,9 +152,12 @@ def _write_csv(frame: pd.DataFrame, path: Path, safe: bool = False) -> Path:
 
 
 def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
-              customers: pd.DataFrame | None = None, *, safe: bool = False) -> list[Path]:
+              customers: pd.DataFrame | None = None, staff: pd.DataFrame | None = None, *,
+              safe: bool = False) -> list[Path]:
     """``units.csv``, ``<layer>.csv`` KPI tables and, given customers, ``customers.csv``;
-    ``safe`` applies :func:`excel_safe` to each."""
+    given a staffing (``staff.csv`` of ``territory staff``), ``staff.csv`` with each
+    person's branch, main grid and sub-grid checked against the plan; ``safe`` applies
+    :func:`excel_safe` to each."""
     plan = layers.plan
     ids = ["sub_grid_id", "main_grid_id", "branch_id"]
     written = [_write_csv(plan.units[ids].reset_index(), out_dir / "units.csv", safe)]
@@ -164,18 +167,26 @@ def write_csv(layers: PlanLayers, levels: Sequence[str], out_dir: Path,
     if customers is not None:
         written.append(_write_csv(place_points(plan, customers), out_dir / "customers.csv",
                                   safe))
+    if staff is not None:
+        unknown = set(staff["main_grid_id"].astype(str)) - set(plan.units["main_grid_id"])
+        if unknown:
+            raise InvalidInputError(f"staff: main grids {sorted(unknown)[:5]} are not in plan "
+                                    f"{plan.plan_id}; export the staffing of this plan")
+        written.append(_write_csv(staff, out_dir / "staff.csv", safe))
     return written
 
 
 def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
                 levels: Sequence[str] | None = None, crs: str = "wgs84",
-                customers: pd.DataFrame | None = None, excel_safe: bool = False) -> list[Path]:
+                customers: pd.DataFrame | None = None, staff: pd.DataFrame | None = None,
+                excel_safe: bool = False) -> list[Path]:
     """Write the plan's grids at ``levels`` (default all) in format ``fmt`` into ``out_dir``;
     returns the files written.
 
     ``crs`` is ``wgs84`` or, for GeoJSON only, ``gcj02``: GeoPackage and KML readers expect
-    WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) is used by the
-    CSV export; ``excel_safe`` (CSV only) guards its text cells against formula injection.
+    WGS84 (KML by its specification). ``customers`` (WGS84 ``lng``/``lat``) and ``staff``
+    (``staff.csv`` of ``territory staff``) are used by the CSV export; ``excel_safe`` (CSV
+    only) guards its text cells against formula injection.
     """
     if fmt not in FORMATS:
         raise InvalidInputError(f"format {fmt!r}: choose one of {list(FORMATS)}")
@@ -189,6 +200,8 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         raise InvalidInputError("a customer table is exported with `format` 'csv'")
     if excel_safe and fmt != "csv":
         raise InvalidInputError("`excel_safe` applies to `format` 'csv' only")
+    if staff is not None and fmt != "csv":
+        raise InvalidInputError("a staff table is exported with `format` 'csv'")
     layers = PlanLayers.of(plan)
     chosen = _levels(levels)
     out = Path(out_dir)
@@ -196,6 +209,6 @@ def export_plan(plan: Plan | PlanLayers, fmt: str, out_dir: str | Path, *,
         "geojson": lambda: [write_geojson(layers, lv, out, crs) for lv in chosen],
         "gpkg": lambda: [write_gpkg(layers, chosen, out)],
         "kml": lambda: [write_kml(layers, lv, out) for lv in chosen],
-        "csv": lambda: write_csv(layers, chosen, out, customers, safe=excel_safe),
+        "csv": lambda: write_csv(layers, chosen, out, customers, staff, safe=excel_safe),
     }
     return writers[fmt]()

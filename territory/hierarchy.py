@@ -51,7 +51,9 @@ def apportion(weights: pd.Series, total: int, minimum: int = 1) -> pd.Series:
 
 @dataclass
 class HierarchySpec:
-    """How to build the hierarchy. Sizes are in the first balance measure's units."""
+    """How to build the hierarchy. Sizes (``main_size``, ``sub_size``) and the apportionment
+    of main grids to branches are in ``size_measure`` (default: the first balance measure):
+    e.g. a team member's monthly hours, so that the number of sub-grids follows the staff."""
 
     measures: dict[str, float]
     n_main: int | dict | None = None
@@ -71,6 +73,11 @@ class HierarchySpec:
     # False: a main grid whose load cannot be balanced over n_sub sub-grids gets fewer (the
     # most that work). True: keep n_sub; such a grid is kept flagged and the plan fails.
     strict: bool = False
+    size_measure: str | None = None
+
+    def sizing(self) -> str:
+        """The unit column sizes are measured in."""
+        return self.size_measure or next(iter(self.measures))
 
     def validate(self, *, centred: bool = False) -> None:
         """Check every parameter that needs no data, so that a bad value fails at once and
@@ -118,7 +125,7 @@ def _whole(v: object, minimum: int) -> bool:
 
 
 def _branch_counts(units: pd.DataFrame, spec: HierarchySpec) -> pd.Series:
-    first = next(iter(spec.measures))
+    first = spec.sizing()
     load = units.groupby("branch_id")[first].sum()
     if spec.centres:
         counts = pd.Series({b: len(c) for b, c in spec.centres.items()}).reindex(load.index)
@@ -294,7 +301,7 @@ def build_plan(
         island_grids |= {f"{b}-M{j + 1:02d}" for j in range(job["k"] - n_own, job["k"])}
     units["main_grid_id"] = pd.Series(main_id)
     sub_jobs = []
-    first = next(iter(spec.measures))
+    first = spec.sizing()
     for mg, nodes in units.groupby("main_grid_id").groups.items():
         n_sub = spec.n_sub
         if spec.sub_size:

@@ -482,11 +482,31 @@ def _community_markers(m: folium.Map, ranked: pd.DataFrame) -> list[str]:
                 strict=True)]
 
 
+def _staff_rows(staff: pd.DataFrame, level: str, grid_id: str, limit: int = 30) -> str:
+    """The grid's staff (``staff.csv`` of ``territory staff``) as info-box rows: role, name,
+    sub-grid, monthly hours and workload; every value escaped."""
+    mine = staff[staff[f"{level}_id"].astype(str) == grid_id] if f"{level}_id" in staff \
+        else staff.iloc[0:0]
+    mine = mine.sort_values(["role", "person_id"])
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in (
+            str(r.role), str(r.name), "" if pd.isna(r.sub_grid_id) else str(r.sub_grid_id),
+            f"{r.workload_hours:,.0f} / {r.hours:,.0f} h")) + "</tr>"
+        for r in mine.head(limit).itertuples())
+    more = f"<tr><td colspan=4>… and {len(mine) - limit} more</td></tr>" \
+        if len(mine) > limit else ""
+    return (f"<tr><td colspan=2><h4>Staff ({len(mine)})</h4></td></tr>"
+            f"<tr><td colspan=2><table>{rows or '<tr><td>none</td></tr>'}{more}</table>"
+            "</td></tr>")
+
+
 def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = None, *,
               online_tiles: bool = True) -> folium.Map:
     """The map a grid's team takes to the street: the grid (any level) with its child grids
     coloured and labelled, neighbouring grids in grey, communities ranked by value, key
-    accounts with their footprint, and its store (or the nearest one), fitted to the grid."""
+    accounts with their footprint, and its store (or the nearest one), fitted to the grid.
+    With ``tables["staff"]`` (``staff.csv`` of ``territory staff``), the info box lists the
+    grid's staff."""
     layers = PlanLayers.of(plan)
     level = layers.level_of(grid_id)
     measures = layers.plan.measures
@@ -564,6 +584,9 @@ def field_map(plan: Plan | PlanLayers, grid_id: str, tables: Tables | None = Non
     if top:
         body += "<tr><td colspan=2><h4>Top communities by value</h4></td></tr>"
         body += f"<tr><td colspan=2><table>{''.join(top)}</table></td></tr>"
+    staff = (tables or {}).get("staff")
+    if staff is not None:
+        body += _staff_rows(staff, level, grid_id)
     _html_box(m, "territory-info",
               f"{ONE_NAME[level]} {grid_id}", f"<table>{body}</table>")
     return m

@@ -25,13 +25,17 @@ from territory.plan import Plan
 from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
 from territory.tables import DEFAULT_ENCODING, read_point_table
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
+from territory.workload import PARTS, ROW_COLUMN, WorkloadModel, add_total, annotate, load_model
 
 log = logging.getLogger(__name__)
 
-#: point-table columns summed into units when present: (table, column) -> unit column
+#: point-table columns summed into units when present: (table, column) -> unit column; the
+#: workload model's hours (:mod:`territory.workload`) add up to the ``workload`` measure
 SUMS = {
     ("customers", "subscribers"): "subscribers",
-    ("customers", "workload"): "workload",
+    ("customers", ROW_COLUMN): PARTS["customers"],
+    ("communities", ROW_COLUMN): PARTS["communities"],
+    ("key_accounts", ROW_COLUMN): PARTS["key_accounts"],
     ("customers", "arpu"): "revenue",
     ("communities", "households"): "households",
     ("communities", "value_score"): "community_value",
@@ -53,6 +57,8 @@ class Inputs:
     key_accounts: pd.DataFrame | None = None
     #: several rows of ``areas`` with one branch code form one branch (else they are refused)
     dissolve_branches: bool = False
+    #: the workload model giving rows their monthly hours (None: the shipped defaults)
+    workload: WorkloadModel | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: t for name, t in (
@@ -229,14 +235,16 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
         )
     report = {}
     frames = []
-    for name, table in inputs.tables().items():
+    model = inputs.workload or load_model()
+    tables = annotate(inputs.tables(), model)
+    for name, table in tables.items():
         sums = {col: out for (t, col), out in SUMS.items() if t == name and col in table}
         agg, rep = aggregate_points(units, table, sums=list(sums), count_name=COUNTS[name])
         frames.append(agg.rename(columns=sums))
         report[name] = {"rows": rep.n_rows, "inside": rep.n_inside, "outside": rep.n_outside,
                         "invalid": rep.n_invalid, "outside_rows": rep.outside_rows[:20],
                         "invalid_rows": rep.invalid_rows[:20]}
-    units = units.join(pd.concat(frames, axis=1))
+    units = add_total(units.join(pd.concat(frames, axis=1)), model)
     units["branch_id"] = units["area_id"].astype(str)
     return units, report
 
