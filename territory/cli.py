@@ -363,6 +363,8 @@ app.command(name="serve")(_serve)
 from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001
 app.command(name="map")(_map)
 app.command(name="export")(_export)
+from territory.cli_redraw import import_command as _import  # noqa: E402, I001
+app.command(name="import")(_import)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,120 @@
+"""Redrawing an existing grid map: ``territory import``, ``history``, ``diff``.
+
+The operator's own grids are the starting point (issue 9): import and audit them, then
+compare versions. Commands are registered in :mod:`territory.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from territory.cli import (
+    _errors,
+    _table,
+    console,
+    parse_balance,
+    require_crs,
+    warn,
+    write_json,
+)
+
+
+def _points(path: Path | None, crs: str, lng: str, lat: str, name: str, areas):
+    from territory.pipeline import read_points
+
+    if path is None:
+        return None
+    return read_points(path, crs=crs, lng=lng, lat=lat, name=name, areas=areas, on_warning=warn)
+
+
+def import_command(
+    boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
+    grids: Annotated[Path, typer.Argument(help="Your main grids: any layer GDAL reads (GPKG, "
+                                               "SHP, GeoJSON, KML/KMZ, MapInfo TAB/MIF)")],
+    grid_column: Annotated[str, typer.Option(help="Column naming each grid")],
+    customers: Annotated[Path, typer.Option(help="Customer points, CSV or Parquet")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    parent_column: Annotated[str | None, typer.Option(help="Column naming each grid's parent "
+                                                           "(branch of a main grid, main "
+                                                           "grid of a sub-grid)")] = None,
+    sub_grids: Annotated[Path | None, typer.Option(help="Your sub-grids (same columns)")]
+    = None,
+    grids_crs: Annotated[str | None, typer.Option(help="CRS of the grid layers (overrides "
+                                                       "the file's): wgs84, cgcs2000, "
+                                                       "gcj02, bd09 or EPSG:N")] = None,
+    branch_column: Annotated[str, typer.Option(help="Column naming each area's branch")]
+    = "adcode",
+    boundaries_crs: Annotated[str | None, typer.Option(help="CRS of the boundary layer")]
+    = None,
+    communities: Annotated[Path | None, typer.Option(help="Community points")] = None,
+    stores: Annotated[Path | None, typer.Option(help="Store points")] = None,
+    key_accounts: Annotated[Path | None, typer.Option(help="Key-account points")] = None,
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required)")]
+    = None,
+    lng_column: Annotated[str, typer.Option()] = "lng",
+    lat_column: Annotated[str, typer.Option()] = "lat",
+    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
+    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit")] = 30.0,
+    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")] = 7,
+    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
+    tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
+    sliver_width: Annotated[float, typer.Option(help="Pieces thinner than this (m, mean "
+                                                     "width) are slivers")] = 20.0,
+    author: Annotated[str, typer.Option(help="Who imports (recorded in the version)")] = "",
+    message: Annotated[str, typer.Option(help="Why (recorded in the version)")]
+    = "imported from the drawn map",
+) -> None:
+    """Import your current grid map, audit it (gaps, overlaps, ...) and snap it to units."""
+    from territory.boundaries import read_boundaries
+    from territory.diagnose import diagnose
+    from territory.graph import build_graph
+    from territory.importer import read_grids, snap_to_units
+    from territory.metrics import plan_metrics, summary_frame
+    from territory.pipeline import Inputs, UnitOptions, build_unit_table
+    from territory.plan import Plan
+
+    with _errors():
+        points_crs = require_crs(points_crs, "--points-crs")
+        areas = read_boundaries(boundaries, crs=boundaries_crs)
+        args = (points_crs, lng_column, lat_column)
+        inputs = Inputs(areas, branch_column, _points(customers, *args, "customers", areas),
+                        _points(communities, *args, "communities", areas),
+                        _points(stores, *args, "stores", areas),
+                        _points(key_accounts, *args, "key_accounts", areas))
+        measures = parse_balance(balance or ["subscribers", "workload"], tolerance)
+        main = read_grids(grids, grid_column=grid_column, parent_column=parent_column,
+                          crs=grids_crs)
+        sub = None if sub_grids is None else read_grids(
+            sub_grids, grid_column=grid_column, parent_column=parent_column, crs=grids_crs)
+        with console.status("building units and snapping the drawn grids onto them"):
+            units, report = build_unit_table(
+                inputs, UnitOptions(resolution, target_per_unit, min_resolution))
+            graph = build_graph(units)
+            plan, _ = snap_to_units(units, graph, main, sub, measures, params={
+                "resolution": resolution, "target_per_unit": target_per_unit,
+                "min_resolution": min_resolution, "branch_column": branch_column,
+                "aggregation": report, "imported_from": str(grids)})
+        with console.status("auditing the drawn map"):
+            diag = diagnose(areas, branch_column, main, sub, plan, inputs.customers,
+                            sliver_width_m=sliver_width)
+        metrics = plan_metrics(plan, graph, areas)
+        plan = Plan(**{**plan.__dict__, "metrics": metrics, "author": author,
+                       "message": message})
+        out.mkdir(parents=True, exist_ok=True)
+        path = plan.save(out / "plan.gpkg")
+        write_json(diag.to_json(), out / "diagnosis.json")
+        write_json(metrics, out / "metrics.json")
+        diag.write_layers(out / "diagnosis.gpkg")
+        counts = pd.DataFrame({"finding": list(diag.counts()),
+                               "rows": list(diag.counts().values())})
+        console.print(_table(counts, f"diagnosis → {out / 'diagnosis.json'}"))
+        for key in ("overlaps", "gaps", "crossing_branches", "invalid"):
+            if len(diag.tables[key]):
+                console.print(_table(diag.tables[key].round(1).head(20), key))
+        console.print(_table(diag.tables["snapping"].round(0), "what snapping changed"))
+        console.print(_table(summary_frame(metrics, plan.measures),
+                             f"plan {plan.plan_id} v{plan.version} → {path}"))
