@@ -365,6 +365,9 @@ app.command(name="map")(_map)
 app.command(name="export")(_export)
 from territory.cli_redraw import import_command as _import  # noqa: E402, I001
 app.command(name="import")(_import)
+from territory.cli_redraw import diff as _diff, history as _history  # noqa: E402, I001
+app.command(name="history")(_history)
+app.command(name="diff")(_diff)
 
 
 def main() -> None:  # pragma: no cover - console entry point

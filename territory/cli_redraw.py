@@ -19,6 +19,7 @@ from territory.cli import (
     parse_balance,
     require_crs,
     warn,
+    write_csv,
     write_json,
 )
 
@@ -118,3 +119,63 @@ def import_command(
         console.print(_table(diag.tables["snapping"].round(0), "what snapping changed"))
         console.print(_table(summary_frame(metrics, plan.measures),
                              f"plan {plan.plan_id} v{plan.version} → {path}"))
+
+
+def history(
+    plan: Annotated[Path, typer.Argument(help="Plan GeoPackage")],
+) -> None:
+    """List the versions a plan descends from, oldest first (author, time, message)."""
+    from territory.plan import Plan
+
+    with _errors():
+        p = Plan.load(plan)
+        rows = pd.DataFrame([*p.history, p.record()])
+        cols = ["version", "plan_id", "parent", "created", "author", "message"]
+        console.print(_table(rows[cols].fillna(""), f"history of {plan}"))
+
+
+def diff(
+    plan_a: Annotated[Path, typer.Argument(help="The plan before")],
+    plan_b: Annotated[Path, typer.Argument(help="The plan after")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    customers: Annotated[Path | None, typer.Option(help="Customer points: writes the "
+                                                        "customer-level CSV for the CRM")]
+    = None,
+    points_crs: Annotated[str | None, typer.Option(help="CRS of --customers (required with "
+                                                        "it)")] = None,
+    customer_id_column: Annotated[str, typer.Option(help="Customer id column")]
+    = "customer_id",
+    lng_column: Annotated[str, typer.Option()] = "lng",
+    lat_column: Annotated[str, typer.Option()] = "lat",
+    effective_date: Annotated[str | None, typer.Option(help="Date the new grids take effect "
+                                                            "(default: today)")] = None,
+) -> None:
+    """Units and customers that change grid, grids created/removed/reshaped, balance."""
+    from territory.diff import change_map, changed_areas, diff_plans
+    from territory.offline import save_map
+    from territory.plan import Plan
+
+    with _errors():
+        d = diff_plans(Plan.load(plan_a), Plan.load(plan_b))
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(d.changes, out / "changes.csv")
+        write_csv(d.grids, out / "grids.csv")
+        write_csv(d.balance, out / "balance.csv")
+        if customers is not None:
+            crs = require_crs(points_crs, "--points-crs")
+            table = _points(customers, crs, lng_column, lat_column, "customers", None)
+            moved = d.customers(table, id_column=customer_id_column, effective=effective_date)
+            write_csv(moved, out / "customers_moved.csv")
+            console.print(f"{len(moved):,} customers change grid → "
+                          f"{out / 'customers_moved.csv'}")
+        layer = changed_areas(d)
+        if len(layer):
+            from territory.atomic import atomic_path
+
+            with atomic_path(out / "changes.gpkg") as tmp:
+                layer.to_file(tmp, layer="changed_areas", driver="GPKG")
+        save_map(change_map(d), out / "changes.html")
+        console.print(f"{len(d.changes):,} units change grid → {out / 'changes.csv'}")
+        if len(d.grids):
+            console.print(_table(d.grids.round(0), "grids created, removed, reshaped"))
+        console.print(_table(d.balance.round(4), "balance before and after"))

@@ -37,6 +37,28 @@ def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.Geo
     return grids
 
 
+def load_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> pd.DataFrame:
+    """The balance columns of :func:`grid_table` (loads, ``dev_*``, ``contiguous`` with a
+    graph, else True) without dissolving geometry: fast enough to judge every edit.
+    Compactness figures are NaN (they need the polygons)."""
+    col, parent = plan.column(level), PARENT[level]
+    keys = [col] + ([f"{parent}_id"] if parent else [])
+    t = plan.units.groupby(keys)[plan.measures].sum().reset_index()
+    t = t.rename(columns={col: "grid_id"})
+    t["parent_id"] = t[f"{parent}_id"] if parent else None
+    key = t["parent_id"].fillna("city")
+    for m in plan.measures:
+        mean = t.groupby(key)[m].transform("mean")
+        t[f"dev_{m}"] = np.where(mean > 0, t[m] / mean - 1, 0.0)
+    t["polsby_popper"] = np.nan
+    if graph is None:
+        t["contiguous"] = True
+    else:
+        ok = contiguous_grids(graph, plan.labels(level))
+        t["contiguous"] = t["grid_id"].map(ok).fillna(False).astype(bool)
+    return t
+
+
 def _contiguity(plan: Plan, level: str, graph, grids) -> np.ndarray:
     """With the unit graph when given (see :func:`contiguous_grids`), else one polygon part
     per grid."""
