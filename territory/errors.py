@@ -22,3 +22,7 @@ class InfeasibleError(TerritoryError, ValueError):
 
 class NotSolvedError(TerritoryError, AttributeError):
     """A result attribute was read before ``solve()`` was called."""
+
+
+class SolverError(TerritoryError, RuntimeError):
+    """The LP/MIP solver failed to run (not: found no plan); the message says where."""

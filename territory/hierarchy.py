@@ -23,6 +23,7 @@ import pandas as pd
 from territory.errors import InfeasibleError, InvalidInputError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize import Partitioner
+from territory.optimize.balance import Shortfall, precheck
 from territory.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,11 @@ def build_plan(
         raise InvalidInputError("units need a branch_id column (the branch of every unit)")
     units = units.copy()
     counts = _branch_counts(units, spec)
+    # ---- pre-check: refuse, before any search, targets the unit loads cannot meet ----
+    short = precheck_plan(units, spec, counts)
+    if short:
+        raise InfeasibleError("; ".join(s.message() for s in short))
+    # ---------------------------------------------------------------------------------
     base = {"measures": spec.measures, "objective": spec.objective,
             "random_state": spec.random_state}
     locks = _locks_by_branch(units, spec.locked, counts)
@@ -224,9 +230,76 @@ def build_plan(
         "measures": spec.measures, "objective": spec.objective,
         "main_grids_per_branch": {str(b): int(k) for b, k in counts.items()},
         "own_grid_islands": {str(b): n for b, n in islands.items() if n},
+        "balance_exempt_grids": sorted(island_grids),
         "solver_figures": figures,
     })
     return Plan(units=units, measures=list(spec.measures), params=p)
+
+
+@dataclass(frozen=True)
+class LevelShortfall:
+    """A level's balance target that no plan can meet, found before any search.
+
+    ``level`` is "branch" (its main grids) or "main_grid" (the sub-grids of every main grid
+    of branch ``key``); ``shortfall.max_grids`` is the largest count the check accepts.
+    """
+
+    level: str
+    key: object
+    shortfall: Shortfall
+
+    def message(self) -> str:
+        if self.level == "branch":
+            return self.shortfall.message(f"branch {self.key}: main grids", "n_main")
+        return self.shortfall.message(f"branch {self.key}: sub-grids of each main grid",
+                                      "n_sub")
+
+
+def precheck_plan(units: pd.DataFrame, spec: HierarchySpec,
+                  counts: pd.Series | None = None) -> list[LevelShortfall]:
+    """Bin-packing pre-check of both levels from the unit loads alone (seconds, no search).
+
+    Branch level: each branch's units (must-stay-together groups summed into one load) into
+    its main-grid count. Sub-grid level, before any main grid exists: a main grid's load is
+    at most (1 + tol_main) times its branch mean, so no sub-grid may hold more than
+    (1 + tol_sub)(1 + tol_main) * branch mean / n_sub; a heavier unit is refused with the
+    largest workable n_sub. Branches with own-grid islands get the branch-level check inside
+    the partitioner (their exempt load is known only after the islands are found).
+    """
+    counts = _branch_counts(units, spec) if counts is None else counts
+    tol = dict(spec.measures)
+    W = _contracted_loads(units, list(tol), spec.together)
+    out = []
+    for b, k in counts.items():
+        Wb = W[W["branch_id"] == b][list(tol)].to_numpy(dtype=float)
+        k = int(k)
+        if not spec.own_grid_islands:
+            out += [LevelShortfall("branch", b, s) for s in precheck(Wb, k, tol)]
+        if spec.n_sub and not spec.sub_size and int(spec.n_sub) > 1 and k >= 1:
+            for t, m in enumerate(tol):
+                mean_b = Wb[:, t].sum() / k
+                cap = (1 + tol[m]) * (1 + tol[m]) * mean_b
+                w_max = Wb[:, t].max(initial=0.0)
+                if w_max > cap / int(spec.n_sub) + 1e-9:
+                    n_ok = max(1, int(cap // w_max))
+                    out.append(LevelShortfall("main_grid", b, Shortfall(
+                        m, int(spec.n_sub), tol[m], mean_b / int(spec.n_sub),
+                        f"one unit holds {w_max:.6g}, more than any sub-grid may hold "
+                        f"({cap / int(spec.n_sub):.6g}, even in a main grid at the top of its "
+                        "band)", w_max * int(spec.n_sub) / (mean_b * (1 + tol[m])) - 1, n_ok)))
+    return out
+
+
+def _contracted_loads(units: pd.DataFrame, measures: list[str], together) -> pd.DataFrame:
+    """Unit loads with every must-stay-together group (within a branch) summed into one."""
+    uf = nx.utils.UnionFind(units.index)
+    for members in _groups_by(units["branch_id"], together).values():
+        for grp in members:
+            uf.union(*grp)
+    root = pd.Series({u: uf[u] for u in units.index})
+    frame = units[measures].astype(float).assign(branch_id=units["branch_id"])
+    return frame.groupby([frame["branch_id"], root.reindex(units.index).to_numpy()]).sum(
+        numeric_only=True).reset_index(level=0)
 
 
 def _locks_by_branch(units: pd.DataFrame, locked: dict, counts: pd.Series) -> dict:

@@ -16,6 +16,7 @@ import pandas as pd
 import shapely
 
 from territory.graph import contiguous_grids
+from territory.optimize.balance import deviation
 from territory.plan import LEVELS, PARENT, Plan
 from territory.units import projected
 
@@ -30,9 +31,13 @@ def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.Geo
     grids["perimeter_km"] = perim / 1e3
     grids["polsby_popper"] = np.where(perim > 0, 4 * math.pi * area / perim**2, 0.0)
     key = grids["parent_id"].fillna("city")
+    # own grids (islands, zones) are exempt from balance: out of the mean and the deviation,
+    # exactly as the optimizer judged them (territory.optimize.balance)
+    exempt = grids["grid_id"].isin(plan.params.get("balance_exempt_grids", [])).to_numpy()
+    grids["balance_exempt"] = exempt
     for m in plan.measures:
-        mean = grids.groupby(key)[m].transform("mean")
-        grids[f"dev_{m}"] = np.where(mean > 0, grids[m] / mean - 1, 0.0)
+        mean = grids[m].where(~exempt).groupby(key).transform("mean")
+        grids[f"dev_{m}"] = np.where(exempt, 0.0, deviation(grids[m], mean.fillna(0.0)))
     grids["contiguous"] = _contiguity(plan, level, graph, grids)
     return grids
 
@@ -71,8 +76,9 @@ def _contiguity(plan: Plan, level: str, graph, grids) -> np.ndarray:
 def level_summary(table: gpd.GeoDataFrame, measures: list[str]) -> dict:
     """Overall figures of one level: balance (max |deviation|, CV), compactness, contiguity."""
     out: dict = {"n_grids": int(len(table))}
+    judged = ~table["balance_exempt"] if "balance_exempt" in table else slice(None)
     for m in measures:
-        dev = table[f"dev_{m}"]
+        dev = table.loc[judged, f"dev_{m}"]
         out[m] = {
             "max_abs_deviation": float(dev.abs().max()),
             "cv": float(dev.std(ddof=0)),

@@ -32,6 +32,8 @@ import highspy
 import numpy as np
 from scipy.spatial import cKDTree
 
+from territory.optimize.highs import checked_status, new_highs
+
 _PENALTY = 1e3
 
 
@@ -170,8 +172,7 @@ class _Model:
         lp.a_matrix_.start_ = np.arange(2 * nb + 1, dtype=np.int32)
         lp.a_matrix_.index_ = np.tile(n + np.arange(nb), 2).astype(np.int32)
         lp.a_matrix_.value_ = np.concatenate([np.ones(nb), -np.ones(nb)])
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
+        self.h = new_highs()
         self.h.passModel(lp)
 
     def add(self, rows: np.ndarray, cols: np.ndarray, cost: np.ndarray) -> None:
@@ -194,7 +195,7 @@ class _Model:
         h = self.h
         h.setOptionValue("time_limit", max(deadline - time.monotonic(), 0.5))
         h.run()
-        status = h.modelStatusToString(h.getModelStatus())
+        status = checked_status(h, "balanced assignment LP")
         sol = h.getSolution()
         values = np.asarray(sol.col_value)
         slack, x = values[: 2 * self.nb], values[2 * self.nb :]

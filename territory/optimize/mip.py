@@ -27,6 +27,8 @@ import time
 import numpy as np
 import pulp
 
+from territory.errors import SolverError
+from territory.optimize.highs import checked_status, pulp_solver
 from territory.optimize.problem import Problem
 
 
@@ -95,30 +97,55 @@ def _build(P: Problem, k: int, lo, hi, objective: str, locked: np.ndarray,
     return prob, x, R
 
 
-def _child(P, k, lo, hi, objective, locked, roots, time_limit, out) -> None:
+def _child(P, k, lo, hi, objective, locked, roots, time_limit, start, out) -> None:
+    try:
+        out.put(_solve_child(P, k, lo, hi, objective, locked, roots, time_limit, start))
+    except SolverError as exc:
+        out.put({"error": str(exc)})
+
+
+def _solve_child(P, k, lo, hi, objective, locked, roots, time_limit, start) -> dict:
     prob, x, R = _build(P, k, lo, hi, objective, locked, roots)
-    solver = pulp.HiGHS(msg=False, timeLimit=max(time_limit, 1.0), threads=1)
-    prob.solve(solver)
-    info = prob.solverModel.getInfo()
+    prob.solve(pulp_solver(max(time_limit, 1.0), _warm_start(P, x, R, roots, start)))
     h = prob.solverModel
-    status = h.modelStatusToString(h.getModelStatus())
+    info = h.getInfo()
+    status = checked_status(h, "exact MIP")
     labels = None
     if pulp.value(prob.objective) is not None and info.primal_solution_status == 2:
         labels = np.full(P.n, -1)
         for (i, j), v in x.items():
             if (v.value() or 0) > 0.5:
                 labels[i] = j
-    out.put({
+    return {
         "labels": labels,
         "status": status,
         "objective": info.objective_function_value if labels is not None else None,
         "bound": info.mip_dual_bound,
-    })
+    }
+
+
+def _warm_start(P: Problem, x: dict, R: list, roots, start) -> dict | None:
+    """x values of the plan ``start`` (grid index per unit): each grid's root is its given
+    centre, else its lowest unit (what the boundary model's symmetry breaking demands)."""
+    if start is None:
+        return None
+    if roots is not None:
+        root_of = {j: int(r) for j, r in enumerate(roots)}
+    else:
+        root_of = {}
+        for i in range(P.n):
+            root_of.setdefault(int(start[i]), i)
+    values = {}
+    for (i, j), var in x.items():
+        values[var] = 1.0 if root_of.get(int(start[i])) == j else 0.0
+    return values if all(root_of[int(start[i])] in R for i in range(P.n)) else None
 
 
 def solve_exact(P: Problem, k: int, lo: np.ndarray, hi: np.ndarray, *, objective: str,
-                locked: np.ndarray, roots: np.ndarray | None, deadline: float) -> dict:
+                locked: np.ndarray, roots: np.ndarray | None, deadline: float,
+                start: np.ndarray | None = None) -> dict:
     """Solve the MIP until ``deadline`` (monotonic seconds); always returns by then.
+    ``start`` (a balanced contiguous plan, grid index per unit) warm-starts it.
 
     Returns ``labels`` (root position per unit, or None), ``status`` (HiGHS model status or
     "time limit (process ended)"), ``objective`` and ``bound`` (the MIP dual bound).
@@ -128,7 +155,7 @@ def solve_exact(P: Problem, k: int, lo: np.ndarray, hi: np.ndarray, *, objective
     budget = deadline - time.monotonic()
     proc = ctx.Process(
         target=_child,
-        args=(P, k, lo, hi, objective, locked, roots, budget - 1.0, out),
+        args=(P, k, lo, hi, objective, locked, roots, budget - 1.0, start, out),
         daemon=True,
     )
     proc.start()
@@ -141,4 +168,6 @@ def solve_exact(P: Problem, k: int, lo: np.ndarray, hi: np.ndarray, *, objective
         if proc.is_alive():
             proc.terminate()
         proc.join(timeout=2)
+    if "error" in res:
+        raise SolverError(res["error"])
     return res

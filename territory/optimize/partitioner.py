@@ -8,10 +8,22 @@ The quality comes from a heuristic; the MIP certifies small cases and supplies b
    centres within the balance tolerance; the few split units go to their largest share;
 3. contiguity repair keeps one piece per grid and hands orphans to the neighbour they share
    most boundary with;
-4. the local search (:mod:`.search`) balances every measure into its tolerance, then
-   improves compactness with boundary moves that keep contiguity and balance;
-5. with ``exact=True`` on small instances the flow MIP (:mod:`.mip`) runs in the remaining
-   time and replaces the plan when it finds a better one, proving optimality when it can.
+4. the local search (:mod:`.search`) balances every measure into its tolerance and
+   improves compactness greedily;
+5. simulated annealing (:mod:`.anneal`) of boundary moves, with a balance penalty that
+   hardens to the band, spends the rest of the time budget and keeps the best plan within
+   every band: the time limit is both a promise (the call returns by then) and a budget;
+6. with ``exact=True`` on small instances the flow MIP (:mod:`.mip`) runs in the time
+   reserved for it and replaces the plan when it finds a better one, proving optimality
+   when it can.
+
+The balance rules (means, bounds, exemptions, the pre-check that refuses impossible targets
+before any search) live in :mod:`.balance`.
+
+What varies with machine speed: how many annealing chunks fit in the time limit. Each chunk
+is seeded from ``random_state`` and its position, so on a fixed seed a longer time limit
+walks further along the same path and never returns a worse plan (unless the start itself
+was cut short by a very small time limit).
 
 Results follow scikit-learn's conventions: parameters in the constructor, ``solve(graph)``
 returns ``self``, results in trailing-underscore attributes.
@@ -20,9 +32,7 @@ returns ``self``, results in trailing-underscore attributes.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
@@ -32,6 +42,14 @@ from scipy.spatial import cKDTree
 
 from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
 from territory.graph import induced_subgraph, join_components
+from territory.optimize.anneal import anneal
+from territory.optimize.balance import (
+    BalanceModel,
+    locked_shortfalls,
+    parse_tolerances,
+    precheck,
+    stranded_units,
+)
 from territory.optimize.lp import lp_lower_bound, solve_balanced_lp
 from territory.optimize.mip import solve_exact
 from territory.optimize.problem import Problem, problem_from_graph
@@ -42,35 +60,6 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("distance", "boundary")
 #: The exact MIP is attempted up to this many (contracted) units.
 EXACT_MAX_UNITS = 120
-
-
-@dataclass(frozen=True)
-class Violation:
-    grid: int
-    measure: str
-    load: float
-    mean: float
-
-    @property
-    def deviation(self) -> float:
-        return self.load / self.mean - 1
-
-
-def _tolerances(measures, tolerance) -> dict[str, float]:
-    if isinstance(measures, str):
-        measures = [measures]
-    tol = dict(measures) if isinstance(measures, dict) else {m: tolerance for m in measures}
-    if not tol:
-        raise InvalidInputError("measures: give at least one balance measure, e.g. subscribers")
-    for m, t in tol.items():
-        if t is None:
-            tol[m] = tolerance
-        elif not (isinstance(t, int | float) and 0 < t < 1):
-            raise InvalidInputError(
-                f"tolerance for {m!r} is {t!r}: give a fraction between 0 and 1 "
-                "(0.05 = ±5 % of the mean)"
-            )
-    return tol
 
 
 class Partitioner:
@@ -98,7 +87,13 @@ class Partitioner:
     exact : bool
         Run the exact MIP after the heuristic on small instances.
     time_limit : float
-        Seconds; the call returns its best plan by then.
+        Seconds: a promise (the call returns its best plan by then) and a budget (the
+        annealing keeps improving the plan until then).
+    random_state : int or None
+        Seed of every random choice; with ``max_epochs`` the plan does not depend on the
+        machine's speed (as long as the epochs fit in the time limit).
+    max_epochs : int, optional
+        Stop the annealing after this many epochs even if time is left.
 
     Attributes (after ``solve``)
     ----------------------------
@@ -108,6 +103,7 @@ class Partitioner:
     status_ : "optimal" (proven) or "feasible"
     loads_ : DataFrame k x measures;  max_deviation_ : dict measure -> max |load/mean - 1|
     centres_ : list of node ids (distance objective) or None
+    epochs_ : annealing epochs run;  moves_ : moves applied;  time_ : seconds used
     """
 
     def __init__(
@@ -125,6 +121,7 @@ class Partitioner:
         time_limit: float = 60.0,
         candidates: int = 8,
         random_state: int | None = 0,
+        max_epochs: int | None = None,
     ) -> None:
         self.n_grids = n_grids
         self.measures = measures
@@ -138,6 +135,7 @@ class Partitioner:
         self.time_limit = time_limit
         self.candidates = candidates
         self.random_state = random_state
+        self.max_epochs = max_epochs
 
     def __getattr__(self, name: str):
         if name.endswith("_") and not name.startswith("_"):
@@ -148,7 +146,7 @@ class Partitioner:
     def solve(self, graph: nx.Graph) -> Partitioner:
         t0 = time.monotonic()
         deadline = t0 + float(self.time_limit)
-        tol = _tolerances(self.measures, self.tolerance)
+        tol = parse_tolerances(self.measures, self.tolerance)
         measures = list(tol)
         if self.objective not in OBJECTIVES:
             raise InvalidInputError(
@@ -187,26 +185,25 @@ class Partitioner:
         groups = self._together_groups(pos, rest)
         C, member = _contract(sub, groups)
         c_locked = _contract_locks(locked, member, C.n, sub.ids)
-        mu = C.W.sum(axis=0) / k_rest
-        tolv = np.array([tol[m] for m in measures])
-        lo = np.tile((1 - tolv) * mu, (k_rest, 1))
-        hi = np.tile((1 + tolv) * mu, (k_rest, 1))
-        _precheck(C, c_locked, k_rest, mu, tolv, measures)
+        model = BalanceModel.for_units(C.W, tol, k_rest)
+        _precheck(C, c_locked, model)
+        lo, hi = model.bounds()
         rng = np.random.default_rng(self.random_state)
         centre_pos = self._centre_positions(pos, rest, member, k_rest)
-        if k_rest == 1:  # one grid: nothing to choose, nothing to balance
-            mu = np.maximum(mu, 1e-12)
-            lo, hi = np.full_like(lo, -np.inf), np.full_like(hi, np.inf)
-        search, feasible = self._heuristic(C, k_rest, lo, hi, c_locked, centre_pos, rng, t0,
+        search, feasible = self._heuristic(C, model, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
+        self._proven: str | None = None
         if C.n <= EXACT_MAX_UNITS and (self.exact or not feasible):
             # small instances: the MIP proves optimality, or finds the balanced plan the
             # heuristic missed
             res = solve_exact(
                 C, k_rest, lo[0], hi[0], objective=self.objective, locked=c_locked,
                 roots=centre_pos, deadline=deadline - 0.05 * self.time_limit,
+                start=search.labels if feasible else None,
             )
+            if not feasible and res["status"] == "Infeasible":
+                self._proven = "the exact MIP: no contiguous plan meets every tolerance"
             if not feasible and res["labels"] is not None:
                 search.set_labels(self._root_labels(res["labels"], c_locked, centre_pos, k_rest))
                 feasible = True
@@ -225,7 +222,7 @@ class Partitioner:
                 )
                 bound_kind = "LP relaxation over all balanced assignments to the plan's centres"
         labels[rest] = c_labels[member]
-        self._finish(P, labels, k, own, measures, tol, mu, search, objective, bound,
+        self._finish(P, labels, k, own, model, search, objective, bound,
                      bound_kind, status, feasible, t0)
         return self
 
@@ -291,7 +288,9 @@ class Partitioner:
             raise InvalidInputError("centres: two grids share a centre unit")
         return cp
 
-    def _initial(self, C: Problem, k, lo, hi, locked, centre_pos, rng, deadline, attempt=0):
+    def _initial(self, C: Problem, balance: BalanceModel, locked, centre_pos, rng, deadline,
+                 attempt=0):
+        k = balance.n_grids
         if C.xy is None:
             return _grow_regions(C, k, locked, rng), None
         # anchors: the unit each grid must keep through the repair (given centres, locks)
@@ -308,10 +307,9 @@ class Partitioner:
         # means) and weighs distances by it: the LP optimum is then an additively weighted
         # Voronoi diagram, contiguous but for a few units. Balancing every measure in the LP
         # interleaves units of different mix between centres and repair would undo it.
-        mu = C.W.sum(axis=0) / k
-        comb = (C.W / mu).mean(axis=1)
+        comb = (C.W / balance.scale).mean(axis=1)
         comb = comb + 0.05 * comb.mean()
-        tight = float((1 - lo[0] / mu).min()) * 0.8
+        tight = float(balance.tolerance.min()) * 0.8
         mc = comb.sum() / k
         _, sol = solve_balanced_lp(
             C.xy, comb, comb[:, None], centres, np.full((k, 1), (1 - tight) * mc),
@@ -327,22 +325,23 @@ class Partitioner:
         labels = repair_contiguity(C, labels, k, anchors)
         return labels, centres
 
-    def _heuristic(self, C, k, lo, hi, locked, centre_pos, rng, t0, deadline):
+    def _heuristic(self, C, balance: BalanceModel, locked, centre_pos, rng, t0, deadline):
         """LP start, repair and local search; new centres while a start cannot be balanced.
 
         Returns the search (its labels are the plan) and whether it meets every tolerance.
         """
         best = None
         attempt = 0
+        self.epochs_ = 0
         while True:
-            if k == 1:
+            if balance.n_grids == 1:
                 labels = np.zeros(C.n, dtype=np.int64)
                 centres = None if C.xy is None else C.xy[:1]
             else:
-                labels, centres = self._initial(C, k, lo, hi, locked, centre_pos, rng,
+                labels, centres = self._initial(C, balance, locked, centre_pos, rng,
                                                 deadline, attempt)
             search = LocalSearch(
-                C, labels, k, lo, hi, objective=self.objective, movable=locked < 0,
+                C, labels, balance, objective=self.objective, movable=locked < 0,
                 centres=centres, fixed_centres=centre_pos is not None, rng=rng,
             )
             feasible = search.balance(t0 + 0.7 * self.time_limit)
@@ -355,8 +354,21 @@ class Partitioner:
                 search = best
                 break
         if feasible:
-            search.compact(deadline - 0.15 * max(deadline - time.monotonic(), 0))
-            search.perturb(deadline - 0.1 * max(deadline - time.monotonic(), 0), rounds=20)
+            search.compact(deadline)
+        # the anytime part: anneal until the budget is spent, minus what the steps after it
+        # need (the exact MIP on small instances; the LP bound for the distance objective)
+        left = deadline - time.monotonic()
+        small = C.n <= EXACT_MAX_UNITS
+        if small and (self.exact or not feasible):
+            reserve = left - min(0.5 * left, 0.05 * C.n)  # the MIP gets the larger share
+        elif self.objective == "distance" and C.xy is not None:
+            reserve = 0.15 * self.time_limit
+        else:
+            reserve = 0.02 * self.time_limit
+        if balance.n_grids > 1 and (locked < 0).any():
+            self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
+                                  max_epochs=self.max_epochs)
+            feasible = search.violation() <= 1e-12
         return search, feasible
 
     @staticmethod
@@ -386,28 +398,19 @@ class Partitioner:
                 mip_obj if proven else res["bound"]), "MIP dual bound"
         return labels, "feasible", res["bound"], "MIP dual bound"
 
-    def _finish(self, P, labels, k, own, measures, tol, mu, search, objective, bound,
+    def _finish(self, P, labels, k, own, model, search, objective, bound,
                 bound_kind, status, feasible, t0) -> None:
-        arr = np.zeros((k, len(measures)))
+        full = BalanceModel(model.measures, model.tolerance, model.mean, k,
+                            frozenset(range(k - len(own), k)))
+        arr = np.zeros((k, len(full.measures)))
         np.add.at(arr, labels, P.W)
-        loads = pd.DataFrame(arr, index=range(k), columns=measures)
-        own_ids = set(range(k - len(own), k))
-        violations = []
-        for j in range(k):
-            if j in own_ids:
-                continue
-            for t, m in enumerate(measures):
-                if abs(loads.iat[j, t] / mu[t] - 1) > tol[m] + 1e-9:
-                    violations.append(Violation(j, m, float(loads.iat[j, t]), float(mu[t])))
+        loads = pd.DataFrame(arr, index=range(k), columns=list(full.measures))
+        violations = full.violations(arr)
         contiguous = is_contiguous(P, labels)
         self.labels_ = pd.Series(labels, index=pd.Index(P.ids, name="unit_id"), name="grid")
         self.loads_ = loads
-        balanced = [j for j in range(k) if j not in own_ids]
-        self.max_deviation_ = {
-            m: float((loads[m].iloc[balanced] / mu[t] - 1).abs().max()) if balanced else 0.0
-            for t, m in enumerate(measures)
-        }
-        self.exempt_grids_ = sorted(own_ids)
+        self.max_deviation_ = full.max_deviation(arr)
+        self.exempt_grids_ = sorted(full.exempt)
         self.contiguous_ = bool(contiguous.all())
         norm = P.presence.sum() if self.objective == "distance" else 1.0
         self.objective_ = objective / norm if self.objective == "distance" else objective
@@ -425,58 +428,30 @@ class Partitioner:
         self.time_ = time.monotonic() - t0
         self.moves_ = search.stats.moves
         if violations or not self.contiguous_:
-            err = InfeasibleError(_explain(violations, contiguous, tol, P, k, mu, measures))
+            lines = [full.explain(arr, P.W[labels < full.n_balanced], searched=(
+                f"within time_limit={self.time_limit:g} s; a longer time limit may find one"),
+                proven=self._proven)
+            ] if violations else []
+            if not self.contiguous_:
+                lines.append(f"grids {np.flatnonzero(~contiguous).tolist()} could not be made "
+                             "contiguous (locked units of one grid far apart?)")
+            err = InfeasibleError("; ".join(lines))
             err.partitioner = self  # the best plan found, for inspection
             raise err
 
 
-def _explain(violations, contiguous, tol, P: Problem, k, mu, measures) -> str:
-    lines = []
-    if not contiguous.all():
-        lines.append(f"grids {np.flatnonzero(~contiguous).tolist()} could not be made contiguous "
-                     "(locked units of one grid far apart?)")
-    by_m: dict[str, list[Violation]] = {}
-    for v in violations:
-        by_m.setdefault(v.measure, []).append(v)
-    for m, vs in by_m.items():
-        worst = max(vs, key=lambda v: abs(v.deviation))
-        t = measures.index(m)
-        need = math.ceil(max(abs(v.deviation) for v in vs) * 1000) / 10
-        kmax = math.floor(P.W[:, t].sum() * (1 + tol[m]) / max(P.W[:, t].max(), 1e-12))
-        lines.append(
-            f"measure {m!r}: {len(vs)} grids outside ±{tol[m]:.1%} of the mean {mu[t]:.6g} "
-            f"(worst: grid {worst.grid} at {worst.load:.6g}, {worst.deviation:+.2%}); "
-            f"a tolerance of ±{need:.1f}% works for the best plan found"
-            + (f", or use at most k={kmax} grids (the largest unit must fit)" if kmax < k else
-               ", or use fewer grids or finer units")
-        )
-    return "balance targets not met: " + "; ".join(lines)
-
-
-def _precheck(C: Problem, locked, k, mu, tolv, measures) -> None:
-    """Fail fast, with the reason, on targets no plan can meet."""
-    for t, m in enumerate(measures):
-        hi = (1 + tolv[t]) * mu[t]
-        big = int(np.argmax(C.W[:, t]))
-        if C.W[big, t] > hi + 1e-9:
-            kmax = math.floor(C.W[:, t].sum() * (1 + tolv[t]) / C.W[big, t])
-            need = C.W[big, t] / mu[t] - 1
-            what = f"unit {C.ids[big]!r}" if C.group_size[big] == 1 else (
-                f"the {C.group_size[big]} units that must stay together with {C.ids[big]!r}")
-            raise InfeasibleError(
-                f"measure {m!r}: {what} alone hold {C.W[big, t]:.6g}, more than "
-                f"the upper bound {hi:.6g} (mean {mu[t]:.6g} +{tolv[t]:.1%}) of any grid; use "
-                f"at most k={kmax} grids, or a tolerance of at least {need:.1%}, or split it"
-            )
-        if (locked >= 0).any():
-            load = np.zeros(k)
-            np.add.at(load, locked[locked >= 0], C.W[locked >= 0, t])
-            j = int(np.argmax(load))
-            if load[j] > hi + 1e-9:
-                raise InfeasibleError(
-                    f"measure {m!r}: units locked to grid {j} hold {load[j]:.6g}, more than its "
-                    f"upper bound {hi:.6g}; unlock some of them or raise the tolerance"
-                )
+def _precheck(C: Problem, locked: np.ndarray, model: BalanceModel) -> None:
+    """Fail fast, with the reason and the fix, on targets no plan can meet."""
+    short = precheck(C.W, model.n_balanced, dict(zip(model.measures, model.tolerance,
+                                                      strict=True)))
+    lines = [s.message() for s in short] + locked_shortfalls(C.W, locked, model)
+    if not lines:
+        lines = stranded_units(C.W, C.indptr, C.indices, model, C.ids)
+    if lines:
+        big = [i for i in range(C.n) if C.group_size[i] > 1]
+        note = (f" (units that must stay together count as one: {len(big)} groups)"
+                if big else "")
+        raise InfeasibleError("; ".join(lines) + note)
 
 
 def _connected_subproblem(P: Problem, rest: np.ndarray, graph: nx.Graph) -> Problem:

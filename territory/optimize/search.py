@@ -3,14 +3,13 @@
 The search moves one boundary unit at a time to a neighbouring grid. A move is allowed only
 when the unit is not locked, its grid keeps at least one unit and stays connected. Candidate
 moves are scored all at once with numpy; the best non-conflicting ones (no two touching the
-same grid in one round) are applied, then all scores are recomputed. Three phases:
+same grid in one round) are applied, then all scores are recomputed. Two phases build the
+start that the annealing (:mod:`.anneal`) then improves for the rest of the time budget:
 
 1. **balance** — minimise sum over grids and measures of ((load - mean) / mean)^2 plus a
    small share of the compactness objective, until every measure is within tolerance;
 2. **compact** — moves that lower the compactness objective and keep every grid within
-   tolerance;
-3. **perturb** — threshold accepting: moves that worsen compactness by less than a
-   shrinking threshold, keeping the best feasible plan seen, until the time is up.
+   tolerance.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from territory.optimize.balance import BalanceModel
 from territory.optimize.problem import Problem
 
 
@@ -94,7 +94,7 @@ class SearchStats:
 class LocalSearch:
     """Boundary-move local search over a contiguous labelling (see module docstring).
 
-    ``lo``/``hi`` are k x m load bounds (±inf for grids exempt from balance);
+    ``balance`` gives the k x m load bounds and judges moves (see :mod:`.balance`);
     ``objective`` is ``"distance"`` (presence-weighted distance to the grid centre, centres
     ``centres`` fixed or re-centred on each grid's medoid) or ``"boundary"`` (total shared
     boundary length between different grids).
@@ -104,9 +104,7 @@ class LocalSearch:
         self,
         P: Problem,
         labels: np.ndarray,
-        k: int,
-        lo: np.ndarray,
-        hi: np.ndarray,
+        balance: BalanceModel,
         *,
         objective: str,
         movable: np.ndarray,
@@ -114,14 +112,16 @@ class LocalSearch:
         fixed_centres: bool = False,
         rng: np.random.Generator,
     ) -> None:
-        self.P, self.k, self.lo, self.hi = P, k, lo, hi
+        self.P, self.k, self.model = P, balance.n_grids, balance
+        self.lo, self.hi = balance.bounds()
+        k = self.k
         self.objective = objective
         self.movable = movable
         self.rng = rng
         self.labels = labels.astype(np.int64).copy()
         self.lab = self.labels.tolist()
         self.nbrs = [P.indices[P.indptr[i] : P.indptr[i + 1]].tolist() for i in range(P.n)]
-        self.mu = np.maximum(P.W.sum(axis=0) / k, 1e-12)  # a zero measure: nothing to scale
+        self.mu = balance.scale
         self.loads = np.zeros((k, P.W.shape[1]))
         np.add.at(self.loads, self.labels, P.W)
         self.size = np.bincount(self.labels, minlength=k)
@@ -158,8 +158,7 @@ class LocalSearch:
         return float(self.ew[cut].sum() / 2)
 
     def violation(self) -> float:
-        over = np.maximum(self.loads - self.hi, 0) + np.maximum(self.lo - self.loads, 0)
-        return float((over / self.mu).sum())
+        return float(self.model.excess(self.loads).sum())
 
     # -- candidate moves --------------------------------------------------------------
     def _candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,20 +191,14 @@ class LocalSearch:
         return (da + db).sum(axis=1)
 
     def _viol(self, L, j) -> np.ndarray:
-        return ((np.maximum(L - self.hi[j], 0) + np.maximum(self.lo[j] - L, 0)) / self.mu).sum(
-            axis=1
-        )
+        return self.model.excess(L, j)
 
     def _delta_violation(self, w, a, b) -> np.ndarray:
         """Change of the total tolerance violation when loads ``w`` move from a to b."""
-        La, Lb = self.loads[a], self.loads[b]
-        return (self._viol(La - w, a) + self._viol(Lb + w, b)
-                - self._viol(La, a) - self._viol(Lb, b))
+        return self.model.move_delta(self.loads, w, a, b)
 
     def _keeps_feasible(self, i, a, b) -> np.ndarray:
-        w = self.P.W[i]
-        return ((self.loads[a] - w >= self.lo[a] - 1e-9).all(axis=1)
-                & (self.loads[b] + w <= self.hi[b] + 1e-9).all(axis=1))
+        return self.model.admissible(self.loads, self.P.W[i], a, b)
 
     def _feasible_compact(self, i, a, b) -> np.ndarray:
         """Compactness change of each move; +inf where it would break a tolerance."""
@@ -435,29 +428,6 @@ class LocalSearch:
             if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
                            rescore=self._feasible_compact) == 0:
                 return
-
-    def perturb(self, deadline: float, rounds: int = 60) -> None:
-        """Phase 3: threshold accepting; keep the best feasible labelling seen."""
-        best = self.labels.copy()
-        best_val = self.compactness()
-        for r in range(rounds):
-            if time.monotonic() >= deadline:
-                break
-            i, a, b = self._candidates()
-            if len(i) == 0:
-                break
-            score = self._delta_compact(i, a, b)
-            ok = self._keeps_feasible(i, a, b)
-            pos = score[ok & (score > 0)]
-            thr = np.quantile(pos, 0.1) * (1 - r / rounds) if len(pos) else 0.0
-            noise = self.rng.random(len(score)) * thr
-            score = np.where(ok, score - noise, np.inf)
-            self._round(score, i, a, b, limit=thr * 1e-3 + 1e-12)
-            self.compact(min(deadline, time.monotonic() + 2.0))
-            val = self.compactness()
-            if val < best_val - 1e-9:
-                best, best_val = self.labels.copy(), val
-        self.set_labels(best)
 
     def set_labels(self, labels: np.ndarray) -> None:
         self.labels = labels.copy()

@@ -1,0 +1,298 @@
+"""Simulated annealing over boundary moves: the anytime part of the partitioner.
+
+A move takes one unit to the grid of one of its neighbours. The energy is the compactness
+objective plus a balance penalty, ``objective + penalty * excess``, where ``excess`` is the
+summed relative distance of the grids' loads outside their bands (:mod:`.balance`). The
+penalty starts soft, so the walk can cross plans that are briefly out of balance, and
+tightens geometrically to hard while the temperature falls; only plans within every band
+are recorded as the best. Contiguity is a hard rule: a unit leaves its grid only if the
+grid stays connected, checked by a breadth-first search from one of the unit's same-grid
+neighbours that stops as soon as it has reached the others (a few steps for most moves).
+
+The kernel is compiled by numba with a fixed signature when this module is imported, and
+cached on disk, so a solve's time limit never pays for compilation. It draws from numba's
+own generator, seeded per chunk: the same seed and the same number of chunks give the same
+walk; how many chunks fit in a time limit depends on the machine.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+BOUNDARY, DISTANCE = 0, 1
+
+# The schedule, in units of a typical move's objective change (temperature) and of the
+# objective per typical unit share of a grid (penalty); proposals per epoch = SWEEPS * n.
+# Tuned on the districting benchmark's tract graphs (../shared/benchmarks/districting).
+SWEEPS = 1000
+T_START, T_END = 2.0, 0.1
+PEN_START, PEN_END = 0.3, 50.0
+#: starting temperature of epoch e, as a share of T_START
+REHEAT = (1.0,)
+#: each epoch is GROWTH times longer than the one before (up to MAX_GROWTH times the first)
+GROWTH, MAX_GROWTH = 1.6, 1000.0
+
+_SIG = nb.types.Tuple((nb.float64, nb.float64, nb.int64))(
+    nb.int64[::1], nb.int64[::1], nb.float64[::1],        # indptr, indices, elen
+    nb.float64[:, ::1], nb.float64[:, ::1], nb.float64[:, ::1], nb.float64[::1],  # W lo hi sc
+    nb.uint8[::1], nb.int64[::1],                          # movable, labels (updated)
+    nb.float64[:, ::1], nb.float64[::1], nb.float64[:, ::1],  # xy, presence, centres
+    nb.int64, nb.int64,                                    # objective, iterations
+    nb.float64, nb.float64, nb.float64, nb.float64,        # T0, T1, penalty0, penalty1
+    nb.int64, nb.int64[::1],                               # seed, best labels (out)
+)
+
+
+@nb.njit(_SIG, cache=True, nogil=True)
+def anneal_chunk(indptr, indices, elen, W, lo, hi, scale, movable, labels, xy, presence,
+                 centres, objective, n_iter, T0, T1, pen0, pen1, seed, best):
+    """Run ``n_iter`` proposals from ``labels`` (updated in place); the best labelling
+    within every band is written to ``best``. Returns (best value or inf, the current
+    objective, accepted moves)."""
+    np.random.seed(seed)
+    n = labels.shape[0]
+    k, m = lo.shape
+    loads = np.zeros((k, m))
+    size = np.zeros(k, np.int64)
+    for i in range(n):
+        size[labels[i]] += 1
+        for t in range(m):
+            loads[labels[i], t] += W[i, t]
+    exc = np.zeros(k)
+    n_bad = 0
+    for j in range(k):
+        e = 0.0
+        for t in range(m):
+            if loads[j, t] > hi[j, t]:
+                e += (loads[j, t] - hi[j, t]) / scale[t]
+            elif loads[j, t] < lo[j, t]:
+                e += (lo[j, t] - loads[j, t]) / scale[t]
+        exc[j] = e
+        if e > 1e-12:
+            n_bad += 1
+    # current objective
+    cur = 0.0
+    for i in range(n):
+        if objective == BOUNDARY:
+            for p in range(indptr[i], indptr[i + 1]):
+                if labels[indices[p]] != labels[i]:
+                    cur += 0.5 * elen[p]
+        else:
+            c = labels[i]
+            cur += presence[i] * np.hypot(xy[i, 0] - centres[c, 0], xy[i, 1] - centres[c, 1])
+    best_val = np.inf
+    if n_bad == 0:
+        best_val = cur
+        best[:] = labels
+    mark = np.zeros(n, np.int64)
+    stamp = 0
+    queue = np.empty(n, np.int64)
+    max_deg = 1
+    for i in range(n):
+        max_deg = max(max_deg, indptr[i + 1] - indptr[i])
+    same = np.empty(max_deg, np.int64)
+    la = np.empty(m)
+    lb = np.empty(m)
+    fT = (T1 / T0) ** (1.0 / max(n_iter, 1))
+    fP = (pen1 / pen0) ** (1.0 / max(n_iter, 1))
+    T, pen = T0, pen0
+    accepted = 0
+    for _ in range(n_iter):
+        T *= fT
+        pen *= fP
+        i = np.random.randint(0, n)
+        if movable[i] == 0:
+            continue
+        deg = indptr[i + 1] - indptr[i]
+        if deg == 0:
+            continue
+        v = indices[indptr[i] + np.random.randint(0, deg)]
+        a = labels[i]
+        b = labels[v]
+        if a == b or size[a] <= 1:
+            continue
+        # objective change
+        if objective == BOUNDARY:
+            d_obj = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                lv = labels[indices[p]]
+                if lv == a:
+                    d_obj += elen[p]
+                elif lv == b:
+                    d_obj -= elen[p]
+        else:
+            d_obj = presence[i] * (
+                np.hypot(xy[i, 0] - centres[b, 0], xy[i, 1] - centres[b, 1])
+                - np.hypot(xy[i, 0] - centres[a, 0], xy[i, 1] - centres[a, 1]))
+        # balance change
+        ea = 0.0
+        eb = 0.0
+        for t in range(m):
+            la[t] = loads[a, t] - W[i, t]
+            lb[t] = loads[b, t] + W[i, t]
+            if la[t] > hi[a, t]:
+                ea += (la[t] - hi[a, t]) / scale[t]
+            elif la[t] < lo[a, t]:
+                ea += (lo[a, t] - la[t]) / scale[t]
+            if lb[t] > hi[b, t]:
+                eb += (lb[t] - hi[b, t]) / scale[t]
+            elif lb[t] < lo[b, t]:
+                eb += (lo[b, t] - lb[t]) / scale[t]
+        d_exc = ea + eb - exc[a] - exc[b]
+        dE = d_obj + pen * d_exc
+        if dE > 0 and np.random.random() >= np.exp(-dE / T):
+            continue
+        # contiguity of a without i: BFS from one same-grid neighbour to the others
+        ns = 0
+        for p in range(indptr[i], indptr[i + 1]):
+            u = indices[p]
+            if labels[u] == a:
+                same[ns] = u
+                ns += 1
+        if ns == 0:
+            continue
+        if ns > 1:
+            stamp += 1
+            mark[i] = stamp
+            mark[same[0]] = stamp
+            need = 0
+            # the other neighbours are targets, marked -stamp so reaching one is O(1)
+            for s in range(1, ns):
+                if mark[same[s]] != -stamp and mark[same[s]] != stamp:
+                    mark[same[s]] = -stamp
+                    need += 1
+            head = 0
+            tail = 1
+            queue[0] = same[0]
+            while head < tail and need > 0:
+                u = queue[head]
+                head += 1
+                for p in range(indptr[u], indptr[u + 1]):
+                    x = indices[p]
+                    if labels[x] == a and mark[x] != stamp:
+                        if mark[x] == -stamp:
+                            need -= 1
+                        mark[x] = stamp
+                        queue[tail] = x
+                        tail += 1
+            if need > 0:
+                continue
+        # apply
+        labels[i] = b
+        size[a] -= 1
+        size[b] += 1
+        for t in range(m):
+            loads[a, t] = la[t]
+            loads[b, t] = lb[t]
+        if exc[a] > 1e-12:
+            n_bad -= 1
+        if exc[b] > 1e-12:
+            n_bad -= 1
+        exc[a] = ea
+        exc[b] = eb
+        if ea > 1e-12:
+            n_bad += 1
+        if eb > 1e-12:
+            n_bad += 1
+        cur += d_obj
+        accepted += 1
+        if n_bad == 0 and cur < best_val - 1e-9:
+            best_val = cur
+            best[:] = labels
+    return best_val, cur, accepted
+
+
+def _arrays(P, labels, model, objective, movable, centres):
+    lo, hi = model.bounds()
+    k = model.n_grids
+    xy = np.zeros((P.n, 2)) if P.xy is None else np.ascontiguousarray(P.xy, dtype=np.float64)
+    cen = np.zeros((k, 2)) if centres is None else np.ascontiguousarray(centres, np.float64)
+    return dict(
+        indptr=np.ascontiguousarray(P.indptr, np.int64),
+        indices=np.ascontiguousarray(P.indices, np.int64),
+        elen=np.ascontiguousarray(P.elen, np.float64),
+        W=np.ascontiguousarray(P.W, np.float64),
+        lo=np.ascontiguousarray(lo, np.float64), hi=np.ascontiguousarray(hi, np.float64),
+        scale=np.ascontiguousarray(model.scale, np.float64),
+        movable=np.ascontiguousarray(movable, np.uint8),
+        xy=xy, presence=np.ascontiguousarray(P.presence, np.float64), centres=cen,
+        objective=np.int64(DISTANCE if objective == "distance" else BOUNDARY),
+    )
+
+
+def typical_delta(P, objective: str) -> float:
+    """The size of a typical move's objective change: the temperature's unit."""
+    if objective == "boundary":
+        return float(np.median(P.elen)) if len(P.elen) else 1.0
+    rows = np.repeat(np.arange(P.n), np.diff(P.indptr))
+    step = np.hypot(*(P.xy[rows] - P.xy[P.indices]).T)
+    return float(np.median(step) * np.median(P.presence)) if len(step) else 1.0
+
+
+def epoch_iterations(n: int, epoch: int) -> int:
+    """Proposals in annealing epoch ``epoch``: SWEEPS sweeps of the graph (at least a
+    million, capped for a city), growing by GROWTH per epoch up to MAX_GROWTH, so a long
+    budget becomes one slow anneal without the schedule depending on the clock."""
+    base = np.clip(SWEEPS * n, 1_000_000, 30_000_000)
+    return int(base * min(GROWTH**epoch, MAX_GROWTH))
+
+
+def anneal(search, deadline: float, seed: int, *, chunks: int = 10,
+           max_epochs: int | None = None) -> int:
+    """Anneal from ``search.labels`` until ``deadline``; leave the best plan within every
+    band in ``search`` (or the start, when no such plan was seen). Returns the epochs run.
+
+    Epoch e starts from the best plan so far (the start for e = 0) at twice a typical
+    move's change and cools to a tenth of it while the balance penalty hardens; epochs
+    grow geometrically, so a long budget ends in one slow anneal; chunk c of epoch e is
+    seeded with ``seed + 1000 e + c``, so the walk does not depend on the clock, only how
+    far along it gets does.
+    """
+    import time
+
+    P, model = search.P, search.model
+    distance = search.objective == "distance"
+    recentre = distance and not search.fixed_centres
+    arr = _arrays(P, search.labels, model, search.objective, search.movable, search.centres)
+    typ = max(typical_delta(P, search.objective), 1e-12)
+    per_unit = P.n / max(model.n_grids, 1)  # 1 / (a typical unit's share of a grid)
+    T_hi, T_lo = T_START * typ, T_END * typ
+    P_lo, P_hi = PEN_START * typ * per_unit, PEN_END * typ * per_unit
+    start, start_viol = search.labels.copy(), search.violation()
+    best = start.copy() if start_viol <= 1e-12 else None
+    best_val = search.compactness() if best is not None else np.inf
+    cur = search.labels.copy()
+    out = np.empty(P.n, np.int64)
+    epoch = 0
+    while time.monotonic() < deadline and (max_epochs is None or epoch < max_epochs):
+        if best is not None:
+            cur = best.copy()
+        t_start = T_hi * REHEAT[epoch % len(REHEAT)]
+        iters = max(epoch_iterations(P.n, epoch) // chunks, 1)
+        for c in range(chunks):
+            if time.monotonic() >= deadline:
+                break
+            f0, f1 = c / chunks, (c + 1) / chunks
+            if recentre:
+                search.set_labels(cur)
+                arr["centres"] = np.ascontiguousarray(search.centres, np.float64)
+            val, _, moved = anneal_chunk(
+                arr["indptr"], arr["indices"], arr["elen"], arr["W"], arr["lo"], arr["hi"],
+                arr["scale"], arr["movable"], cur, arr["xy"], arr["presence"],
+                arr["centres"], arr["objective"], iters,
+                t_start * (T_lo / t_start) ** f0, t_start * (T_lo / t_start) ** f1,
+                P_lo * (P_hi / P_lo) ** f0, P_lo * (P_hi / P_lo) ** f1,
+                seed + 1000 * epoch + c, out)
+            search.stats.moves += moved
+            if np.isfinite(val):
+                if distance:  # the kernel's centres are fixed: score on the plan's own
+                    search.set_labels(out)
+                    val = search.compactness()
+                if val < best_val - 1e-9 * max(1.0, abs(best_val)):
+                    best, best_val = out.copy(), val
+        epoch += 1
+    search.set_labels(best if best is not None else cur)
+    if best is None and search.violation() > start_viol:
+        search.set_labels(start)  # keep the least unbalanced plan for the explanation
+    return epoch
