@@ -179,3 +179,196 @@ def diff(
         if len(d.grids):
             console.print(_table(d.grids.round(0), "grids created, removed, reshaped"))
         console.print(_table(d.balance.round(4), "balance before and after"))
+
+
+# -- edits ----------------------------------------------------------------------------------
+edit_app = typer.Typer(no_args_is_help=True, help="Edit a plan: each edit is a new version "
+                       "(author, message, parent) or is refused with the reason.")
+
+PlanArg = Annotated[Path, typer.Argument(help="Plan GeoPackage to edit")]
+OutOpt = Annotated[Path, typer.Option(help="The new version's GeoPackage")]
+AuthorOpt = Annotated[str, typer.Option(help="Who edits (recorded)")]
+MessageOpt = Annotated[str, typer.Option(help="Why (recorded)")]
+
+
+def _edit(plan: Path, out: Path, fn) -> None:
+    """Load the plan and its unit graph, apply ``fn(plan, graph)``, save the new version."""
+    from territory.graph import build_graph
+    from territory.plan import Plan
+
+    with _errors():
+        p = Plan.load(plan)
+        with console.status("building the unit graph"):
+            graph = build_graph(p.units)
+        new = fn(p, graph)
+        new.save(out)
+        console.print(f"v{new.version} {new.plan_id} ({new.message}) → {out}")
+
+
+@edit_app.command("move")
+def edit_move(
+    plan: PlanArg, out: OutOpt,
+    to: Annotated[str, typer.Option(help="Main grid or sub-grid id to move into")],
+    unit: Annotated[list[str] | None, typer.Option(help="Unit id (repeat)")] = None,
+    polygon: Annotated[Path | None, typer.Option(help="A drawn polygon layer (WGS84): every "
+                                                      "unit inside it moves")] = None,
+    points: Annotated[Path | None, typer.Option(help="Communities or key accounts (CSV) to "
+                                                     "find --point-id in")] = None,
+    point_id: Annotated[list[str] | None, typer.Option(help="Community / key-account id")]
+    = None,
+    id_column: Annotated[str, typer.Option(help="Id column of --points")] = "community_id",
+    points_crs: Annotated[str | None, typer.Option(help="CRS of --points")] = None,
+    author: AuthorOpt = "", message: MessageOpt = "",
+) -> None:
+    """Move units (by id, inside a drawn polygon, or holding given communities/key accounts)."""
+    import shapely
+
+    from territory.boundaries import read_boundaries
+    from territory.edits import move_units, units_in_polygon, units_of_points
+
+    def fn(p, graph):
+        ids = list(unit or [])
+        if polygon is not None:
+            shape = shapely.union_all(read_boundaries(polygon).geometry.values)
+            ids += units_in_polygon(p, shape)
+        if points is not None:
+            crs = require_crs(points_crs, "--points-crs")
+            table = _points(points, crs, "lng", "lat", "points", None)
+            ids += units_of_points(p, table, point_id or [], id_column=id_column)
+        return move_units(p, graph, ids, to, author=author, message=message)
+
+    _edit(plan, out, fn)
+
+
+@edit_app.command("lock")
+def edit_lock(plan: PlanArg, out: OutOpt,
+              unit: Annotated[list[str] | None, typer.Option(help="Unit id")] = None,
+              grid: Annotated[list[str] | None, typer.Option(help="Grid id: all its units")]
+              = None,
+              unlock: Annotated[bool, typer.Option(help="Unlock instead")] = False,
+              author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Lock (or --unlock) units and whole grids: rebalance and edits never move them."""
+    from territory.edits import set_lock
+
+    _edit(plan, out, lambda p, g: set_lock(p, g, unit_ids=unit or [], grids=grid or [],
+                                           lock=not unlock, author=author, message=message))
+
+
+@edit_app.command("split")
+def edit_split(plan: PlanArg, out: OutOpt, grid: Annotated[str, typer.Option()],
+               parts: Annotated[int, typer.Option()] = 2,
+               author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Split a grid into balanced contiguous parts."""
+    from territory.edits import split_grid
+
+    _edit(plan, out, lambda p, g: split_grid(p, g, grid, parts=parts, author=author,
+                                             message=message))
+
+
+@edit_app.command("merge")
+def edit_merge(plan: PlanArg, out: OutOpt, keep: Annotated[str, typer.Option()],
+               absorb: Annotated[str, typer.Option()],
+               author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Merge grid --absorb into its neighbour --keep."""
+    from territory.edits import merge_grids
+
+    _edit(plan, out, lambda p, g: merge_grids(p, g, keep, absorb, author=author,
+                                              message=message))
+
+
+@edit_app.command("remove")
+def edit_remove(plan: PlanArg, out: OutOpt, grid: Annotated[str, typer.Option()],
+                author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Remove a grid: its units join their neighbours."""
+    from territory.edits import remove_grid
+
+    _edit(plan, out, lambda p, g: remove_grid(p, g, grid, author=author, message=message))
+
+
+@edit_app.command("tolerance")
+def edit_tolerance(plan: PlanArg, out: OutOpt, measure: Annotated[str, typer.Option()],
+                   value: Annotated[float, typer.Option(help="e.g. 0.05 for ±5 %")],
+                   author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Change a measure's balance tolerance."""
+    from territory.edits import set_tolerance
+
+    _edit(plan, out, lambda p, g: set_tolerance(p, g, measure, value, author=author,
+                                                message=message))
+
+
+# -- rebalance ------------------------------------------------------------------------------
+def rebalance_command(
+    plan: Annotated[Path, typer.Argument(help="The plan in force (GeoPackage)")],
+    budget: Annotated[str, typer.Option(help="MEASURE=VALUE[%]: customers, households, "
+                                             "subscribers or units, e.g. customers=3%")],
+    out: Annotated[Path, typer.Option(help="Output folder")],
+    customers: Annotated[Path | None, typer.Option(help="Today's customers, loaded onto the "
+                                                        "plan's units first")] = None,
+    communities: Annotated[Path | None, typer.Option(help="Today's communities")] = None,
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables")] = None,
+    lng_column: Annotated[str, typer.Option()] = "lng",
+    lat_column: Annotated[str, typer.Option()] = "lat",
+    tolerance: Annotated[float | None, typer.Option(help="Tolerance of every measure "
+                                                         "(default: the plan's)")] = None,
+    lock: Annotated[Path | None, typer.Option(help="CSV with a unit_id column: units held")]
+    = None,
+    sweep: Annotated[bool, typer.Option(help="Print the budget → worst deviation curve")]
+    = False,
+    depth: Annotated[int, typer.Option(help="Units within this many hops of a grid line "
+                                            "may move")] = 2,
+    time_limit: Annotated[float, typer.Option(help="Seconds per solve")] = 30.0,
+    author: AuthorOpt = "", message: MessageOpt = "",
+) -> None:
+    """Meet the balance tolerances moving at most the budget (fewest moves first)."""
+    from territory.edits import load_points, locked, set_lock
+    from territory.errors import InfeasibleError, InvalidInputError
+    from territory.graph import build_graph
+    from territory.plan import Plan
+    from territory.rebalance import Budget, rebalance
+
+    with _errors():
+        p = Plan.load(plan)
+        for name, path in (("customers", customers), ("communities", communities)):
+            if path is not None:
+                crs = require_crs(points_crs, "--points-crs")
+                table = _points(path, crs, lng_column, lat_column, name, None)
+                p, rep = load_points(p, name, table, author=author)
+                console.print(f"{name}: {rep}")
+        with console.status("building the unit graph"):
+            graph = build_graph(p.units)
+        if lock is not None:
+            table = pd.read_csv(lock, dtype=str)
+            if "unit_id" not in table:
+                raise InvalidInputError(f"--lock {lock}: needs a unit_id column")
+            held = [u for u in table["unit_id"] if not locked(p).get(u, False)]
+            if held:
+                p = set_lock(p, graph, unit_ids=held, author=author, message="locks for "
+                             "rebalance")
+        b = Budget.parse(budget, p)
+        with console.status(f"rebalancing within {b.measure}={b.value:g}"):
+            res = rebalance(p, graph, b, tolerance=tolerance, depth=depth,
+                            time_limit=time_limit, author=author, message=message)
+        out.mkdir(parents=True, exist_ok=True)
+        res.plan.save(out / "plan.gpkg")
+        figures = {"feasible": res.feasible, "budget": {b.measure: b.value},
+                   "moved": {b.measure: res.moved_budget, "units": res.moved_units},
+                   "worst_excess": res.worst_excess, "max_deviation": res.max_deviation,
+                   "smallest_budget": res.smallest_budget, "message": res.message,
+                   "plan_id": res.plan.plan_id, "parent": res.plan.parent}
+        write_json(figures, out / "rebalance.json")
+        console.print(f"moved {res.moved_units} units holding {res.moved_budget:g} "
+                      f"{b.measure}; max deviation "
+                      + ", ".join(f"{m} {v:.2%}" for m, v in res.max_deviation.items())
+                      + f" → {out / 'plan.gpkg'} (v{res.plan.version}, parent {plan})")
+        if sweep:
+            from territory.rebalance import sweep as run_sweep
+
+            top = max(res.smallest_budget or res.moved_budget, b.value, 1.0)
+            budgets = sorted({round(top * f, 3) for f in (0, .25, .5, .75, 1, 1.5)})
+            with console.status("sweeping budgets"):
+                curve = run_sweep(p, graph, b.measure, budgets, tolerance=tolerance,
+                                  depth=depth, time_limit=time_limit)
+            write_csv(curve, out / "sweep.csv")
+            console.print(_table(curve.round(4), "budget → worst deviation"))
+        if not res.feasible:
+            raise InfeasibleError(res.message)

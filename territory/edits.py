@@ -285,3 +285,27 @@ def set_tolerance(plan: Plan, graph: nx.Graph, measure: str, tolerance: float, *
                           f"{tolerance}` first, or choose a tolerance of at least "
                           f"{np.ceil(worst * 1000) / 1000:.1%}")
     return after
+
+
+def load_points(plan: Plan, table: str, points: pd.DataFrame, *, author: str = "",
+                message: str = "") -> tuple[Plan, dict]:
+    """New point data (``customers``, ``communities``, ...) summed onto the same units, as
+    ``territory plan`` sums them (:data:`territory.pipeline.SUMS`); grids are unchanged.
+    Returns the new version and the aggregation report (rows inside, outside, invalid).
+
+    Not refused when balance suffers: new customers are a fact, not a choice; the answer
+    to them is ``territory rebalance``.
+    """
+    from territory.pipeline import COUNTS, SUMS
+    from territory.units import aggregate_points
+
+    if table not in COUNTS:
+        raise InvalidInputError(f"table {table!r}: choose one of {list(COUNTS)}")
+    sums = {col: out for (t, col), out in SUMS.items() if t == table and col in points}
+    agg, rep = aggregate_points(plan.units, points, sums=list(sums), count_name=COUNTS[table])
+    units = plan.units.copy()
+    agg = agg.rename(columns=sums)
+    units[list(agg.columns)] = agg
+    new = plan.derive(units, author=author, message=message or f"new {table} loaded")
+    return new, {"rows": rep.n_rows, "inside": rep.n_inside, "outside": rep.n_outside,
+                 "invalid": rep.n_invalid}

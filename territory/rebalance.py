@@ -201,15 +201,18 @@ class _Model:
         return labels, float(pulp.value(prob.objective) or 0.0)
 
     def broken(self, labels: pd.Series) -> list[list[tuple]]:
-        """Per grid that fell into pieces, the moves touching it (a cut forbids them)."""
-        ok = contiguous_grids(self.graph, labels)
-        was = contiguous_grids(self.graph, self.cur)
-        out = []
+        """Per main grid that fell into pieces, or whose sub-grid did, the moves touching
+        it (a cut forbids that combination)."""
+        units = _relabel(self.plan.units, self.graph, labels)
+        broken: set = set()
+        for col in ("main_grid_id", "sub_grid_id"):
+            ok = contiguous_grids(self.graph, units[col])
+            was = contiguous_grids(self.graph, self.plan.units[col])
+            bad = {g for g, fine in ok.items() if not fine and was.get(g, True)}
+            broken |= set(units.loc[units[col].isin(bad), "main_grid_id"])
         changed = labels.index[labels != self.cur]
-        for g, fine in ok.items():
-            if fine or not was.get(g, True):
-                continue
-            out.append([(i, labels[i]) for i in changed if g in (labels[i], self.cur[i])])
+        out = [[(i, labels[i]) for i in changed if g in (labels[i], self.cur[i])]
+               for g in sorted(broken)]
         return [c for c in out if c]
 
     def lexicographic(self, budget: float | None, *, balanced: bool, time_limit: float
@@ -298,15 +301,20 @@ def _max_dev(plan: Plan) -> dict[str, float]:
     return {m: float(t[f"dev_{m}"].abs().max()) for m in plan.measures}
 
 
-def _apply(plan: Plan, graph: nx.Graph, labels: pd.Series, tol: dict, *, author: str,
-           message: str) -> Plan:
-    units = plan.units.copy()
+def _relabel(units: pd.DataFrame, graph: nx.Graph, labels: pd.Series) -> pd.DataFrame:
+    """``units`` with the new main grids; each moved piece joins the sub-grid of its new
+    main grid it shares most boundary with."""
+    units = units.copy()
     moved = labels.index[labels != units["main_grid_id"].astype(str)]
     units.loc[moved, "main_grid_id"] = labels[moved]
     for main, ids in units.loc[moved].groupby("main_grid_id").groups.items():
-        # each moved piece joins the beat of its new grid it touches most
-        comp = nx.connected_components(graph.subgraph(ids))
-        for piece in comp:
+        for piece in nx.connected_components(graph.subgraph(ids)):
             units.loc[list(piece), "sub_grid_id"] = _adjacent_sub(units, graph, list(piece),
                                                                   main)
-    return plan.derive(units, author=author, message=message, measures=tol)
+    return units
+
+
+def _apply(plan: Plan, graph: nx.Graph, labels: pd.Series, tol: dict, *, author: str,
+           message: str) -> Plan:
+    return plan.derive(_relabel(plan.units, graph, labels), author=author, message=message,
+                       measures=tol)
