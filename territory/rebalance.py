@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import pulp
 
-from territory.edits import _adjacent_sub, locked, tolerances
+from territory.edits import EditRefused, _adjacent_sub, locked, tolerances
 from territory.errors import InvalidInputError
 from territory.graph import contiguous_grids
 from territory.metrics import load_table
@@ -203,14 +203,17 @@ class _Model:
     def broken(self, labels: pd.Series) -> list[list[tuple]]:
         """Per main grid that fell into pieces, or whose sub-grid did, the moves touching
         it (a cut forbids that combination)."""
-        units = _relabel(self.plan.units, self.graph, labels)
+        changed = labels.index[labels != self.cur]
+        try:
+            units = _relabel(self.plan.units, self.graph, labels)
+        except EditRefused:  # a moved piece floating free of its new grid: forbid it all
+            return [[(i, labels[i]) for i in changed]]
         broken: set = set()
         for col in ("main_grid_id", "sub_grid_id"):
             ok = contiguous_grids(self.graph, units[col])
             was = contiguous_grids(self.graph, self.plan.units[col])
             bad = {g for g, fine in ok.items() if not fine and was.get(g, True)}
             broken |= set(units.loc[units[col].isin(bad), "main_grid_id"])
-        changed = labels.index[labels != self.cur]
         out = [[(i, labels[i]) for i in changed if g in (labels[i], self.cur[i])]
                for g in sorted(broken)]
         return [c for c in out if c]
