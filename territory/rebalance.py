@@ -153,9 +153,9 @@ class _Model:
               time_limit: float) -> tuple[pd.Series | None, float]:
         """Labels (main grid per unit) and the objective of one stage, or (None, inf)."""
         prob = pulp.LpProblem("rebalance", pulp.LpMinimize)
-        x = {(i, g): pulp.LpVariable(f"x_{n}_{k}", cat="Binary")
+        x = {(i, g): prob.add_variable(f"x_{n}_{k}", cat="Binary")
              for n, (i, ts) in enumerate(self.targets.items()) for k, g in enumerate(ts)}
-        z = pulp.LpVariable("z", lowBound=0)
+        z = prob.add_variable("z", lowBound=0)
         for i, ts in self.targets.items():
             prob += pulp.lpSum(x[i, g] for g in ts) == 1
             for g in ts:
@@ -172,7 +172,7 @@ class _Model:
                 load = self.F.at[g, m] + pulp.lpSum(self.W.at[i, m] * v for i, v in by_grid[g])
                 s = self.scale.at[g, m]
                 if np.isfinite(self.hi.at[g, m]):
-                    e = pulp.LpVariable(f"e_{self.grids.index(g)}_{m}", lowBound=0)
+                    e = prob.add_variable(f"e_{self.grids.index(g)}_{m}", lowBound=0)
                     prob += load <= self.hi.at[g, m] + e * s
                     prob += load >= self.lo.at[g, m] - e * s
                     prob += e <= z
