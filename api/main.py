@@ -18,7 +18,7 @@ from api import problems
 from api.assignment import Indexes
 from api.auth import KeyRing
 from api.jobs import JobRunner
-from api.routes import assign, datasets, exports, grids, health, jobs, maps, plans
+from api.routes import assign, datasets, exports, grids, health, jobs, maps, plans, redraw
 from api.settings import Settings
 from api.store import PlanStore
 
@@ -74,6 +74,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_middleware(problems.BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # assignment first: its routes are the hot path, and routes are matched in order
-    for module in (assign, health, plans, jobs, grids, datasets, maps, exports):
+    for module in (assign, health, plans, jobs, grids, datasets, maps, exports, redraw):
         app.include_router(module.router)
     return app

@@ -192,7 +192,8 @@ class _Model:
             prob += moved + pulp.lpSum(delta * (1 - x[i, self.cur[i]]) for i in self.targets) \
                 + pulp.lpSum(eps * self.dist[k] * v for k, v in x.items())
         prob.solve(pulp_solver(time_limit))
-        if pulp.LpStatus[prob.status] != "Optimal":
+        # a solution found by the time limit counts (it is within the budget all the same)
+        if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
             return None, float("inf")
         labels = self.cur.copy()
         for (i, g), v in x.items():
