@@ -9,12 +9,15 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from typer.testing import CliRunner
 
+from territory.cli import app
 from territory.diagnose import diagnose
 from territory.graph import build_graph, contiguous_grids
 from territory.importer import read_grids, snap_to_units
 from territory.metrics import nesting_ok
 from territory.pipeline import build_unit_table
+from territory.plan import Plan
 
 from .redraw_city import MEASURES, OPTS, small_city
 
@@ -139,3 +142,32 @@ def test_diagnosis_finds_exactly_what_was_done_to_the_map(city, units, drawn, tm
             "snapping"} <= set(out)
     diag.write_layers(tmp_path / "diagnosis.gpkg")
     assert "gaps" in pyogrio.list_layers(tmp_path / "diagnosis.gpkg")[:, 0]
+
+
+def test_cli_import_writes_the_plan_and_the_diagnosis(city, tmp_path):
+    city.areas.to_file(tmp_path / "areas.geojson")
+    city.customers.drop(columns="geometry").to_csv(tmp_path / "customers.csv", index=False)
+    city.plan.grids("main_grid").to_file(tmp_path / "main.gpkg")
+    subs = city.plan.grids("sub_grid")
+    spill = subs["grid_id"].iloc[0]  # drawn 300 m past its main grid's line
+    subs.loc[0, "geometry"] = subs.geometry.iloc[0].buffer(0.003).intersection(
+        shapely.union_all(city.areas.geometry.values))
+    subs.to_file(tmp_path / "sub.gpkg")
+    res = CliRunner().invoke(app, [
+        "import", str(tmp_path / "areas.geojson"), str(tmp_path / "main.gpkg"),
+        "--grid-column", "grid_id", "--parent-column", "parent_id",
+        "--sub-grids", str(tmp_path / "sub.gpkg"), "--grids-crs", "wgs84",
+        "--customers", str(tmp_path / "customers.csv"), "--points-crs", "wgs84",
+        "--resolution", "8", "--min-resolution", "8", "--target-per-unit", "1e9",
+        "--balance", "subscribers=0.15", "--author", "ann", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    diag = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
+    assert {"overlaps", "gaps", "multipart", "crossing_branches", "invalid", "balance",
+            "snapping"} <= set(diag)
+    assert diag["overlaps"] == [] and diag["gaps"] == []
+    assert [s["grid_id"] for s in diag["sub_outside"]] == [spill]
+    assert diag["sub_outside"][0]["area_m2"] > 1e5
+    plan = Plan.load(tmp_path / "out" / "plan.gpkg")
+    assert plan.author == "ann" and plan.measures == ["subscribers"]
+    assert set(plan.units["main_grid_id"]) == set(city.plan.units["main_grid_id"])
+    assert nesting_ok(plan)
