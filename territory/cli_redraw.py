@@ -265,6 +265,15 @@ def edit_split(plan: PlanArg, out: OutOpt, grid: Annotated[str, typer.Option()],
                                              message=message))
 
 
+@edit_app.command("add")
+def edit_add(plan: PlanArg, out: OutOpt, branch: Annotated[str, typer.Option()],
+             author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Add a main grid to a branch (its heaviest grid is split in two)."""
+    from territory.edits import add_grid
+
+    _edit(plan, out, lambda p, g: add_grid(p, g, branch, author=author, message=message))
+
+
 @edit_app.command("merge")
 def edit_merge(plan: PlanArg, out: OutOpt, keep: Annotated[str, typer.Option()],
                absorb: Annotated[str, typer.Option()],

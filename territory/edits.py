@@ -242,6 +242,19 @@ def split_grid(plan: Plan, graph: nx.Graph, grid_id: str, *, parts: int = 2,
                   message=message or f"split {grid_id} into {ids}")
 
 
+def add_grid(plan: Plan, graph: nx.Graph, branch: str, *, time_limit: float = 10.0,
+             author: str = "", message: str = "") -> Plan:
+    """One more main grid in ``branch`` (a new staff member): its heaviest main grid, on the
+    first measure, is split in two."""
+    units = plan.units[plan.units["branch_id"].astype(str) == str(branch)]
+    if units.empty:
+        raise InvalidInputError(f"branch {branch!r} is not in the plan; choose one of "
+                                f"{sorted(plan.units['branch_id'].astype(str).unique())}")
+    heaviest = units.groupby("main_grid_id")[plan.measures[0]].sum().idxmax()
+    return split_grid(plan, graph, heaviest, time_limit=time_limit, author=author,
+                      message=message or f"add a main grid in {branch} (split {heaviest})")
+
+
 def remove_grid(plan: Plan, graph: nx.Graph, grid_id: str, *, author: str = "",
                 message: str = "") -> Plan:
     """Hand a grid's units to its neighbours of the same parent: each joins, wave by wave,

@@ -8,6 +8,7 @@ import shapely
 
 from territory.edits import (
     EditRefused,
+    add_grid,
     load_points,
     merge_grids,
     move_units,
@@ -89,6 +90,9 @@ def test_split_merge_remove_keep_every_rule():
     assert set(merged.units.loc[merged.units["branch_id"] == "B1", "main_grid_id"]) == {
         "B1-M01", "B1-M02"}
     _valid(merged, graph)
+    added = add_grid(plan, graph, "B2", time_limit=5)
+    assert added.units.loc[added.units["branch_id"] == "B2", "main_grid_id"].nunique() == 3
+    _valid(added, graph)
     removed = remove_grid(plan, graph, "B2-M02")
     assert set(removed.units.loc[removed.units["branch_id"] == "B2", "main_grid_id"]) == {
         "B2-M01"}
