@@ -120,3 +120,23 @@ def test_new_customers_load_onto_the_same_units():
     assert rep["inside"] == 7
     assert new.units["customers"].iloc[0] == 7 and new.units["customers"].sum() == 7
     assert (new.units["main_grid_id"] == plan.units["main_grid_id"]).all()
+
+
+def test_cli_edit_move_records_the_version_or_exits_2_with_the_reason(tmp_path):
+    from typer.testing import CliRunner
+
+    from territory.cli import app
+
+    plan, _ = lattice_plan(tolerance=0.9)
+    plan.save(tmp_path / "v1.gpkg")
+    run = CliRunner().invoke
+    res = run(app, ["edit", "move", str(tmp_path / "v1.gpkg"), "--out", str(tmp_path / "v2.gpkg"),
+                    "--unit", "u3_0", "--to", "B1-M02", "--author", "ann", "--message", "x"])
+    assert res.exit_code == 0, res.output
+    v2 = Plan.load(tmp_path / "v2.gpkg")
+    assert (v2.parent, v2.author, v2.units.at["u3_0", "main_grid_id"]) == (
+        plan.plan_id, "ann", "B1-M02")
+    res = run(app, ["edit", "move", str(tmp_path / "v2.gpkg"), "--out", str(tmp_path / "v3.gpkg"),
+                    "--unit", "u0_0", "--to", "B1-M02"])
+    assert res.exit_code == 2 and "do not touch" in res.output
+    assert not (tmp_path / "v3.gpkg").exists()
