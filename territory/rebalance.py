@@ -28,6 +28,7 @@ pieces adds a cut forbidding that combination of moves and the model is solved a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -219,27 +220,43 @@ class _Model:
                for g in sorted(broken)]
         return [c for c in out if c]
 
+    def excess(self, labels: pd.Series) -> float:
+        """The worst relative excess over the bands of a labelling (0: balanced)."""
+        loads = self.W.groupby(labels).sum().reindex(self.grids).fillna(0)
+        over = np.maximum(loads - self.hi, 0) + np.maximum(self.lo - loads, 0)
+        return float((over / self.scale).to_numpy().max())
+
     def lexicographic(self, budget: float | None, *, balanced: bool, time_limit: float
                       ) -> tuple[pd.Series | None, float]:
         """Stage 1 (worst excess, or 0 when ``balanced``) then stage 2 (fewest moves),
-        cutting off disconnected results."""
+        cutting off disconnected results; ``time_limit`` bounds the whole call. Out of time
+        before a connected result, the best connected plan known is the one in force."""
+        deadline = time.monotonic() + time_limit
         for _ in range(MAX_CUTS):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             if balanced:
                 z = 0.0
             else:
                 lab, z = self.solve(budget=budget, z_max=None, stage="balance",
-                                    time_limit=time_limit)
+                                    time_limit=max(left / 2, 1.0))
                 if lab is None:
                     return None, float("inf")
-            lab, _ = self.solve(budget=budget, z_max=z, stage="moves", time_limit=time_limit)
+            left = deadline - time.monotonic()
+            lab, _ = self.solve(budget=budget, z_max=z, stage="moves",
+                                time_limit=max(left, 1.0))
             if lab is None:
                 return None, float("inf")
             cuts = self.broken(lab)
             if not cuts:
                 return lab, z
             self.cuts += cuts
-        log.warning("rebalance: gave up after %d contiguity cuts", MAX_CUTS)
-        return None, float("inf")
+        log.warning("rebalance: no connected plan better than the current one in time "
+                    "(%d contiguity cuts)", len(self.cuts))
+        if balanced:
+            return None, float("inf")
+        return self.cur.copy(), self.excess(self.cur)
 
 
 def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
@@ -248,7 +265,9 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
     """Meet the balance tolerances of the main grids moving at most ``budget``.
 
     Locked units (``locked`` column) and balance-exempt grids never change grid; moved
-    units join the sub-grid of their new main grid they share most boundary with. When the
+    units join the sub-grid of their new main grid they share most boundary with.
+    ``time_limit`` bounds the search within the budget, and again the search for the
+    smallest budget when the given one falls short. When the
     budget cannot reach the tolerances, the result is not feasible: it carries the plan the
     budget reaches (the least excess), and ``smallest_budget``, the least budget that
     reaches them (None when no plan moving units within ``depth`` hops of a grid line does).
