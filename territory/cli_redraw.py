@@ -141,8 +141,13 @@ def diff(
     customers: Annotated[Path | None, typer.Option(help="Customer points: writes the "
                                                         "customer-level CSV for the CRM")]
     = None,
-    points_crs: Annotated[str | None, typer.Option(help="CRS of --customers (required with "
-                                                        "it)")] = None,
+    communities: Annotated[Path | None, typer.Option(help="Community points: the communities "
+                                                          "that change grid")] = None,
+    key_accounts: Annotated[Path | None, typer.Option(help="Key-account points: the key "
+                                                           "accounts that change grid")]
+    = None,
+    points_crs: Annotated[str | None, typer.Option(help="CRS of the point tables (required "
+                                                        "with them)")] = None,
     customer_id_column: Annotated[str, typer.Option(help="Customer id column")]
     = "customer_id",
     lng_column: Annotated[str, typer.Option()] = "lng",
@@ -150,7 +155,8 @@ def diff(
     effective_date: Annotated[str | None, typer.Option(help="Date the new grids take effect "
                                                             "(default: today)")] = None,
 ) -> None:
-    """Units and customers that change grid, grids created/removed/reshaped, balance."""
+    """Units, customers, communities and key accounts that change grid; grids created,
+    removed or reshaped; balance before and after; an offline map of the changes."""
     from territory.diff import change_map, changed_areas, diff_plans
     from territory.offline import save_map
     from territory.plan import Plan
@@ -161,13 +167,18 @@ def diff(
         write_csv(d.changes, out / "changes.csv")
         write_csv(d.grids, out / "grids.csv")
         write_csv(d.balance, out / "balance.csv")
-        if customers is not None:
+        tables = (("customers", customers, customer_id_column),
+                  ("communities", communities, "community_id"),
+                  ("key_accounts", key_accounts, "key_account_id"))
+        for name, path, id_column in tables:
+            if path is None:
+                continue
             crs = require_crs(points_crs, "--points-crs")
-            table = _points(customers, crs, lng_column, lat_column, "customers", None)
-            moved = d.customers(table, id_column=customer_id_column, effective=effective_date)
-            write_csv(moved, out / "customers_moved.csv")
-            console.print(f"{len(moved):,} customers change grid → "
-                          f"{out / 'customers_moved.csv'}")
+            table = _points(path, crs, lng_column, lat_column, name, None)
+            moved = d.customers(table, id_column=id_column, effective=effective_date)
+            write_csv(moved, out / f"{name}_moved.csv")
+            console.print(f"{len(moved):,} {name.replace('_', ' ')} change grid → "
+                          f"{out / f'{name}_moved.csv'}")
         layer = changed_areas(d)
         if len(layer):
             from territory.atomic import atomic_path

@@ -48,10 +48,12 @@ class PlanDiff:
 
     def customers(self, customers: pd.DataFrame, *, id_column: str = "customer_id",
                   effective: date | str | None = None) -> pd.DataFrame:
-        """The customers (WGS84 ``lng``/``lat``) whose grid changes: a table a CRM loads.
+        """The points (WGS84 ``lng``/``lat``: customers, communities, key accounts) whose
+        grid changes: a table a CRM loads.
 
-        Each customer is located in the units once (one owner per point); those in a changed
-        unit get a row: id, old and new sub-grid and main grid, effective date.
+        Each point is located in the units once (one owner per point); those in a changed
+        unit get a row: id (as ``customer_id`` for customers, else the table's id column),
+        old and new sub-grid and main grid, effective date.
         """
         if id_column not in customers.columns:
             raise InvalidInputError(f"customers: no column {id_column!r}; name the id column "
@@ -62,7 +64,8 @@ class PlanDiff:
         uid = pd.Series(np.where(pos >= 0, units.index.to_numpy()[np.maximum(pos, 0)], None))
         moved = uid.isin(self.changes["unit_id"]).to_numpy()
         ch = self.changes.set_index("unit_id")
-        out = pd.DataFrame({"customer_id": customers[id_column].to_numpy()[moved]})
+        name = "customer_id" if id_column == "customer_id" else id_column
+        out = pd.DataFrame({name: customers[id_column].to_numpy()[moved]})
         cols = ["from_sub_grid_id", "to_sub_grid_id", "from_main_grid_id", "to_main_grid_id"]
         for c in cols:
             out[c] = ch[c].reindex(uid[moved]).to_numpy()

@@ -85,9 +85,13 @@ def test_cli_diff_writes_the_tables_the_crm_csv_and_an_offline_map(plan, tmp_pat
     plan.save(tmp_path / "a.gpkg")
     after.save(tmp_path / "b.gpkg")
     city.customers.drop(columns="geometry").to_csv(tmp_path / "customers.csv", index=False)
+    communities = city.inputs.communities
+    communities.drop(columns="geometry", errors="ignore").to_csv(tmp_path / "communities.csv",
+                                                                  index=False)
     res = CliRunner().invoke(app, [
         "diff", str(tmp_path / "a.gpkg"), str(tmp_path / "b.gpkg"), "--out", str(tmp_path / "d"),
         "--customers", str(tmp_path / "customers.csv"), "--points-crs", "wgs84",
+        "--communities", str(tmp_path / "communities.csv"),
         "--effective-date", "2027-01-01"])
     assert res.exit_code == 0, res.output
     changes = pd.read_csv(tmp_path / "d" / "changes.csv")
@@ -97,6 +101,9 @@ def test_cli_diff_writes_the_tables_the_crm_csv_and_an_offline_map(plan, tmp_pat
     moved = pd.read_csv(tmp_path / "d" / "customers_moved.csv")
     assert len(moved) == plan.units.loc[busy, "customers"].sum()
     assert (moved["effective_date"] == "2027-01-01").all()
+    comm = pd.read_csv(tmp_path / "d" / "communities_moved.csv")
+    assert len(comm) == plan.units.loc[busy, "communities"].sum()
+    assert set(comm.columns) >= {"community_id", "from_main_grid_id", "to_main_grid_id"}
     page = (tmp_path / "d" / "changes.html").read_text()
     assert "changed areas" in page
     # offline: no script or stylesheet fetched (save_map refuses such a page anyway)
