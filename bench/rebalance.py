@@ -67,7 +67,9 @@ def scenarios(plan: Plan, graph: nx.Graph) -> dict[str, Plan]:
     # a new estate: +10 % of one branch's subscribers (and workload, customers) spread over
     # the units within 3 hops of one spot (a neighbourhood, not one block)
     branch = u.groupby("branch_id")["subscribers"].sum().idxmax()
-    spot = u.loc[u["branch_id"] == branch, "subscribers"].sample(1, random_state=1).index[0]
+    # in the densest spot (an islet picked at random would hold it all in one unit: no plan,
+    # fresh or not, could balance that)
+    spot = u.loc[u["branch_id"] == branch, "customers"].idxmax()
     ring = [v for v in nx.ego_graph(graph, spot, radius=3) if u.at[v, "branch_id"] == branch]
     est = u.copy()
     extra = 0.10 * est.loc[est["branch_id"] == branch, "subscribers"].sum()

@@ -242,17 +242,17 @@ class _Model:
                 lab, z = self.solve(budget=budget, z_max=None, stage="balance",
                                     time_limit=max(left / 2, 1.0))
                 if lab is None:
-                    return None, float("inf")
+                    break
             left = deadline - time.monotonic()
             lab, _ = self.solve(budget=budget, z_max=z, stage="moves",
                                 time_limit=max(left, 1.0))
             if lab is None:
-                return None, float("inf")
+                break
             cuts = self.broken(lab)
             if not cuts:
                 return lab, z
             self.cuts += cuts
-        log.warning("rebalance: no connected plan better than the current one in time "
+        log.warning("rebalance: no connected plan better than the current one found in time "
                     "(%d contiguity cuts)", len(self.cuts))
         if balanced:
             return None, float("inf")
