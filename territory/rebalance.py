@@ -279,9 +279,7 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
         tol = {m: float(tolerance) for m in tol}
     model = _Model(plan, graph, budget.measure, tol, depth)
     labels, z = model.lexicographic(budget.value, balanced=False, time_limit=time_limit)
-    if labels is None:
-        raise InvalidInputError("rebalance: the model found no plan within the budget "
-                                "(time limit or contiguity); raise --time-limit or the budget")
+    assert labels is not None  # within a budget, the plan in force is always a fallback
     feasible = z <= 1e-6
     smallest = None
     if not feasible:
