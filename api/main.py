@@ -28,6 +28,7 @@ from api.routes import (
     jobs,
     maps,
     plans,
+    redraw,
     reports,
     staff,
 )
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                app.swagger_ui_oauth2_redirect_url, "/health")
                                    if p])
     # assignment first: its routes are the hot path, and routes are matched in order
-    for module in (assign, health, plans, jobs, grids, datasets, maps, exports, reports, staff):
+    for module in (assign, health, plans, jobs, grids, datasets, maps, exports, reports, staff,
+                   redraw):
         app.include_router(module.router)
     return app

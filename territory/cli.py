@@ -426,6 +426,14 @@ from territory.cli_report import report as _report  # noqa: E402, I001
 app.command(name="report")(_report)
 from territory.cli_staff import staff as _staff  # noqa: E402, I001
 app.command(name="staff")(_staff)
+from territory.cli_redraw import import_command as _import  # noqa: E402, I001
+app.command(name="import")(_import)
+from territory.cli_redraw import diff as _diff, history as _history  # noqa: E402, I001
+app.command(name="history")(_history)
+app.command(name="diff")(_diff)
+from territory.cli_redraw import edit_app as _edit_app, rebalance_command as _rb  # noqa: E402, I001
+app.add_typer(_edit_app, name="edit")
+app.command(name="rebalance")(_rb)
 
 
 def main() -> None:  # pragma: no cover - console entry point

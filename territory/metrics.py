@@ -30,6 +30,13 @@ def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.Geo
     grids["area_km2"] = area / 1e6
     grids["perimeter_km"] = perim / 1e3
     grids["polsby_popper"] = np.where(perim > 0, 4 * math.pi * area / perim**2, 0.0)
+    _deviations(grids, plan)
+    grids["contiguous"] = _contiguity(plan, level, graph, grids)
+    return grids
+
+
+def _deviations(grids: pd.DataFrame, plan: Plan) -> None:
+    """Add ``balance_exempt`` and ``dev_*`` (against the parent's mean) to a grid table."""
     key = grids["parent_id"].fillna("city")
     # own grids (islands, zones) are exempt from balance: out of the mean and the deviation,
     # exactly as the optimizer judged them (territory.optimize.balance)
@@ -38,8 +45,25 @@ def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.Geo
     for m in plan.measures:
         mean = grids[m].where(~exempt).groupby(key).transform("mean")
         grids[f"dev_{m}"] = np.where(exempt, 0.0, deviation(grids[m], mean.fillna(0.0)))
-    grids["contiguous"] = _contiguity(plan, level, graph, grids)
-    return grids
+
+
+def load_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> pd.DataFrame:
+    """The balance columns of :func:`grid_table` (loads, ``dev_*``, ``contiguous`` with a
+    graph, else True) without dissolving geometry: fast enough to judge every edit.
+    Compactness figures are NaN (they need the polygons)."""
+    col, parent = plan.column(level), PARENT[level]
+    keys = [col] + ([f"{parent}_id"] if parent else [])
+    t = plan.units.groupby(keys)[plan.measures].sum().reset_index()
+    t = t.rename(columns={col: "grid_id"})
+    t["parent_id"] = t[f"{parent}_id"] if parent else None
+    _deviations(t, plan)
+    t["polsby_popper"] = np.nan
+    if graph is None:
+        t["contiguous"] = True
+    else:
+        ok = contiguous_grids(graph, plan.labels(level))
+        t["contiguous"] = t["grid_id"].map(ok).fillna(False).astype(bool)
+    return t
 
 
 def _contiguity(plan: Plan, level: str, graph, grids) -> np.ndarray:

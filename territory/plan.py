@@ -74,6 +74,10 @@ class Plan:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     fingerprint: str = ""
     metrics: dict = field(default_factory=dict)
+    author: str = ""
+    message: str = ""
+    #: the ancestors' version records, oldest first (append-only: see :meth:`derive`)
+    history: tuple = ()
 
     def __post_init__(self) -> None:
         missing = [c for c in ("sub_grid_id", "main_grid_id", "branch_id") if c not in self.units]
@@ -115,19 +119,32 @@ class Plan:
     def labels(self, level: str) -> pd.Series:
         return self.units[self.column(level)]
 
-    def derive(self, units: gpd.GeoDataFrame, **params) -> Plan:
-        """A new version of this plan over edited units (the parent is this plan)."""
+    def derive(self, units: gpd.GeoDataFrame, *, author: str = "", message: str = "",
+               **params) -> Plan:
+        """A new version of this plan over edited units (the parent is this plan).
+
+        The parent's version record is appended to ``history``: the lineage travels with
+        every file and is never rewritten.
+        """
         return replace(
             self, units=units, params={**self.params, **params}, parent=self.plan_id,
             version=self.version + 1, plan_id=uuid.uuid4().hex[:12], fingerprint="",
             created=datetime.now(UTC).isoformat(timespec="seconds"), metrics={},
+            author=author, message=message, history=(*self.history, self.record()),
         )
+
+    def record(self) -> dict:
+        """This version's entry in a history: who, when, why, from what."""
+        return {"plan_id": self.plan_id, "version": self.version, "parent": self.parent,
+                "created": self.created, "author": self.author, "message": self.message,
+                "fingerprint": self.fingerprint}
 
     def meta(self) -> dict:
         return {
             "plan_id": self.plan_id, "version": self.version, "parent": self.parent,
             "created": self.created, "fingerprint": self.fingerprint,
             "measures": self.measures, "params": self.params, "metrics": self.metrics,
+            "author": self.author, "message": self.message, "history": list(self.history),
         }
 
     # -- storage --------------------------------------------------------------------------
@@ -169,6 +186,8 @@ class Plan:
             units=units, measures=meta["measures"], params=meta["params"],
             plan_id=meta["plan_id"], version=meta["version"], parent=meta["parent"],
             created=meta["created"], fingerprint=meta["fingerprint"], metrics=meta["metrics"],
+            author=meta.get("author", ""), message=meta.get("message", ""),
+            history=tuple(meta.get("history", ())),
         )
 
 

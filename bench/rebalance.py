@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Rebalance with least churn against re-planning from scratch, on the shipped city.
+
+A plan of the shipped Xiamen (synthetic customers, the demo's generator) is changed the way
+cities change, then brought back within its tolerances two ways:
+
+* ``rebalance``: :func:`territory.rebalance.rebalance` from the plan in force, with a budget
+  of 10 % of the customers (the goal: balance restored moving under a tenth of what a fresh
+  plan moves, in under 30 s);
+* ``fresh``: :func:`territory.hierarchy.build_plan` from scratch on the changed units (same
+  spec as the original), its grids matched to the old ones by most shared customers
+  (:func:`scipy.optimize.linear_sum_assignment` per branch) before counting who moved.
+
+Scenarios: ``estate`` (a new estate adds 10 % to one branch's subscribers, in one spot),
+``store-closed`` (the grid centred on a store is removed: its units join their neighbours,
+:func:`territory.edits.remove_grid`), ``workload`` (one grid's workload doubles).
+
+    .venv/bin/python bench/rebalance.py            # about 10 min on 2 busy cores
+    .venv/bin/python bench/rebalance.py --customers 100000 --main-grids 40 --depth 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import networkx as nx
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from territory.boundaries import load_city
+from territory.edits import remove_grid
+from territory.hierarchy import HierarchySpec, build_plan
+from territory.metrics import load_table
+from territory.pipeline import Inputs, UnitOptions, run
+from territory.plan import Plan
+from territory.rebalance import Budget, rebalance
+from territory.synth import generate_city
+
+TOL = 0.08
+
+
+def worst(plan: Plan) -> float:
+    t = load_table(plan, "main_grid")
+    t = t[~t["balance_exempt"]]
+    return float(max(t[f"dev_{m}"].abs().max() for m in plan.measures))
+
+
+def moved_customers(before: Plan, after: Plan) -> int:
+    """Customers whose main grid changes, grids matched by most shared customers."""
+    a, b = before.units, after.units.reindex(before.units.index)
+    moved = 0
+    for _, idx in a.groupby("branch_id").groups.items():
+        table = pd.crosstab(a.loc[idx, "main_grid_id"], b.loc[idx, "main_grid_id"],
+                            values=a.loc[idx, "customers"], aggfunc="sum").fillna(0)
+        r, c = linear_sum_assignment(-table.to_numpy())
+        kept = table.to_numpy()[r, c].sum()
+        moved += int(a.loc[idx, "customers"].sum() - kept)
+    return moved
+
+
+def scenarios(plan: Plan, graph: nx.Graph) -> dict[str, Plan]:
+    u = plan.units.copy()
+    u[["subscribers", "workload"]] = u[["subscribers", "workload"]].astype(float)
+    out = {}
+    # a new estate: +10 % of one branch's subscribers (and workload, customers) spread over
+    # the units within 3 hops of one spot (a neighbourhood, not one block)
+    branch = u.groupby("branch_id")["subscribers"].sum().idxmax()
+    # in the densest spot (an islet picked at random would hold it all in one unit: no plan,
+    # fresh or not, could balance that)
+    spot = u.loc[u["branch_id"] == branch, "customers"].idxmax()
+    ring = [v for v in nx.ego_graph(graph, spot, radius=3) if u.at[v, "branch_id"] == branch]
+    est = u.copy()
+    extra = 0.10 * est.loc[est["branch_id"] == branch, "subscribers"].sum()
+    share = extra / len(ring)
+    est.loc[ring, "subscribers"] += share
+    est.loc[ring, "workload"] += share * est["workload"].sum() / est["subscribers"].sum()
+    est.loc[ring, "customers"] += int(round(share))
+    out["estate"] = plan.derive(est, message="new estate")
+    # a store closes: the grid centred on it goes, its units join the neighbours
+    counts = u.groupby("branch_id")["main_grid_id"].nunique()
+    big = counts.idxmax()
+    grid = sorted(u.loc[u["branch_id"] == big, "main_grid_id"].unique())[0]
+    loose = Plan(units=u, measures=plan.measures, params={**plan.params,
+                                                          "measures": {m: 0.99 for m in
+                                                                       plan.measures}})
+    closed = remove_grid(loose, graph, grid, message="store closed")
+    out["store-closed"] = Plan(units=closed.units, measures=plan.measures, params=plan.params)
+    # one grid's workload doubles
+    wl = u.copy()
+    g = wl["main_grid_id"].value_counts().index[0]
+    wl.loc[wl["main_grid_id"] == g, "workload"] *= 2
+    out["workload"] = plan.derive(wl, message="workload doubled")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=40_000)
+    ap.add_argument("--main-grids", type=int, default=24)
+    ap.add_argument("--time-limit", type=float, default=20.0)
+    ap.add_argument("--budget", default="customers=10%")
+    ap.add_argument("--depth", type=int, default=3, help="hops from a grid line a unit may "
+                    "move (rebalance)")
+    args = ap.parse_args()
+    logging.getLogger("territory").setLevel(logging.ERROR)
+    areas = load_city("xiamen")
+    city = generate_city(areas, n_customers=args.customers, seed=0)
+    spec = HierarchySpec(measures={"subscribers": TOL, "workload": TOL},
+                         n_main=args.main_grids, n_sub=3, time_limit_main=args.time_limit,
+                         time_limit_sub=5, workers=2)
+    t = time.perf_counter()
+    res = run(Inputs(areas, "adcode", city.customers, city.communities, city.stores,
+                     city.key_accounts), UnitOptions(9, 40.0, 7), spec)
+    print(f"plan: {len(res.units)} units, {args.main_grids} main grids, "
+          f"{time.perf_counter() - t:.0f} s; worst main-grid deviation {worst(res.plan):.2%}")
+    rows = []
+    for name, changed in scenarios(res.plan, res.graph).items():
+        before = worst(changed)
+        t = time.perf_counter()
+        r = rebalance(changed, res.graph, Budget.parse(args.budget, changed),
+                      time_limit=args.time_limit, depth=args.depth)
+        t_rb = time.perf_counter() - t
+        t = time.perf_counter()
+        per_branch = changed.units.groupby("branch_id")["main_grid_id"].nunique()
+        fresh = build_plan(changed.units.drop(columns=["main_grid_id", "sub_grid_id"]),
+                           res.graph, HierarchySpec(**{**spec.__dict__,
+                                                       "n_main": per_branch.to_dict()}))
+        t_fresh = time.perf_counter() - t
+        rows.append({
+            "scenario": name, "worst_dev_before": f"{before:.2%}",
+            "rebalance_worst_dev": f"{worst(r.plan):.2%}", "rebalance_feasible": r.feasible,
+            "rebalance_customers_moved": int(r.moved_budget), "rebalance_s": round(t_rb, 1),
+            "fresh_worst_dev": f"{worst(fresh):.2%}",
+            "fresh_customers_moved": moved_customers(changed, fresh),
+            "fresh_s": round(t_fresh, 1),
+            "smallest_budget": r.smallest_budget,
+        })
+        print(rows[-1], flush=True)
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
