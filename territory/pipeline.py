@@ -25,7 +25,16 @@ from territory.plan import Plan
 from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
 from territory.tables import DEFAULT_ENCODING, read_point_table
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
-from territory.workload import PARTS, ROW_COLUMN, WorkloadModel, add_total, annotate, load_model
+from territory.workload import (
+    BEAT,
+    PARTS,
+    ROW_COLUMN,
+    TOTAL,
+    WorkloadModel,
+    add_total,
+    annotate,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +213,8 @@ def validate(inputs: Inputs, opts: UnitOptions, spec: HierarchySpec, *,
         )
     available = {COUNTS[name] for name in tables}
     available |= {out for (t, col), out in SUMS.items() if col in tables.get(t, ())}
+    # the workload model gives every table it knows its hours (annotate, add_total)
+    available |= {PARTS[t] for t in tables if t in PARTS} | {TOTAL, BEAT}
     if opts.layer is not None:
         available |= {c for c in opts.layer.columns
                       if pd.api.types.is_numeric_dtype(opts.layer[c])}

@@ -175,11 +175,11 @@ class WorkloadModel(_Section):
             return np.full(len(df), rates[c.missing_tier], dtype=float)
         tiers = df[c.tier_column].fillna(c.missing_tier).astype(str)
         unknown = sorted(set(tiers) - set(rates))
-        if unknown:
-            raise InvalidInputError(
-                f"customers: column {c.tier_column!r} has tiers {unknown[:10]} the workload "
-                f"model does not know; use {sorted(rates)} or add them to "
-                "[customers.hours_per_customer]")
+        if unknown:  # counted, not refused: one odd value must not stop a city's plan
+            log.warning("customers: column %r has tiers %s the workload model does not know; "
+                        "they are counted as %r (add them to [customers.hours_per_customer])",
+                        c.tier_column, unknown[:10], c.missing_tier)
+            tiers = tiers.where(tiers.isin(list(rates)), c.missing_tier)
         return tiers.map(rates).to_numpy(dtype=float)
 
     def _community_hours(self, df: pd.DataFrame) -> np.ndarray:
@@ -199,11 +199,12 @@ class WorkloadModel(_Section):
         if k.type_column in df:
             types = df[k.type_column].fillna(k.default_type).astype(str)
             unknown = sorted(set(types) - set(k.hours_per_account))
-            if unknown:
-                raise InvalidInputError(
-                    f"key_accounts: column {k.type_column!r} has types {unknown[:10]} the "
-                    f"workload model does not know; use {sorted(k.hours_per_account)} or add "
-                    "them to [key_accounts.hours_per_account] and hours_per_1000_employees")
+            if unknown:  # counted, not refused, as for customer tiers
+                log.warning("key_accounts: column %r has types %s the workload model does not "
+                            "know; they are counted as %r (add them to "
+                            "[key_accounts.hours_per_account] and hours_per_1000_employees)",
+                            k.type_column, unknown[:10], k.default_type)
+                types = types.where(types.isin(list(k.hours_per_account)), k.default_type)
         else:
             types = pd.Series(k.default_type, index=df.index)
         base = types.map(k.hours_per_account).to_numpy(dtype=float)

@@ -127,4 +127,4 @@ def test_staff_in_field_maps_and_exports(tmp_path):
     res = runner.invoke(app, ["export", str(tmp_path / "plan.gpkg"), "--format", "kml",
                               "--out", str(tmp_path / "e"), "--staff",
                               str(tmp_path / "s" / "staff.csv")])
-    assert res.exit_code == 2 and "--format csv" in res.output
+    assert res.exit_code == 2 and "--format 'csv'" in res.output
