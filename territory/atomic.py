@@ -16,6 +16,7 @@ files of a run in progress, and never touches a file that is not ours by name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -155,6 +156,11 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_json(path: str | Path, data: object) -> Path:
+    """``data`` as indented UTF-8 JSON (non-JSON values as text), written atomically."""
+    return write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
 def _alive(pid: int) -> bool:

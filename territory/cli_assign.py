@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from territory.cli import _errors, _table, console, err_console, require_crs, warn
+from territory.cli_common import _errors, _table, console, err_console, require_crs, warn
 from territory.cli_output import progress, stage
 from territory.errors import InvalidInputError
 

@@ -47,7 +47,7 @@ def read_tables(data: Path | None, points_crs: str | None, *,
 
 
 def _written(paths: list[Path], title: str) -> None:
-    from territory.cli import _table, console
+    from territory.cli_common import _table, console
 
     rows = pd.DataFrame({"file": [str(p) for p in paths],
                          "size": [f"{p.stat().st_size / 1e6:.2f} MB" for p in paths]})
@@ -85,7 +85,7 @@ def map_command(
 ) -> None:
     """Offline HTML maps and printable PNG/PDF maps of a plan: the city (overview and
     choropleth) or, with --grid, one grid's field map."""
-    from territory.cli import _errors, console, require_crs, warn
+    from territory.cli_common import _errors, console, require_crs, warn
     from territory.errors import InvalidInputError
     from territory.filenames import safe_filename
     from territory.mapdata import PlanLayers
@@ -156,7 +156,7 @@ def export(
 ) -> None:
     """Write a plan's grids as GeoJSON, GeoPackage, KML or CSV (unit → grid, customer →
     grid), level by level."""
-    from territory.cli import _errors, console, require_crs, warn
+    from territory.cli_common import _errors, console, require_crs, warn
     from territory.exports import export_plan
     from territory.pipeline import read_points
     from territory.plan import Plan

@@ -12,7 +12,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from territory.cli import (
+from territory.atomic import write_json
+from territory.cli_common import (
     _errors,
     _table,
     console,
@@ -20,7 +21,6 @@ from territory.cli import (
     require_crs,
     warn,
     write_csv,
-    write_json,
 )
 
 
@@ -107,8 +107,8 @@ def import_command(
                        "message": message})
         out.mkdir(parents=True, exist_ok=True)
         path = plan.save(out / "plan.gpkg")
-        write_json(diag.to_json(), out / "diagnosis.json")
-        write_json(metrics, out / "metrics.json")
+        write_json(out / "diagnosis.json", diag.to_json())
+        write_json(out / "metrics.json", metrics)
         diag.write_layers(out / "diagnosis.gpkg")
         counts = pd.DataFrame({"finding": list(diag.counts()),
                                "rows": list(diag.counts().values())})
@@ -375,7 +375,7 @@ def rebalance_command(
                    "worst_excess": res.worst_excess, "max_deviation": res.max_deviation,
                    "smallest_budget": res.smallest_budget, "message": res.message,
                    "plan_id": res.plan.plan_id, "parent": res.plan.parent}
-        write_json(figures, out / "rebalance.json")
+        write_json(out / "rebalance.json", figures)
         console.print(f"moved {res.moved_units} units holding {res.moved_budget:g} "
                       f"{b.measure}; max deviation "
                       + ", ".join(f"{m} {v:.2%}" for m, v in res.max_deviation.items())

@@ -43,7 +43,7 @@ def report(
     """Every main grid's own analysis: a self-contained HTML page (map, KPIs, comparison
     with its branch and the city, communities to work, staff) and a printable PDF, and a
     city page (index.html) linking them."""
-    from territory.cli import _errors, console, err_console, require_crs
+    from territory.cli_common import _errors, console, err_console, require_crs
     from territory.cli_output import progress, stage
     from territory.mapdata import PlanLayers
     from territory.pipeline import read_points
