@@ -244,9 +244,10 @@ def _absorb_slivers(units: gpd.GeoDataFrame, max_m2: float) -> tuple[gpd.GeoData
     A sliver is a group of units of one area, linked by land (rook contact, as in the
     graph: a shared boundary of at least ``MIN_SHARED_M``) to each other but to no other
     unit of their area, of less than ``max_m2`` in all, that touches a larger unit of
-    another area by land, and is not all of its area. Left alone, it is a stranded unit of its branch: the branch,
-    and the main grid and sub-grid holding it, could never be one piece (Xiamen at H3
-    resolution 10: a 0.7 m² piece of Siming whose only land contact is 0.7 m of Huli).
+    another area by land, and is not all of its area. Left alone, it is a stranded unit of
+    its branch: the branch, and the main grid and sub-grid holding it, could never be one
+    piece (Xiamen at H3 resolution 10: a 0.06 m² piece of Siming whose only land contact
+    is 0.7 m of Huli).
     Joined to its neighbour the tiling stays exact (no gap, no overlap); what changes is
     that a few square metres of one area are planned with the other, which the returned
     report says (``units``, ``area_id``, ``into``, ``into_area``, ``area_m2``, ``shared_m``).
