@@ -38,16 +38,23 @@ _GRID_M = 0.01
 MIN_SHARED_M = 0.5
 
 
-def shared_boundaries(geoms, grid_size: float | None = None):
+def shared_boundaries(geoms, grid_size: float | None = None, among=None):
     """Pairs ``(a, b)``, ``a < b``, of intersecting polygons and the length of boundary they
     share (in the geometries' units; 0 where they only touch at corners).
 
     ``grid_size`` runs the overlay on that precision grid: robust where two neighbours'
-    copies of an edge differ by float noise.
+    copies of an edge differ by float noise. ``among`` (positions) restricts ``a`` to those
+    polygons, ``b`` being any other (a pair of two of them then comes in both orders).
     """
     geoms = np.asarray(geoms, dtype=object)
-    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
-    keep = a < b
+    if among is None:
+        a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+        keep = a < b
+    else:
+        among = np.asarray(among, dtype=np.int64)
+        a, b = shapely.STRtree(geoms).query(geoms[among], predicate="intersects")
+        a = among[a]
+        keep = a != b
     a, b = a[keep], b[keep]
     shared = shapely.length(shapely.intersection(
         shapely.boundary(geoms[a]), shapely.boundary(geoms[b]), grid_size=grid_size))

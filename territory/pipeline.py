@@ -255,7 +255,9 @@ def build_unit_table(inputs: Inputs, opts: UnitOptions) -> tuple[gpd.GeoDataFram
         report[name] = {"rows": rep.n_rows, "inside": rep.n_inside, "outside": rep.n_outside,
                         "invalid": rep.n_invalid, "outside_rows": rep.outside_rows[:20],
                         "invalid_rows": rep.invalid_rows[:20]}
+    slivers = units.attrs.get("slivers", [])
     units = add_total(units.join(pd.concat(frames, axis=1)), model)
+    units.attrs["slivers"] = slivers  # a join drops attrs
     units["branch_id"] = units["area_id"].astype(str)
     return units, report
 
@@ -332,6 +334,7 @@ def run(
     params = {"resolution": opts.resolution, "target_per_unit": opts.target_per_unit,
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
+              "slivers": units.attrs.get("slivers", []),
               "key_account_groups": len(spec.together), "aggregation": report}
     def result(plan: Plan) -> Result:
         progress(METRICS, 0, 1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import geopandas as gpd
 import h3
+import networkx as nx
 import numpy as np
 import pandas as pd
 import shapely
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 GRID_SIZE_DEG = 1e-8
 #: H3 cells are looked up on a slightly enlarged area so no sliver at the edge is missed.
 _COVER_BUFFER_DEG = 2e-5
+#: A clipped piece of an area with no land contact with the rest of its area is a *sliver*
+#: (a digitisation artefact: a spike of one district's boundary poking past its neighbour's)
+#: when it is smaller than this share of a finest-resolution cell's average area ...
+SLIVER_CELL_SHARE = 0.01
+#: ... and than this many square metres, whatever the resolution (so a real islet or
+#: exclave of a coarse grid is never handed to another area).
+SLIVER_MAX_M2 = 500.0
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,9 @@ def build_units(
     -------
     GeoDataFrame indexed by ``unit_id`` (``"{area_id}|{cell}"``, with ``"#part"`` when a
     clipped cell falls apart), with columns ``area_id``, ``cell``, ``resolution``, ``whole``
-    (not clipped) and ``geometry``; sorted by ``unit_id``. Units tile the areas exactly.
+    (not clipped) and ``geometry``; sorted by ``unit_id``. Units tile the areas exactly,
+    except for slivers (see :func:`_absorb_slivers`): each is handed to the neighbouring
+    area's unit it shares the most land boundary with, and listed in ``attrs["slivers"]``.
     """
     if not 0 <= resolution <= 15:
         raise InvalidInputError(f"resolution={resolution}: must be an H3 resolution 0..15")
@@ -218,10 +228,90 @@ def build_units(
         pieces["unit_cell"] = pieces["cell"].map(chosen)
     else:
         pieces["unit_cell"] = pieces["cell"]
-    units = _dissolve_pieces(pieces)
+    units = gpd.GeoDataFrame(_dissolve_pieces(pieces), geometry="geometry", crs="EPSG:4326")
+    max_m2 = min(SLIVER_CELL_SHARE * h3.average_hexagon_area(resolution, unit="m^2"),
+                 SLIVER_MAX_M2)
+    units, slivers = _absorb_slivers(units, max_m2)
     units["resolution"] = [h3.get_resolution(c) for c in units["cell"]]
-    gdf = gpd.GeoDataFrame(units, geometry="geometry", crs="EPSG:4326")
-    return gdf.set_index("unit_id").sort_index()
+    gdf = units.set_index("unit_id").sort_index()
+    gdf.attrs["slivers"] = slivers
+    return gdf
+
+
+def _absorb_slivers(units: gpd.GeoDataFrame, max_m2: float) -> tuple[gpd.GeoDataFrame, list]:
+    """Hand every sliver to the other area's unit it shares the most land boundary with.
+
+    A sliver is a group of units of one area, linked by land (rook contact, as in the
+    graph: a shared boundary of at least ``MIN_SHARED_M``) to each other but to no other
+    unit of their area, of less than ``max_m2`` in all, that touches a larger unit of
+    another area by land, and is not all of its area. Left alone, it is a stranded unit of
+    its branch: the branch, and the main grid and sub-grid holding it, could never be one
+    piece (Xiamen at H3 resolution 10: a 0.06 m² piece of Siming whose only land contact
+    is 0.7 m of Huli).
+    Joined to its neighbour the tiling stays exact (no gap, no overlap); what changes is
+    that a few square metres of one area are planned with the other, which the returned
+    report says (``units``, ``area_id``, ``into``, ``into_area``, ``area_m2``, ``shared_m``).
+    Groups with no land contact at all are islets: the graph bridges them.
+    """
+    from territory.graph import _GRID_M, MIN_SHARED_M, shared_boundaries  # graph imports us
+
+    geoms = projected(units).geometry.values
+    area_m2 = shapely.area(geoms)
+    small = np.flatnonzero(area_m2 < max_m2)
+    if len(small) == 0:
+        return units, []
+    # rook contacts of the small units with every unit
+    s_idx, o_idx, shared = shared_boundaries(geoms, grid_size=_GRID_M, among=small)
+    rook = shared >= MIN_SHARED_M
+    s_idx, o_idx, shared = s_idx[rook], o_idx[rook], shared[rook]
+    area_id = units["area_id"].to_numpy()
+    same = area_id[s_idx] == area_id[o_idx]
+    # groups of small units of one area linked by land; a group reaching a larger unit of
+    # its area (or the whole area being small) is not stranded
+    is_small = np.zeros(len(units), dtype=bool)
+    is_small[small] = True
+    links = nx.Graph()
+    links.add_nodes_from(small.tolist())
+    inner = same & is_small[o_idx]
+    links.add_edges_from(zip(s_idx[inner].tolist(), o_idx[inner].tolist(), strict=True))
+    anchored = set(s_idx[same & ~is_small[o_idx]].tolist())
+    n_in_area = pd.Series(area_id).value_counts()
+    report = []
+    target_of = np.arange(len(units))
+    for comp in sorted(map(sorted, nx.connected_components(links))):
+        members = np.asarray(comp)
+        total = float(area_m2[members].sum())
+        if anchored & set(comp) or total >= max_m2 or len(comp) == n_in_area[area_id[comp[0]]]:
+            continue
+        # into a unit that is itself no sliver (a larger one), so no hand-over chains
+        out = np.isin(s_idx, members) & ~same & ~is_small[o_idx]
+        if not out.any():
+            continue  # an islet (no land contact: the graph bridges it) or slivers' knot
+        by_target = pd.Series(shared[out]).groupby(o_idx[out]).sum()
+        into = int(by_target.idxmax())
+        target_of[members] = into
+        report.append({
+            "units": [str(u) for u in units["unit_id"].to_numpy()[members]],
+            "area_id": str(area_id[comp[0]]), "into": str(units["unit_id"].iat[into]),
+            "into_area": str(area_id[into]), "area_m2": total,
+            "shared_m": float(by_target.max()),
+        })
+    if not report:
+        return units, []
+    merged = units.geometry.to_numpy().copy()
+    for into, group in pd.Series(np.arange(len(units))).groupby(target_of):
+        if len(group) > 1:
+            merged[into] = _polygonal(shapely.union_all(merged[group.to_numpy()],
+                                                        grid_size=GRID_SIZE_DEG))
+    for r in report:
+        log.warning("sliver of %s (%.2f m², %d units) joined to %s of %s over %.1f m",
+                    r["area_id"], r["area_m2"], len(r["units"]), r["into"], r["into_area"],
+                    r["shared_m"])
+    out = units.assign(geometry=merged)
+    absorbed = target_of != np.arange(len(units))
+    into_rows = np.unique(target_of[absorbed])
+    out.loc[out.index[into_rows], "whole"] = False
+    return out.loc[~absorbed].reset_index(drop=True), report
 
 
 def _dissolve_pieces(pieces: pd.DataFrame) -> pd.DataFrame:

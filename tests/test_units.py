@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from territory.boundaries import load_city
 from territory.errors import InvalidInputError
-from territory.units import aggregate_points, build_units, locate_points
+from territory.graph import build_graph, contiguous_grids
+from territory.units import SLIVER_MAX_M2, aggregate_points, build_units, locate_points, projected
 from tests.conftest import random_areas
 
 REL = 1e-6  # coordinate snapping to 1 mm leaves this relative area difference at most
@@ -38,13 +39,16 @@ def test_units_tile_generated_areas_exactly(seed, n_areas, res):
     units = build_units(areas, area_column="district", resolution=res)
     overlap, gap, outside = tiling_errors(units, areas)
     assert overlap < REL and gap < REL and outside < REL
-    # no unit crosses an area line: each lies in its own area (up to the snapping grid)
+    # no unit crosses an area line: each lies in its own area (up to the snapping grid),
+    # except a unit that took a reported sliver of its neighbour
     own = areas.set_index("district").geometry
+    took = {s["into"] for s in units.attrs["slivers"]}
     inside = [
-        shapely.difference(geom, own[a].buffer(1e-7)).area == 0
-        for geom, a in zip(units.geometry, units["area_id"], strict=True)
+        uid in took or shapely.difference(geom, own[a].buffer(1e-7)).area == 0
+        for uid, geom, a in zip(units.index, units.geometry, units["area_id"], strict=True)
     ]
     assert all(inside)
+    assert all(s["area_m2"] < SLIVER_MAX_M2 for s in units.attrs["slivers"])
     assert units.index.is_unique and units.geometry.is_valid.all()
 
 
@@ -149,3 +153,60 @@ def test_shipped_cities_tile_exactly(city):
     overlap, gap, outside = tiling_errors(units, areas)
     assert overlap < REL and gap < REL and outside < REL
     assert set(units["area_id"]) == set(areas["adcode"])
+
+
+#: Metres to degrees near the notch test's latitude (24.5° N), close enough for sizes.
+_M_LAT, _M_LNG = 1 / 111_000, 1 / (111_000 * np.cos(np.radians(24.5)))
+
+
+def notched_areas(base_m: float, height_m: float, at: float) -> gpd.GeoDataFrame:
+    """Two 1 km squares side by side, A west of B; B's north edge has a triangular notch
+    (``base_m`` wide, ``height_m`` deep, at ``at`` of B's width) that belongs to A: a
+    separate piece of A whose only land contact is B (a spike of a digitised boundary)."""
+    x0, y0, side = 118.10, 24.50, 1000 * _M_LAT
+    a_sq = shapely.box(x0, y0, x0 + side, y0 + side)
+    bx = x0 + side + at * side
+    tri = shapely.Polygon([(bx, y0 + side), (bx + base_m * _M_LNG, y0 + side),
+                           (bx + base_m * _M_LNG / 2, y0 + side - height_m * _M_LAT)])
+    b_sq = shapely.box(x0 + side, y0, x0 + 2 * side, y0 + side).difference(tri)
+    return gpd.GeoDataFrame({"district": ["A", "B"]},
+                            geometry=[shapely.MultiPolygon([a_sq, tri]), b_sq], crs="EPSG:4326")
+
+
+def area_contiguity(units: gpd.GeoDataFrame) -> dict:
+    """Per area, whether it is one walkable piece on the units' graph (the plan check)."""
+    return contiguous_grids(build_graph(units), dict(zip(units.index, units["area_id"],
+                                                         strict=True)))
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.floats(1.0, 3.0), height=st.floats(0.1, 0.6), at=st.floats(0.1, 0.9),
+       res=st.sampled_from([9, 10]))
+def test_a_sub_square_metre_sliver_goes_to_the_area_it_touches(base, height, at, res):
+    areas = notched_areas(base, height, at)
+    units = build_units(areas, area_column="district", resolution=res)
+    # the tiling stays exact: the sliver changes hands, it is neither dropped nor doubled
+    overlap, gap, outside = tiling_errors(units, areas)
+    assert overlap < REL and gap < REL and outside < REL
+    # every area is one piece: no stranded unit of A inside B
+    assert area_contiguity(units) == {"A": True, "B": True}
+    (sliver,) = units.attrs["slivers"]
+    assert (sliver["area_id"], sliver["into_area"]) == ("A", "B")
+    assert sliver["area_m2"] == pytest.approx(base * height / 2, rel=0.02)
+    assert sliver["into"] in units.index and units.at[sliver["into"], "area_id"] == "B"
+    assert not set(sliver["units"]) & set(units.index)
+    # B's units now cover the whole of B's square, notch included
+    b_union = shapely.union_all(units.geometry[units["area_id"] == "B"].values)
+    full_b = shapely.union_all(areas.geometry.values).difference(areas.geometry[0].geoms[0])
+    assert shapely.symmetric_difference(b_union, full_b).area < REL * full_b.area
+
+
+def test_a_real_exclave_stays_with_its_area():
+    """Above the sliver size (here 2 500 m²) a separate piece is land of its own area, not
+    an artefact: it stays a unit of A, and nothing is handed over."""
+    areas = notched_areas(100.0, 50.0, 0.5)
+    units = build_units(areas, area_column="district", resolution=9)
+    assert units.attrs["slivers"] == []
+    a_area = projected(units[units["area_id"] == "A"]).area.sum()
+    assert a_area == pytest.approx(projected(areas.iloc[[0]]).area.iloc[0], rel=1e-6)
+    assert area_contiguity(units)["A"] is False  # what the plan checks must then report
