@@ -375,12 +375,10 @@ def test_open_index_refuses_a_stale_sidecar(plan, tmp_path):
 
 # -- geocoding ---------------------------------------------------------------------------------
 def test_address_normalisation():
-    assert normalize_address("幸福花园３栋２单元５０１室") == "幸福"
-    assert normalize_address(" 幸福 花园 ") == "幸福"
-    assert normalize_address("幸福小区") == "幸福"
-    assert normalize_address("ＡＢＣ大厦Ａ座") == "abc"
-    assert normalize_address("海景社区（二期）") == normalize_address("海景社区二期") == "海景"
-    assert normalize_address("花园") == "花园"  # a suffix alone is kept as the name
+    assert normalize_address("幸福花园３栋２单元５０１室") == "幸福花园"
+    assert normalize_address(" 幸福 花园 ") == "幸福花园"
+    assert normalize_address("ＡＢＣ大厦Ａ座") == "abc大厦"
+    assert normalize_address("海景社区（二期）") == normalize_address("海景社区二期")
     assert normalize_address(None) == normalize_address(np.nan) == ""
 
 
@@ -388,19 +386,24 @@ def test_gazetteer_matching_and_reasons(inside_points):
     x, y = inside_points
     gx, gy = from_wgs84(x[:1], y[:1], "gcj02")
     table = pd.DataFrame({
-        "address": ["幸福花园", "海景小区", "海景社区", "明珠大厦"],
+        "address": ["幸福花园", "海景小区", "海景小区", "明珠大厦"],
+        "district": ["思明区", "思明区", "湖里区", "思明区"],
         "lng": [x[1], x[2], x[3], gx[0]], "lat": [y[1], y[2], y[3], gy[0]],
         "crs": ["", "wgs84", "wgs84", "gcj02"],
     })
-    gaz = Gazetteer(table)
-    res = gaz.geocode(["福建省厦门市思明区幸福花园3栋", "明珠大厦", "海景", "不存在小区", ""])
-    assert res.lng[0] == x[1] and res.lat[0] == y[1]
+    gaz = Gazetteer(table, crs="wgs84")
+    res = gaz.geocode(["福建省厦门市思明区幸福花园3栋", "明珠大厦", "海景小区", "qwerty", "",
+                       "不存在小区"])
+    assert res.lng[0] == x[1] and res.lat[0] == y[1] and res.level[0] == "community"
     np.testing.assert_allclose([res.lng[1], res.lat[1]], [x[0], y[0]], atol=1e-7)
-    assert "several gazetteer entries" in res.reason[2]
+    assert "different places" in res.reason[2] and res.review[2] and np.isnan(res.lng[2])
     assert "no gazetteer entry" in res.reason[3] and res.reason[4] == "empty address"
-    assert res.reason[0] is None and np.isnan(res.lng[3])
+    assert res.reason[0] is None and np.isnan(res.lng[3]) and not res.review[3]
+    assert res.review[5] and res.score[5] < 80 and "< 80" in res.reason[5]  # not placed
     with pytest.raises(InvalidInputError, match="lat"):
-        Gazetteer(table.drop(columns="lat"))
+        Gazetteer(table.drop(columns="lat"), crs="wgs84")
+    with pytest.raises(InvalidInputError, match="CRS of its coordinates is required"):
+        Gazetteer(table)
 
 
 def test_geopy_adapter_with_a_fake_service(inside_points):
@@ -429,7 +432,8 @@ def test_geopy_adapter_with_a_fake_service(inside_points):
 
 def test_frame_geocodes_rows_without_coordinates(index, inside_points):
     x, y = inside_points
-    gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}))
+    gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}),
+                    crs="wgs84")
     df = pd.DataFrame({"addr": ["幸福花园1栋", "nowhere", "", "幸福花园"],
                        "lng": [x[0], None, None, None], "lat": [y[0], None, None, None]})
     out = assign_frame(index, df, columns=Columns(crs="wgs84", address_column="addr"),
