@@ -329,16 +329,19 @@ class Gazetteer:
             if not cands and not district_only:
                 return {"reason": "no gazetteer entry matches the address"
                         + ("" if p.district else " (no district recognised in it)")}
-            return {**district_only, "review": True, "candidates": self._text(cands),
+            return {**district_only, "review": True,
+                    "candidates": self._text(cands) if cands else None,
                     "score": cands[0][1] if cands else np.nan,
                     "reason": (f"best gazetteer match scores {cands[0][1]:.0f} < "
                                f"{self.min_score:.0f}" if cands else
                                "only the district is recognised")}
-        # most precise level first, then score, then the longest (most specific) name
+        # most precise level first, then the building named in both, then score, then the
+        # longest (most specific) name
         level = np.array([MATCH_LEVELS.index(v) for v in e["level"].to_numpy()[pool]])
+        same_building = (e["building"].to_numpy()[pool] != "") & bool(p.building)
         keylen = np.array([len(k) for k in e["key"].to_numpy()[pool]])
         ok = scores >= self.min_score
-        order = np.lexsort((-keylen, -scores, level, ~ok))
+        order = np.lexsort((-keylen, -scores, ~same_building, level, ~ok))
         top = [(pool[o], scores[o]) for o in order[:_N_CANDIDATES] if ok[o]]
         i, s = top[0]
         # a rival is as good, as precise, not merely a part of the winner's name ("锦绣" in

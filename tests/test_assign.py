@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from territory.assign import (
+    ADDRESS_COLUMNS,
     OUTPUT_COLUMNS,
     Columns,
     assign,
@@ -432,13 +433,21 @@ def test_geopy_adapter_with_a_fake_service(inside_points):
 
 def test_frame_geocodes_rows_without_coordinates(index, inside_points):
     x, y = inside_points
-    gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}),
-                    crs="wgs84")
-    df = pd.DataFrame({"addr": ["幸福花园1栋", "nowhere", "", "幸福花园"],
-                       "lng": [x[0], None, None, None], "lat": [y[0], None, None, None]})
+    gaz = Gazetteer(pd.DataFrame({"address": ["思明区幸福花园", "湖里区幸福花园"],
+                                  "lng": [x[5], x[9]], "lat": [y[5], y[9]]}), crs="wgs84")
+    df = pd.DataFrame({"addr": ["思明区幸福花园1栋", "nowhere", "", "思明区幸福花园", "幸福花园",
+                                "思明区"],
+                       "lng": [x[0], *[None] * 5], "lat": [y[0], *[None] * 5]})
     out = assign_frame(index, df, columns=Columns(crs="wgs84", address_column="addr"),
                        geocoder=gaz)
-    assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok"]
+    assert list(out.columns) == [*df.columns, *OUTPUT_COLUMNS, *ADDRESS_COLUMNS]
+    assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok",
+                                      "needs_review", "needs_review"]
+    assert out["match_level"].tolist() == [None, None, None, "community", None, "district"]
+    assert out["sub_grid_id"].iloc[4:].isna().all()  # a tie or a district picks no grid
+    assert "湖里区" in out["candidates"].iloc[4]
+    assert out["matched_entry"].iloc[3] == "思明区幸福花园"
+    df = df.iloc[:4]
     ref = assign(index, x[[0, 5]], y[[0, 5]], crs="wgs84").sub_grid_id
     assert out["sub_grid_id"].iloc[[0, 3]].tolist() == ref.tolist()
     assert out["reason"].iloc[2] == "empty address"
