@@ -369,6 +369,8 @@ app.command(name="serve")(_serve)
 from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001
 app.command(name="map")(_map)
 app.command(name="export")(_export)
+from territory.cli_cells import cells as _cells  # noqa: E402, I001
+app.command(name="cells")(_cells)
 
 
 def main() -> None:  # pragma: no cover - console entry point

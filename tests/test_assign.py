@@ -488,3 +488,50 @@ def test_cli_assign(plan, plan_file, tmp_path):
     res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
                               "--gazetteer", str(gaz), "--address-column", "code"])
     assert res.exit_code == 2 and "gazetteer" in _said(res)
+
+
+# -- the warehouse cell table ----------------------------------------------------------------
+def test_cell_table_join_agrees_with_the_exact_lookup(plan, plan_file, index, tmp_path):
+    """A warehouse's way: join customers to the table on their H3 cell, take the sub-grid of
+    interior cells, send boundary cells to the exact lookup, and call cells not in the table
+    outside. On 2 M random points this gives exactly the exact lookup's answer."""
+    import h3
+
+    out = tmp_path / "cells.parquet"
+    res = CliRunner().invoke(app, ["cells", str(plan_file), "--resolution", "9", "--out",
+                                   str(out)])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out)
+    assert table.schema.metadata[b"territory.plan_id"].decode() == plan.plan_id
+    cell = table["h3_cell"].to_numpy()
+    interior = table["interior"].to_numpy()
+    sub = np.array(table["sub_grid_id"].to_pylist(), dtype=object)
+    assert (np.diff(cell) > 0).all() and 0.5 < interior.mean() < 1
+
+    rng = np.random.default_rng(11)
+    b = plan.units.total_bounds
+    n = 2_000_000
+    x = rng.uniform(b[0] - 0.005, b[2] + 0.005, n)
+    y = rng.uniform(b[1] - 0.005, b[3] + 0.005, n)
+    to_cell = h3.api.basic_int.latlng_to_cell
+    pc = np.fromiter((to_cell(lat, lng, 9) for lng, lat in zip(x.tolist(), y.tolist(),
+                                                                 strict=True)),
+                     dtype=np.int64, count=n)
+    pos = np.minimum(np.searchsorted(cell, pc), len(cell) - 1)
+    listed = cell[pos] == pc
+    inner = listed & interior[pos]
+    got = np.full(n, None, dtype=object)
+    got[inner] = sub[pos[inner]]
+    refine = np.flatnonzero(listed & ~inner)
+    unit = index.locate(x[refine], y[refine])
+    got[refine] = np.append(index.sub_grid_ids, None)[unit]
+    exact = np.append(index.sub_grid_ids, None)[index.locate(x, y)]
+    np.testing.assert_array_equal(got, exact)
+    assert inner.mean() > 0.3 and (exact[~listed] == None).all()  # noqa: E711
+    # a boundary cell's candidates hold the sub-grid its points get
+    cands = table["candidate_sub_grids"].to_pylist()
+    inside = refine[unit >= 0]
+    assert all(exact[i] in cands[pos[i]] for i in inside[:: max(1, len(inside) // 5000)])
+    res = CliRunner().invoke(app, ["cells", str(plan_file), "--resolution", "3", "--out",
+                                   str(out)])
+    assert res.exit_code == 2 and "--resolution" in _said(res)
