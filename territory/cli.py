@@ -331,6 +331,9 @@ def demo(
         )
         result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
         _demo_outputs(result.plan, out, data)
+        from territory.cli_addresses import demo_addresses
+
+        demo_addresses(areas, data, out, seed=seed)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:
