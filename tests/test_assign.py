@@ -535,3 +535,25 @@ def test_cell_table_join_agrees_with_the_exact_lookup(plan, plan_file, index, tm
     res = CliRunner().invoke(app, ["cells", str(plan_file), "--resolution", "3", "--out",
                                    str(out)])
     assert res.exit_code == 2 and "--resolution" in _said(res)
+
+
+def test_cli_assign_by_address(plan_file, inside_points, tmp_path):
+    x, y = inside_points
+    gaz = tmp_path / "gazetteer.csv"
+    pd.DataFrame({"address": ["思明区幸福花园", "湖里区幸福花园"], "lng": [x[5], x[9]],
+                  "lat": [y[5], y[9]]}).to_csv(gaz, index=False)
+    src = tmp_path / "in.csv"
+    addr = ["厦门市思明区幸福花园2栋", "幸福花园", "思明区幸福花圆"]
+    pd.DataFrame({"id": [1, 2, 3], "addr": addr}).to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    args = ["assign", str(plan_file), str(src), "--out", str(out), "--address-column", "addr",
+            "--gazetteer", str(gaz)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "CRS of its coordinates is required" in _said(res)
+    res = CliRunner().invoke(app, [*args, "--gazetteer-crs", "wgs84", "--min-score", "90"])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(out)
+    assert got["status"].tolist() == ["ok", "needs_review", "needs_review"]  # typo < 90
+    assert got["match_level"].tolist()[:1] == ["community"] and got["match_score"][2] < 90
+    res = CliRunner().invoke(app, [*args, "--gazetteer-crs", "wgs84", "--min-score", "75"])
+    assert pd.read_csv(out)["status"].tolist() == ["ok", "needs_review", "ok"]
