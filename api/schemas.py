@@ -225,7 +225,7 @@ class PointIn(Strict):
                               description="Latitude (or northing in a projected crs)")
 
 
-AssignStatus = Literal["ok", "outside", "invalid", "not_geocoded"]
+AssignStatus = Literal["ok", "outside", "invalid", "not_geocoded", "needs_review"]
 
 
 class Assignment(BaseModel):
