@@ -3,9 +3,12 @@
 Two geocoders share one small interface, :class:`Geocoder` (a Protocol, so any object with a
 matching ``geocode`` method works):
 
-* :class:`Gazetteer` — the offline default: a table the operator supplies (address or
-  community name → lng, lat, crs). No network, reproducible, and the operator's own names
-  for communities (小区) usually beat a web service on exactly the places that matter.
+* :class:`Gazetteer` — the offline default: a table the operator supplies (standard
+  addresses, communities 小区, buildings, villages, key accounts, streets → lng, lat, crs).
+  Addresses are parsed by jionlp (province … street, its data shipped in the package: no
+  download at run time) and matched with rapidfuzz inside their own district and street.
+  No network, reproducible, and the operator's own names for communities usually beat a web
+  service on exactly the places that matter.
 * :class:`GeopyGeocoder` — an adapter for an external service through geopy. It is off
   unless configured explicitly (:func:`geopy_geocoder` or an injected geopy geocoder): an
   assignment run never sends customer addresses anywhere by default.
@@ -124,11 +127,14 @@ def _parser(provinces: frozenset[str]) -> Any:
     return parser
 
 
-@functools.lru_cache(maxsize=200_000)
 def parse_address(text: object, provinces: frozenset[str] = frozenset()) -> ParsedAddress:
     """Parse one address (see :class:`ParsedAddress`), against the counties of
     ``provinces`` (full names, e.g. 广东省; empty: all of China); never raises."""
-    s = normalize_text(text)
+    return _parse(normalize_text(text), provinces)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _parse(s: str, provinces: frozenset[str]) -> ParsedAddress:
     if not s:
         return ParsedAddress(s)
     loc = _parser(provinces)(s, town_village=True, change2new=True)
@@ -144,13 +150,6 @@ def parse_address(text: object, provinces: frozenset[str] = frozenset()) -> Pars
         room, rest = m["room"], rest[: m.start()]
     return ParsedAddress(s, loc.get("province") or "", loc.get("city") or "", district, street,
                          community, rest, building, room)
-
-
-def normalize_address(text: object) -> str:
-    """The place-name key of an address: :func:`parse_address`'s place (or the community it
-    names when nothing else remains), without administrative prefix or building detail."""
-    p = parse_address(text)
-    return p.place or p.community
 
 
 @dataclass(frozen=True)
@@ -399,7 +398,7 @@ class Gazetteer:
         for i, text in enumerate(addresses):
             key = normalize_text(text)
             if key not in answers:
-                answers[key] = self._match(parse_address(text, self.provinces))
+                answers[key] = self._match(_parse(key, self.provinces))
             ans = answers[key]
             out.lng[i], out.lat[i] = ans.get("lng", np.nan), ans.get("lat", np.nan)
             out.reason[i], out.level[i] = ans.get("reason"), ans.get("level")

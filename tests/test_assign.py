@@ -31,7 +31,7 @@ from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.cli import app
 from territory.crs import from_wgs84, local_projected_crs
 from territory.errors import InvalidInputError
-from territory.geocode import Gazetteer, GeopyGeocoder, normalize_address
+from territory.geocode import Gazetteer, GeopyGeocoder, parse_address
 from territory.plan import Plan
 from territory.units import locate_points
 
@@ -375,12 +375,15 @@ def test_open_index_refuses_a_stale_sidecar(plan, tmp_path):
 
 
 # -- geocoding ---------------------------------------------------------------------------------
-def test_address_normalisation():
-    assert normalize_address("幸福花园３栋２单元５０１室") == "幸福花园"
-    assert normalize_address(" 幸福 花园 ") == "幸福花园"
-    assert normalize_address("ＡＢＣ大厦Ａ座") == "abc大厦"
-    assert normalize_address("海景社区（二期）") == normalize_address("海景社区二期")
-    assert normalize_address(None) == normalize_address(np.nan) == ""
+def test_address_place_names():
+    def place(text):
+        return parse_address(text).place
+
+    assert place("幸福花园３栋２单元５０１室") == "幸福花园"
+    assert place(" 幸福 花园 ") == "幸福花园"
+    assert place("ＡＢＣ大厦Ａ座") == "abc大厦"
+    assert place("海景社区（二期）") == place("海景社区二期")
+    assert place(None) == place(np.nan) == ""
 
 
 def test_gazetteer_matching_and_reasons(inside_points):
