@@ -281,6 +281,11 @@ class Gazetteer:
             "lng": lng, "lat": lat,
         })
         self._by_district = {d: g.index.to_numpy() for d, g in self.entries.groupby("district")}
+        # plain arrays for the per-address work (DataFrame access costs more than the match)
+        self._c = {c: self.entries[c].to_numpy(dtype=float if c in ("lng", "lat") else object)
+                   for c in self.entries.columns}
+        self._rank = np.array([MATCH_LEVELS.index(v) for v in self._c["level"]])
+        self._keylen = np.array([len(k) for k in self._c["key"]])
 
     @staticmethod
     def _kinds(table: pd.DataFrame, parsed: list[ParsedAddress]) -> list[str]:
@@ -315,11 +320,11 @@ class Gazetteer:
     def _pool(self, p: ParsedAddress) -> np.ndarray:
         """Entry positions an address may match: its district's (every entry when the
         address names none), narrowed to its street where both name one."""
-        e = self.entries
+        c = self._c
         pool = (self._by_district.get(p.district, np.empty(0, dtype=np.int64)) if p.district
-                else e.index.to_numpy())
+                else np.arange(len(self.entries)))
         if p.street:
-            street = e["street"].to_numpy()[pool]
+            street = c["street"][pool]
             pool = pool[(street == p.street) | (street == "")]
         return pool
 
@@ -327,23 +332,23 @@ class Gazetteer:
         """One address's answer: lng/lat, level, score, entry, candidates, reason, review."""
         from rapidfuzz import fuzz, process
 
-        e = self.entries
+        c = self._c
         district_only = {"level": "district", "review": True} if p.district else {}
         if not p.text:
             return {"reason": "empty address"}
         pool = self._pool(p)
         query = p.place or p.community
-        streets = pool[(e["level"].to_numpy()[pool] == "street")]
-        pool = pool[e["level"].to_numpy()[pool] != "street"]
+        streets = pool[(c["level"][pool] == "street")]
+        pool = pool[c["level"][pool] != "street"]
         scores = np.zeros(len(pool))
         if query and len(pool):
-            scores = process.cdist([query], e["key"].to_numpy()[pool], scorer=fuzz.partial_ratio,
+            scores = process.cdist([query], c["key"][pool], scorer=fuzz.partial_ratio,
                                    workers=1)[0].astype(float)
             # a building entry is that building only: another building of it is no match
-            b = e["building"].to_numpy()[pool]
+            b = c["building"][pool]
             scores[(b != "") & (b != p.building)] = 0.0
         if not len(pool) or scores.max() < self.min_score:
-            street = [i for i in streets if e.at[i, "key"] == p.street] if p.street else []
+            street = [i for i in streets if c["key"][i] == p.street] if p.street else []
             if street:
                 return self._answer(street[0], 100.0)
             best = pool[np.argsort(-scores, kind="stable")[:_N_CANDIDATES]] if query else []
@@ -359,17 +364,17 @@ class Gazetteer:
                                "only the district is recognised")}
         # most precise level first, then the building named in both, then score, then the
         # longest (most specific) name
-        level = np.array([MATCH_LEVELS.index(v) for v in e["level"].to_numpy()[pool]])
-        same_building = (e["building"].to_numpy()[pool] != "") & bool(p.building)
-        keylen = np.array([len(k) for k in e["key"].to_numpy()[pool]])
+        level = self._rank[pool]
+        same_building = (c["building"][pool] != "") & bool(p.building)
+        keylen = self._keylen[pool]
         ok = scores >= self.min_score
         order = np.lexsort((-keylen, -scores, ~same_building, level, ~ok))
         top = [(pool[o], scores[o]) for o in order[:_N_CANDIDATES] if ok[o]]
         i, s = top[0]
         # a rival is as good, as precise, not merely a part of the winner's name ("锦绣" in
         # "锦绣苑"), and elsewhere
-        rivals = [j for j, t in top[1:] if t >= s - _TIE and e.at[j, "level"] == e.at[i, "level"]
-                  and not (e.at[j, "key"] in e.at[i, "key"] != e.at[j, "key"])
+        rivals = [j for j, t in top[1:] if t >= s - _TIE and c["level"][j] == c["level"][i]
+                  and not (c["key"][j] in c["key"][i] != c["key"][j])
                   and self._apart(i, j)]
         if rivals:
             return {**district_only, "review": True, "score": s, "candidates": self._text(top),
@@ -378,18 +383,18 @@ class Gazetteer:
 
     def _apart(self, i: int, j: int) -> bool:
         """Whether two entries are further apart than a tie may be resolved by either."""
-        e = self.entries
-        _, _, metres = _GEOD.inv(e.at[i, "lng"], e.at[i, "lat"], e.at[j, "lng"], e.at[j, "lat"])
+        c = self._c
+        _, _, metres = _GEOD.inv(c["lng"][i], c["lat"][i], c["lng"][j], c["lat"][j])
         return bool(metres > _TIE_METRES)
 
     def _answer(self, i: int, score: float) -> dict[str, Any]:
-        e = self.entries
-        return {"lng": e.at[i, "lng"], "lat": e.at[i, "lat"], "level": e.at[i, "level"],
-                "score": float(score), "entry": e.at[i, "name"]}
+        c = self._c
+        return {"lng": c["lng"][i], "lat": c["lat"][i], "level": c["level"][i],
+                "score": float(score), "entry": c["name"][i]}
 
     def _text(self, cands: list) -> str:
-        e = self.entries
-        return "; ".join(f"{e.at[i, 'name']} ({e.at[i, 'district'] or '?'}, {s:.0f})"
+        c = self._c
+        return "; ".join(f"{c['name'][i]} ({c['district'][i] or '?'}, {s:.0f})"
                          for i, s in cands)
 
     def geocode(self, addresses: Sequence[object]) -> GeocodeResult:
