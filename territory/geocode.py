@@ -56,7 +56,7 @@ _BUILDING = re.compile(
     r"(?P<building>[0-9a-z一二三四五六七八九十甲乙丙丁]+(?:号楼|栋|幢|座))(?P<room>.*)$")
 _ROOM = re.compile(r"(?P<room>(?:[0-9a-z一二三四五六七八九十-]+(?:单元|层|楼|室|户|房))+[0-9]*)$")
 _MIN_KEY = 2  # a place name shorter than this is too vague to match on
-DEFAULT_MIN_SCORE = 80.0
+DEFAULT_MIN_SCORE = 75.0
 #: Two candidates whose scores are this close, at the same level and in different places,
 #: make an address ambiguous (needs review), rather than one silently winning.
 _TIE = 1.0
@@ -369,15 +369,18 @@ class Gazetteer:
         keylen = self._keylen[pool]
         ok = scores >= self.min_score
         order = np.lexsort((-keylen, -scores, ~same_building, level, ~ok))
-        top = [(pool[o], scores[o]) for o in order[:_N_CANDIDATES] if ok[o]]
-        i, s = top[0]
-        # a rival is as good, as precise, not merely a part of the winner's name ("锦绣" in
-        # "锦绣苑"), and elsewhere
-        rivals = [j for j, t in top[1:] if t >= s - _TIE and c["level"][j] == c["level"][i]
+        i, s = pool[order[0]], scores[order[0]]  # ok, since the best score is
+        # a rival scores as well, is not merely a part of the winner's name ("锦绣" in
+        # "锦绣苑"), and is in another district (at any level: an address naming no district
+        # cannot tell "华景雅居2栋" here from "华景雅居" there) or, as precise, elsewhere
+        rivals = [(j, t) for j, t in zip(pool[order], scores[order], strict=True)
+                  if j != i and t >= max(s - _TIE, self.min_score)
                   and not (c["key"][j] in c["key"][i] != c["key"][j])
-                  and self._apart(i, j)]
+                  and (c["district"][j] != c["district"][i]
+                       or (c["level"][j] == c["level"][i] and self._apart(i, j)))]
         if rivals:
-            return {**district_only, "review": True, "score": s, "candidates": self._text(top),
+            return {**district_only, "review": True, "score": s,
+                    "candidates": self._text([(i, s), *rivals[: _N_CANDIDATES - 1]]),
                     "reason": "several gazetteer entries in different places match equally"}
         return self._answer(i, s)
 

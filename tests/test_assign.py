@@ -403,7 +403,7 @@ def test_gazetteer_matching_and_reasons(inside_points):
     assert "different places" in res.reason[2] and res.review[2] and np.isnan(res.lng[2])
     assert "no gazetteer entry" in res.reason[3] and res.reason[4] == "empty address"
     assert res.reason[0] is None and np.isnan(res.lng[3]) and not res.review[3]
-    assert res.review[5] and res.score[5] < 80 and "< 80" in res.reason[5]  # not placed
+    assert res.review[5] and res.score[5] < 75 and "< 75" in res.reason[5]  # not placed
     with pytest.raises(InvalidInputError, match="lat"):
         Gazetteer(table.drop(columns="lat"), crs="wgs84")
     with pytest.raises(InvalidInputError, match="CRS of its coordinates is required"):

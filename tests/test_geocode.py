@@ -99,3 +99,15 @@ def test_no_row_lost_or_forced(gazetteer, texts):
         else:
             assert res.reason[i] and res.level[i] in (*MATCH_LEVELS, None)
             assert res.level[i] != "building" and res.entry[i] is None
+
+
+def test_no_district_cannot_prefer_a_building_over_a_namesake_elsewhere():
+    """Without a district, "锦绣苑3栋" (listed in 福田) and "锦绣苑" (宝安, buildings not
+    listed) are equally likely: review, not the more precise one."""
+    table = pd.DataFrame({"address": ["深圳市福田区锦绣苑3栋", "深圳市宝安区锦绣苑"],
+                          "lng": [114.055, 113.883], "lat": [22.54, 22.56]})
+    gaz = Gazetteer(table, crs="wgs84")
+    res = gaz.geocode(["锦绣苑3栋2单元", "福田区锦绣苑3栋", "宝安区锦绣苑3栋"])
+    assert res.review[0] and np.isnan(res.lng[0])
+    assert res.level.tolist()[1:] == ["building", "community"]
+    assert res.lng[1] == 114.055 and res.lng[2] == 113.883
