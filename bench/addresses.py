@@ -86,8 +86,9 @@ def main() -> None:
               f"not_geocoded {status.get('not_geocoded', 0):.4f}  levels {levels}  "
               f"coordinates (GCJ-02/BD-09) right "
               f"{(got[given] == truth[given]).mean():.4f}  "
-              f"{secs:.1f} s ({by_address.sum() / secs:,.0f} addresses/s, first call "
-              "includes loading jionlp)")
+              f"{secs:.1f} s ({by_address.sum() / secs:,.0f} addresses/s"
+              + (", cold: loading jionlp, parsing)" if score == args.scores[0] else
+                 ", parses cached by the first run)"))
         if score == args.scores[0]:
             v = pd.DataFrame({"variant": cust["variant"], "placed": placed,
                               "right": right})[by_address]
