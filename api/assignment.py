@@ -8,8 +8,9 @@ The engine is :mod:`territory.assign` (statuses, CRS conversion, file streaming)
 * a bounded LRU of open indexes, so a request costs a lookup, not a file read;
 * a lock per index around its queries: the index resolves points near unit boundaries with
   GEOS prepared geometries, which are not thread-safe (libgeos/geos#825), and the service
-  answers from several threads. The lock is taken per engine call (one chunk of a file, one
-  JSON batch), so single lookups interleave with a long batch instead of waiting for it.
+  answers from several threads. The lock is taken per :data:`LOCK_CHUNK` points, whatever
+  the size of the batch, so a single lookup waits for at most one chunk of a long batch,
+  not for the whole of it.
 """
 
 from __future__ import annotations
@@ -30,20 +31,32 @@ from territory.plan import Plan
 log = logging.getLogger(__name__)
 
 
+#: Points per hold of an index's lock: a few milliseconds of work.
+LOCK_CHUNK = 8192
+
+
 class LockedIndex(AssignmentIndex):
-    """An assignment index whose queries hold a lock (see the module docstring)."""
+    """An assignment index whose queries hold a lock, chunk by chunk (see the module
+    docstring)."""
 
     def __init__(self, plan: Plan, arrays) -> None:
         super().__init__(plan, arrays)
         self._lock = threading.Lock()
 
+    def _chunks(self, query, lng: np.ndarray, lat: np.ndarray) -> list:
+        lng, lat = np.asarray(lng), np.asarray(lat)
+        out = []
+        for i in range(0, max(len(lng), 1), LOCK_CHUNK):
+            with self._lock:
+                out.append(query(lng[i:i + LOCK_CHUNK], lat[i:i + LOCK_CHUNK]))
+        return out
+
     def locate(self, lng: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return super().locate(lng, lat)
+        return np.concatenate(self._chunks(super().locate, lng, lat))
 
     def nearest(self, lng: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            return super().nearest(lng, lat)
+        units, distances = zip(*self._chunks(super().nearest, lng, lat), strict=True)
+        return np.concatenate(units), np.concatenate(distances)
 
 
 def write_index(plan: Plan, folder: Path) -> Path:

@@ -199,6 +199,7 @@ class JobRunner:
                 500, f"the job process ended without a result (exit code {code})",
                 kind="internal-error")).model_dump())
             shutil.rmtree(self.store.upload_dir(job_id), ignore_errors=True)
+            self.store.sweep_plans()  # what the dead process was writing
 
     def shutdown(self) -> None:
         """Stop running jobs (with their solver workers) and drop queued ones."""

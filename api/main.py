@@ -16,7 +16,8 @@ from fastapi import FastAPI
 
 from api import problems
 from api.assignment import Indexes
-from api.auth import KeyRing
+from api.auth import AuthMiddleware, KeyRing
+from api.batches import BatchGate
 from api.jobs import JobRunner
 from api.routes import assign, datasets, exports, grids, health, jobs, maps, plans
 from api.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "answers 401; set TERRITORY_API_KEYS or TERRITORY_CONFIG")
         store.sweep_scratch()
         runner.start()
+        store.sweep_plans()  # after runner.start(): jobs of a dead service are failed now
         # The libraries loaded by now (geopandas, pandas, pyproj, FastAPI) leave ~170 000
         # objects for the cyclic garbage collector, and a full collection walks them all:
         # ~100 ms, every so often, in the middle of some request (the whole p99 of single
@@ -69,10 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.runner = runner
     app.state.indexes = Indexes(store, settings.index_cache_size)
+    app.state.batches = BatchGate(settings.max_concurrent_batches, settings.batch_wait_seconds)
     app.state.layers = maps.LayerCache(store)
-    app.state.keys = KeyRing(settings)
     problems.install(app)
     app.add_middleware(problems.BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    # added last, so it runs first: no body is read and no id looked up for an anonymous caller
+    app.add_middleware(AuthMiddleware, keys=KeyRing(settings),
+                       open_paths=[p for p in (app.docs_url, app.redoc_url, app.openapi_url,
+                                               app.swagger_ui_oauth2_redirect_url, "/health")
+                                   if p])
     # assignment first: its routes are the hot path, and routes are matched in order
     for module in (assign, health, plans, jobs, grids, datasets, maps, exports):
         app.include_router(module.router)

@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import FieldError, Problem
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:territory:problem:"
+
+
+def problem_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """An error answer in the OpenAPI document: a Problem, as ``application/problem+json``
+    only (FastAPI's ``model=`` would also list it as ``application/json``)."""
+    return {"description": description or HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+#: The error answers of the service's routes, for the OpenAPI document.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: problem_response(code) for code in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
 
 
 class ProblemError(HTTPException):
@@ -92,17 +105,23 @@ def territory_problem(exc: TerritoryError, status: int = 422, *,
 
 
 def field_problem(field: str, message: str, fix: str, *, status: int = 422,
-                  kind: str = "validation-error", title: str = "Invalid request"
-                  ) -> ProblemError:
+                  kind: str = "validation-error", title: str = "Invalid request",
+                  headers: dict[str, str] | None = None) -> ProblemError:
     """A problem with one offending field: what is wrong with it and what to send instead."""
-    return ProblemError(status, message, kind=kind, title=title,
+    return ProblemError(status, message, kind=kind, title=title, headers=headers,
                         errors=[FieldError(field=field, message=message, fix=fix)])
 
 
-def too_large(detail: str, field: str, fix: str) -> ProblemError:
-    """A 413 naming what was too large and how to split it."""
+#: On an answer sent before the request's body was read to its end: the server closes the
+#: connection instead of reading (and discarding) the rest of the upload.
+CLOSE = {"Connection": "close"}
+
+
+def too_large(detail: str, field: str, fix: str, *, unread: bool = False) -> ProblemError:
+    """A 413 naming what was too large and how to split it; ``unread``: answered before the
+    whole body was received."""
     return field_problem(field, detail, fix, status=413, kind="too-large",
-                         title="Content too large")
+                         title="Content too large", headers=CLOSE if unread else None)
 
 
 def unsupported_file(field: str, message: str, fix: str) -> ProblemError:
@@ -155,10 +174,30 @@ def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
 
 
 # -- handlers ------------------------------------------------------------------------------
+def _allowed_methods(request: Request, allow: str) -> str:
+    """The methods of the documented path this request names. Starlette's own 405 lists
+    only the methods of the first route whose path matched, and FastAPI has one route per
+    method, so the OpenAPI paths are matched instead; the most literal ones win, as for
+    ``/plans/effective`` against ``/plans/{plan_id}``."""
+    matches: dict[int, set[str]] = {}
+    for path, operations in request.app.openapi()["paths"].items():
+        regex, _, convertors = compile_path(path)
+        if regex.match(request.scope["path"]):
+            matches.setdefault(len(convertors), set()).update(m.upper() for m in operations)
+    methods = matches[min(matches)] if matches else {m.strip() for m in allow.split(",")}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(m for m in methods if m))
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if isinstance(exc, ProblemError):
         return render(exc.body, exc.headers)
-    return render(make_problem(exc.status_code, str(exc.detail)), exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}),
+                   "Allow": _allowed_methods(request, (headers or {}).get("Allow", ""))}
+    return render(make_problem(exc.status_code, str(exc.detail)), headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -199,7 +238,7 @@ class BodyLimitMiddleware:
 
     def _error(self) -> ProblemError:
         return too_large(f"the request body is larger than {self.max_bytes} bytes",
-                         "body", "split the data into smaller requests")
+                         "body", "split the data into smaller requests", unread=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -207,7 +246,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await render(self._error().body, {"Connection": "close"})(scope, receive, send)
+            await render(self._error().body, CLOSE)(scope, receive, send)
             return
         seen = 0
 

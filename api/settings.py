@@ -4,13 +4,19 @@ The service reads nothing at import time; :func:`api.main.create_app` builds a
 :class:`Settings` (or takes one from a test) and hands it to every dependency, so two apps
 with different data directories can live in one process.
 
-API keys come from ``TERRITORY_API_KEYS`` (``key1:planner,key2:operations+viewer``) or from
-the ``api_keys`` table of the file named by ``TERRITORY_CONFIG`` (JSON or TOML)::
+API keys come from ``TERRITORY_API_KEYS`` (``NAME=KEY:ROLE[+ROLE],...``, e.g.
+``alice=k-3f9c...:planner,crm-nightly=k-77ab...:operations+viewer``) or from the ``api_keys``
+table of the file named by ``TERRITORY_CONFIG`` (JSON or TOML)::
 
     data_dir = "/var/lib/territory"
     [api_keys]
-    "k-3f9c..." = "planner"
-    "k-77ab..." = ["operations", "viewer"]
+    "k-3f9c..." = {name = "alice", roles = ["planner"]}
+    "k-77ab..." = {name = "crm-nightly", roles = ["operations", "viewer"]}
+
+A key's NAME is what readers see in ``created_by`` and ``activated_by``; the key itself, or
+any part of it, is never shown. The older unnamed forms (``KEY:ROLE``, ``"KEY" = "ROLE"``,
+``"KEY" = ["ROLE", ...]``) still work: such a key is shown as ``unnamed-<roles>`` and the
+service logs a warning at start-up. A key containing ``=`` must be written with a name.
 
 Point coordinates have no default system: a request names its ``crs``, or the operator
 configures one per service area (``TERRITORY_POINTS_CRS="xiamen:gcj02,shenzhen:wgs84"``, or a
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,34 +59,95 @@ class Role(StrEnum):
     viewer = "viewer"
 
 
-def parse_api_keys(value: object) -> dict[str, frozenset[Role]]:
-    """``"k1:planner,k2:operations+viewer"`` or a mapping ``key -> role | [roles]``.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
-    A key given twice is refused rather than merged, because a typo in a long key list
-    would otherwise silently widen someone's rights.
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What one configured key is called and what it may do."""
+
+    name: str
+    roles: frozenset[Role]
+    named: bool = True
+
+
+def _roles_help() -> str:
+    return f"ROLE one of {[r.value for r in Role]}, several joined with '+'"
+
+
+def _api_key(key: str, name: str | None, roles: list[str]) -> ApiKey:
+    """Check one entry; messages show the name (or a key's last 4 characters, to the
+    administrator only), never the whole key."""
+    label = f"API key {name!r}" if name else f"API key ending …{key[-4:]}"
+    if name is not None and not NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"{label}: a name is 1-64 letters, digits or '_.@-', starting with "
+                         "a letter or digit")
+    try:
+        parsed = frozenset(Role(r.strip()) for r in roles)
+    except ValueError:
+        raise ValueError(f"{label}: roles {roles} must be among {[r.value for r in Role]}"
+                         ) from None
+    if not parsed:
+        raise ValueError(f"{label} has no role; {_roles_help()}")
+    if name is None:
+        return ApiKey(name="unnamed-" + "+".join(sorted(r.value for r in parsed)),
+                      roles=parsed, named=False)
+    return ApiKey(name=name, roles=parsed)
+
+
+def _split_name(item: str) -> tuple[str | None, str]:
+    """``NAME=KEY`` → (NAME, KEY); a bare key (which may end in base64 ``=`` padding) →
+    (None, KEY)."""
+    name, sep, key = item.partition("=")
+    if sep and name and key and not key.startswith("="):
+        return name.strip(), key.strip()
+    return None, item
+
+
+def parse_api_keys(value: object) -> dict[str, ApiKey]:
+    """``"alice=k1:planner,crm=k2:operations+viewer"`` (names optional), or a mapping
+    ``key -> role | [roles] | {name, roles}``.
+
+    A key or a name given twice is refused rather than merged, because a typo in a long
+    key list would otherwise silently widen someone's rights or blur who did what.
     """
+    entries: list[tuple[str, str | None, list[str]]] = []
     if isinstance(value, str):
-        pairs = []
         for item in filter(None, (s.strip() for s in value.split(","))):
-            key, sep, roles = item.rpartition(":")
+            head, sep, roles = item.rpartition(":")
+            name, key = _split_name(head.strip())
             if not sep or not key:
-                raise ValueError(f"API key entry {item!r}: write KEY:ROLE (ROLE one of "
-                                 f"{[r.value for r in Role]}, several joined with '+')")
-            pairs.append((key.strip(), roles.split("+")))
+                raise ValueError(f"API key entry {item!r}: write NAME=KEY:ROLE ({_roles_help()})")
+            entries.append((key, name, roles.split("+")))
     elif isinstance(value, dict):
-        pairs = [(k, [v] if isinstance(v, str) else list(v)) for k, v in value.items()]
+        for key, spec in value.items():
+            if isinstance(spec, ApiKey):
+                entries.append((key, spec.name if spec.named else None,
+                                [r.value for r in spec.roles]))
+            elif isinstance(spec, str):
+                entries.append((key, None, [spec]))
+            elif isinstance(spec, list):
+                entries.append((key, None, spec))
+            elif isinstance(spec, dict) and set(spec) <= {"name", "roles"} and "roles" in spec:
+                roles = spec["roles"]
+                entries.append((key, spec.get("name"), [roles] if isinstance(roles, str)
+                                else list(roles)))
+            else:
+                raise ValueError(f"API key ending …{key[-4:]}: give a role, a list of roles "
+                                 "or {name = \"...\", roles = [\"...\"]}")
     else:
-        raise ValueError("api_keys: give 'KEY:ROLE,KEY:ROLE' or a table KEY = ROLE")
-    out: dict[str, frozenset[Role]] = {}
-    for key, roles in pairs:
+        raise ValueError("api_keys: give 'NAME=KEY:ROLE,...' or a table KEY = {name, roles}")
+    out: dict[str, ApiKey] = {}
+    names: set[str] = set()
+    for key, name, roles in entries:
         if key in out:
             raise ValueError(f"API key ending …{key[-4:]} is listed twice; list it once with "
                              "all its roles joined by '+'")
-        try:
-            out[key] = frozenset(Role(r.strip()) for r in roles)
-        except ValueError:
-            raise ValueError(f"API key ending …{key[-4:]}: roles {roles} must be among "
-                             f"{[r.value for r in Role]}") from None
+        out[key] = spec = _api_key(key, name, roles)
+        if spec.named and spec.name in names:
+            raise ValueError(f"API key name {spec.name!r} is used twice; give each key its "
+                             "own name")
+        names.add(spec.name)
     return out
 
 
@@ -137,11 +206,17 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("territory-data"), description="Plan store folder")
     config: Path | None = Field(None, description="JSON or TOML file with more settings")
-    api_keys: Annotated[dict[str, frozenset[Role]], NoDecode] = Field(
+    api_keys: Annotated[dict[str, ApiKey], NoDecode] = Field(
         default_factory=dict, repr=False,
-        description="KEY:ROLE[+ROLE],... or a table in the config file")
+        description="NAME=KEY:ROLE[+ROLE],... or a table in the config file")
     max_request_bytes: int = Field(256 * 2**20, gt=0, description="Largest request body")
     max_batch_points: int = Field(1_000_000, gt=0, description="Most points in one batch")
+    max_concurrent_batches: int = Field(
+        2, gt=0, description="Batches (JSON or file) assigned at the same time; the others "
+                             "wait for a slot")
+    batch_wait_seconds: float = Field(
+        60.0, gt=0, description="How long a batch waits for a slot before a 503 with "
+                                "Retry-After")
     max_running_jobs: int = Field(1, gt=0, description="Plan jobs solved at the same time")
     max_pending_jobs: int = Field(8, gt=0, description="Queued + running jobs before 429")
     solver_workers: int = Field(2, gt=0, description="Worker processes inside one plan job")
@@ -153,7 +228,7 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys", mode="before")
     @classmethod
-    def _parse_keys(cls, value: object) -> dict[str, frozenset[Role]]:
+    def _parse_keys(cls, value: object) -> dict[str, ApiKey]:
         return parse_api_keys({} if value is None else value)
 
     @field_validator("points_crs", mode="before")

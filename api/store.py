@@ -11,12 +11,12 @@ Layout of the data directory::
 
 Why this shape: the GeoPackage is the library's own format, readable by QGIS and by
 ``territory`` itself, so the store adds no format of its own; SQLite gives the catalogue
-atomic transactions shared safely between the service and its job processes. Every file is
-written to a temporary name in its folder and moved into place with :func:`os.replace`, and a
-plan's catalogue row is committed only after its files are complete (the library's
-``Plan.save`` and ``AssignmentIndex.save`` both write a temporary file and rename it): a crash
-at any point leaves either the previous version or nothing, never a half-written file that
-is listed.
+atomic transactions shared safely between the service and its job processes. A plan's
+files are written into a temporary folder that is renamed to ``plans/<plan_id>`` once they
+are complete and on disk (:func:`territory.atomic.atomic_dir`), and its catalogue row is
+committed only after that: a crash at any point leaves either the previous version or
+nothing, never a half-written plan that is listed. What killed jobs leave behind (unfinished
+or unlisted folders) is swept when the service starts and when a job process dies.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -38,11 +39,12 @@ from typing import Any
 
 import geopandas as gpd
 
-from territory.plan import LEVELS, Plan, read_grids
+from territory.atomic import STARTED, atomic_dir, sweep
+from territory.plan import LEVELS, PLAN_FILE, Plan, read_grids
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.gpkg"
+_PLAN_ID = re.compile(r"[0-9a-f]{12}")  # Plan's default ids: uuid4().hex[:12]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS service_areas (
@@ -164,6 +166,25 @@ class PlanStore:
         path.mkdir()
         return path
 
+    def sweep_plans(self) -> list[Path]:
+        """Remove plan folders that will never be listed: the unfinished ones of killed jobs
+        (their process is gone) and, while no job is running, complete ones that a job killed
+        before listing them left behind (no catalogue row, older than this process)."""
+        self._ensure()
+        plans = self.root / "plans"
+        removed = sweep(plans)
+        if self.pending_jobs() == 0:
+            listed = {r["plan_id"] for r in self._rows("SELECT plan_id FROM plans")}
+            for path in plans.iterdir():
+                if (_PLAN_ID.fullmatch(path.name) and path.name not in listed
+                        and path.is_dir() and path.stat().st_mtime < STARTED):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        if removed:
+            log.warning("removed %d plan folders of failed jobs: %s", len(removed),
+                        ", ".join(p.name for p in removed))
+        return removed
+
     def sweep_scratch(self, older_than_s: float = 86_400.0) -> None:
         """Remove scratch folders a crashed request left behind (not ones still in use)."""
         self._ensure()
@@ -222,14 +243,11 @@ class PlanStore:
         ``index_writer(plan, folder)`` writes the assignment index beside the plan; it runs
         before the catalogue row exists, so a plan is never listed without its index.
         """
-        folder = self.plan_dir(plan.plan_id)
-        folder.mkdir(parents=True)  # plan ids are fresh: an existing folder is a bug
-        try:
-            plan.save(self.plan_path(plan.plan_id))
+        # the files appear together or not at all; plan ids are fresh, and an existing
+        # folder (a bug) makes the final rename fail
+        with atomic_dir(self.plan_dir(plan.plan_id)) as folder:
+            plan.save(folder / PLAN_FILE)
             index_writer(plan, folder)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
         units = plan.units
         summary = {
             "measures": list(plan.measures),

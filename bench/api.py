@@ -9,13 +9,17 @@ through the API (a plan job) and puts it in force, then:
    from each request's scheduled time. p50/p99 at 200 requests/s, then rising rates until
    p99 passes 20 ms or the rate cannot be sent; the highest rate held with p99 under 20 ms
    is reported;
-2. a batch of 100 000 points: as a JSON array (``POST /assign``) and as a CSV upload
+2. single assignment beside bulk work: p50/p99 of single lookups at a fixed rate
+   (``--beside-rate``, 100/s),
+   first idle, then while ``--clients`` other processes (default 4) upload batches of
+   ``--batch`` points to ``POST /assign`` back to back (each at most ``MAX_UPLOADS``);
+3. a batch of 100 000 points: as a JSON array (``POST /assign``) and as a CSV upload
    (``POST /assign/file``), total wall time per request.
 
 Every loop is bounded in count and time, and all traffic goes to 127.0.0.1. Client and
 server share this machine's cores, so the rates are a floor for a server on its own host.
 
-    python bench/api.py [--customers 20000] [--seconds 5]
+    python bench/api.py [--customers 20000] [--seconds 5] [--clients 4] [--batch 100000]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -42,6 +49,7 @@ XIAMEN_BOX = (117.95, 24.40, 118.35, 24.75)  # lng/lat box: mostly land, some se
 P99_LIMIT_MS = 20.0
 RATES = (200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000)
 MAX_WALL_S = 600.0
+MAX_UPLOADS = 20  # per uploading process
 
 
 def free_port() -> int:
@@ -51,7 +59,7 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TERRITORY_API_KEYS": f"{KEY}:planner+operations",
+    env = {**os.environ, "TERRITORY_API_KEYS": f"bench={KEY}:planner+operations",
            "TERRITORY_MAX_BATCH_POINTS": "1000000"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from territory.cli import main; main()", "serve",
@@ -139,7 +147,8 @@ async def open_loop(port: int, rate: int, seconds: float, seed: int, connections
     """
     n = int(rate * seconds)
     xs, ys = points(n, seed)
-    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}&crs=wgs84" for x, y in zip(xs, ys, strict=True)]
+    targets = [f"/assign?lng={x:.6f}&lat={y:.6f}&crs=wgs84"
+               for x, y in zip(xs, ys, strict=True)]
     lat_ms = np.full(n, np.nan)
     status = np.zeros(n, dtype=int)
     loop = asyncio.get_running_loop()
@@ -187,6 +196,55 @@ def single_latency(port: int, seconds: float) -> None:
           f"{best if best else 'none'} requests/s")
 
 
+def _upload_loop(url: str, body: bytes, stop: Any, results: Any) -> None:
+    """One uploading client (a forked process, so its work does not slow the load
+    generator): the same JSON batch, back to back, until ``stop`` is set or MAX_UPLOADS."""
+    with httpx.Client(base_url=url, timeout=300, headers={
+            "X-API-Key": KEY, "content-type": "application/json"}) as http:
+        for _ in range(MAX_UPLOADS):
+            if stop.is_set():
+                break
+            t0 = time.perf_counter()
+            r = http.post("/assign", params={"crs": "wgs84"}, content=body)
+            results.put((r.status_code, time.perf_counter() - t0))
+
+
+def singles_beside_batches(url: str, port: int, seconds: float, clients: int, n: int,
+                           rate: int) -> None:
+    xs, ys = points(n, seed=11)
+    body = json.dumps([{"id": i, "lng": x, "lat": y}
+                       for i, (x, y) in enumerate(zip(xs.tolist(), ys.tolist(), strict=True))]
+                      ).encode()
+    print(f"\nsingle assignment at {rate}/s, idle and while {clients} clients upload "
+          f"JSON batches of {n:,} points ({len(body) / 2**20:.1f} MiB) back to back, "
+          f"{seconds:g} s each")
+    print(f"{'load':>24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
+          f"{'batches':>8} {'batch s':>8}")
+    asyncio.run(open_loop(port, rate, 1.0, seed=98))  # warm-up: the index into memory
+    lat, errors, _ = asyncio.run(open_loop(port, rate, seconds, seed=21))
+    p50, p99 = np.nanpercentile(lat, [50, 99])
+    print(f"{'idle':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} {errors:>7}")
+    ctx = multiprocessing.get_context("fork")  # no re-import: the uploads start at once
+    stop, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_upload_loop, args=(url, body, stop, results))
+             for _ in range(clients)]
+    for proc in procs:
+        proc.start()
+    time.sleep(3)  # the uploads under way
+    lat, errors, _ = asyncio.run(open_loop(port, rate, seconds, seed=22))
+    stop.set()
+    done = []
+    for proc in procs:  # each finishes the upload it is in
+        proc.join(timeout=300)
+    while not results.empty():
+        done.append(results.get())
+    statuses = sorted({code for code, _ in done})
+    p50, p99 = np.nanpercentile(lat, [50, 99])
+    batch_s = np.median([t for _, t in done]) if done else float("nan")
+    print(f"{f'{clients} uploading clients':>24} {p50:>8.2f} {p99:>8.2f} {np.nanmax(lat):>8.1f} "
+          f"{errors:>7} {len(done):>8} {batch_s:>8.2f}  (batch statuses {statuses})")
+
+
 def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
     xs, ys = points(n, seed=7)
     body = [{"id": i, "lng": float(x), "lat": float(y)}
@@ -195,7 +253,7 @@ def batch_time(http: httpx.Client, n: int, repeats: int = 3) -> None:
     print(f"\nbatch of {n:,} points (best and median of {repeats})")
     for name, send in (
         ("JSON array, POST /assign",
-         lambda: http.post("/assign", json=body, params={"crs": "wgs84"})),
+         lambda: http.post("/assign", params={"crs": "wgs84"}, json=body)),
         ("CSV upload, POST /assign/file",
          lambda: http.post("/assign/file", params={"crs": "wgs84"},
                            files={"file": ("p.csv", csv, "text/csv")})),
@@ -218,6 +276,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="per load step")
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--clients", type=int, default=4, help="uploading clients beside "
+                                                                 "the single lookups")
+    parser.add_argument("--beside-rate", type=int, default=100,
+                        help="single lookups per second beside the batches")
+    parser.add_argument("--only-beside", action="store_true",
+                        help="measure only single lookups beside batches")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="territory-bench-"))
     port = free_port()
@@ -228,8 +292,12 @@ def main() -> None:
     try:
         with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as http:
             make_plan(http, args.customers)
-            single_latency(port, args.seconds)
-            batch_time(http, args.batch)
+            if not args.only_beside:
+                single_latency(port, args.seconds)
+            singles_beside_batches(url, port, args.seconds, args.clients, args.batch,
+                                   args.beside_rate)
+            if not args.only_beside:
+                batch_time(http, args.batch)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

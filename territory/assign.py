@@ -36,8 +36,6 @@ reports progress through an optional callback and never prints.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +46,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
+from territory.atomic import atomic_path
 from territory.crs import normalize_crs, to_wgs84
 from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
-from territory.plan import Plan
+from territory.plan import Plan, plan_file
 from territory.tables import DEFAULT_ENCODING, codec, decode_error
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,8 @@ Progress = Callable[[int, int | None], None]
 def open_index(plan_path: str | Path, *, rebuild: bool = False) -> AssignmentIndex:
     """The index of a saved plan: read from ``<plan>.index.npz``, or built and saved there
     when absent, of an older format (or when ``rebuild``). A sidecar built for another plan
-    is refused."""
+    is refused. ``plan_path`` may be the plan's folder."""
+    plan_path = plan_file(plan_path)
     plan = Plan.load(plan_path)
     path = index_path(plan_path)
     if path.exists() and not rebuild:
@@ -434,6 +434,8 @@ class _Writer:
             self._pq.close()
         elif self._first and self.fmt == "parquet":
             raise InvalidInputError("input has no rows and no schema to write")
+        elif self._first:
+            Path(self.path).touch()  # no rows: an empty file, still one per run
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
@@ -458,12 +460,9 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
     codec(encoding)  # an unknown encoding fails before any output is started
     out_fmt = _format(dst, "output")
     counts = dict.fromkeys(STATUSES, 0)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    writer = _Writer(tmp, out_fmt)
     done = 0
-    try:
+    with atomic_path(dst) as tmp:
+        writer = _Writer(str(tmp), out_fmt)
         try:
             chunks, total = _read_chunks(src, chunk_size, encoding)
             for chunk in chunks:
@@ -482,9 +481,5 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 f"({exc}); check the file is complete and well formed"
             ) from None
         writer.close()
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     report(check.fits(populated_units(index)), on_warning)
     return counts

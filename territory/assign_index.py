@@ -77,8 +77,6 @@ under 0.1 s; about 20 M points a second to locate points, about 6 M a second end
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -87,6 +85,7 @@ import pyproj
 import shapely
 from scipy import ndimage
 
+from territory.atomic import atomic_path
 from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
 from territory.plan import Plan
@@ -210,15 +209,8 @@ class AssignmentIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index atomically (temp file, then rename): readers never see half."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{fl.name: getattr(self._a, fl.name) for fl in fields(_Arrays)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{fl.name: getattr(self._a, fl.name) for fl in fields(_Arrays)})
         return path
 
     @classmethod

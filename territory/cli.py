@@ -6,7 +6,6 @@ command exits non-zero: 2 for invalid input, 3 when balance targets cannot be me
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,9 +19,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from territory.atomic import atomic_path, write_text
+from territory.atomic import atomic_path
 from territory.cli_output import configure, progress, stage
-from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
+from territory.errors import (
+    InfeasibleError,
+    InvalidInputError,
+    PartialPlanError,
+    TerritoryError,
+)
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -111,10 +115,6 @@ def parse_balance(specs: list[str], default: float) -> dict[str, float]:
     return out
 
 
-def write_json(data: dict, path: Path) -> None:
-    write_text(path, json.dumps(data, ensure_ascii=False, indent=2, default=str))
-
-
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
@@ -180,15 +180,19 @@ def partition(
 def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     from territory.metrics import summary_frame
     from territory.pipeline import run
+    from territory.plan_folder import publish, sweep_folder
 
     out.mkdir(parents=True, exist_ok=True)
+    sweep_folder(out)
     with progress(err_console) as show:
-        result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
-                     progress=show)
+        try:
+            result = run(inputs, unit_opts, spec, stores_as_centres=stores_as_centres,
+                         progress=show)
+            failed = None
+        except PartialPlanError as exc:  # the work is kept: saved, then reported
+            result, failed = exc.result, exc
     with stage(err_console, "plan written"):
-        path = result.plan.save(out / "plan.gpkg")
-        write_json(result.metrics, out / "metrics.json")
-        write_json(result.plan.meta(), out / "plan.json")
+        path = publish(result.plan, out)
     console.print(_table(summary_frame(result.metrics, result.plan.measures),
                          f"plan {result.plan.plan_id} v{result.plan.version} → {path}"))
     rep = result.report.get("customers", {})
@@ -197,6 +201,14 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
         f"{rep.get('outside', 0)} outside, {rep.get('invalid', 0)} invalid; "
         f"islands joined: {len(result.graph.graph['islands'])}"
     )
+    for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
+        console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
+                      f"{r['requested']}[/] (its load cannot be balanced over "
+                      f"{r['requested']}: {escape(r['reason'])})", highlight=False)
+    if failed is not None:
+        err_console.print(f"the plan is saved in {out} with the failing grids flagged "
+                          "(column 'flag')")
+        _fail(failed)
     return result
 
 
@@ -253,6 +265,9 @@ def plan(
     time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
+    strict: Annotated[bool, typer.Option(help="Keep --sub-grids in every main grid: one that "
+                                              "cannot be balanced is saved flagged and the "
+                                              "run exits 3 (default: it gets fewer)")] = False,
 ) -> None:
     """Build the three-level plan (branches, main grids, sub-grids) on your own data."""
     from territory.boundaries import read_boundaries
@@ -281,7 +296,7 @@ def plan(
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
             objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
-            workers=workers, random_state=seed,
+            workers=workers, random_state=seed, strict=strict,
         )
         spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
         areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)
@@ -306,34 +321,45 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("out"),
     city: Annotated[str, typer.Option(help="shenzhen or xiamen")] = "shenzhen",
     customers: Annotated[int, typer.Option(help="Synthetic customers")] = 300_000,
-    main_grids: Annotated[int, typer.Option()] = 100,
-    sub_grids: Annotated[int, typer.Option()] = 4,
+    main_grids: Annotated[int | None, typer.Option(help="Main grids in the city (default: "
+                                                        "one per ~2 000 customers)")] = None,
+    sub_grids: Annotated[int | None, typer.Option(help="Sub-grids per main grid (default: "
+                                                       "~500 customers each, 2-6)")] = None,
+    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (default: "
+                                                               "~25 units a sub-grid)")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Finest H3 resolution of units "
+                                                        "(default 9, 10 or 11 by the "
+                                                        "customers' density)")] = None,
+    stores_as_centres: Annotated[bool, typer.Option(help="One main grid per store, centred "
+                                                         "on it")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     workers: Annotated[int, typer.Option()] = 2,
 ) -> None:
-    """The main job on the shipped data: synthetic customers on real districts → plan."""
-    from territory.boundaries import load_city
-    from territory.hierarchy import HierarchySpec
-    from territory.pipeline import Inputs, UnitOptions
-    from territory.synth import generate_city, write_city
+    """The main job on the shipped data: synthetic customers on real districts → plan.
+
+    Grid counts, unit size and time limits follow the number of customers
+    (territory.sizing.demo_sizing); every option given overrides its rule.
+    """
+    from territory.demo import demo_job, store_units_by_main_grid
+    from territory.synth import write_city
 
     with _errors():
-        areas = load_city(city)
         with stage(err_console, f"{customers} synthetic customers generated"):
-            data = generate_city(areas, n_customers=customers, seed=seed)
+            job = demo_job(city, customers, seed=seed, workers=workers, main_grids=main_grids,
+                           sub_grids=sub_grids, target_per_unit=target_per_unit,
+                           resolution=resolution)
+        console.print(f"{city}, {customers} customers: {job.size.describe()}")
         out.mkdir(parents=True, exist_ok=True)
-        write_city(data, out / "synthetic")
-        inputs = Inputs(areas, "adcode", data.customers, data.communities, data.stores,
-                        data.key_accounts)
-        spec = HierarchySpec(
-            measures={"subscribers": 0.05, "workload": 0.05}, n_main=main_grids,
-            n_sub=sub_grids, workers=workers, random_state=seed,
-        )
-        result = _plan_job(inputs, UnitOptions(10, 30.0, 7), spec, out, False)
-        _demo_outputs(result.plan, out, data)
+        write_city(job.data, out / "synthetic")
+        result = _plan_job(job.inputs, job.units, job.spec, out, stores_as_centres)
+        held = store_units_by_main_grid(result.plan.units, job.data.stores)
+        console.print(f"main grids containing a store: {int((held > 0).sum())} of {len(held)} "
+                      f"({len(job.data.stores)} stores; a grid without one is served by the "
+                      "nearest)")
+        _demo_outputs(result.plan, out, job.data)
         from territory.cli_addresses import demo_addresses
 
-        demo_addresses(areas, data, out, seed=seed)
+        demo_addresses(job.inputs.areas, job.data, out, seed=seed)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:

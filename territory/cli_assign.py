@@ -36,7 +36,7 @@ def _geocoder(gazetteer: Path | None, gazetteer_crs: str | None, min_score: floa
 
 def assign(
     ctx: typer.Context,
-    plan: Annotated[Path, typer.Argument(help="Plan GeoPackage (territory plan/demo output)")],
+    plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     input: Annotated[Path, typer.Argument(help="Customers, CSV or Parquet")],
     out: Annotated[Path, typer.Option(help="Output file, CSV or Parquet by suffix")],
     crs: Annotated[str | None, typer.Option(help="CRS of the coordinates (required unless "
@@ -73,10 +73,12 @@ def assign(
     import pandas as pd
 
     from territory.assign import Columns, assign_file, open_index
+    from territory.atomic import sweep
 
     with _errors(ctx, lng="lng_column", lat="lat_column"):
         if crs_column is None and address_column is None:
             require_crs(crs, "--crs (or --crs-column)")
+        sweep(out.parent)  # what killed runs left beside the output
         geocoder = _geocoder(gazetteer, gazetteer_crs, min_score, geocoder_service,
                              geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,

@@ -46,7 +46,7 @@ def _written(paths: list[Path], title: str) -> None:
 
 
 def map_command(
-    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     out: Annotated[Path, typer.Option(help="Output folder")],
     grid: Annotated[str | None, typer.Option(help="A grid id: write its field map and "
                                                   "printable map instead of the city's")]
@@ -106,7 +106,7 @@ def map_command(
 
 def export(
     ctx: typer.Context,
-    plan: Annotated[Path, typer.Argument(help="plan.gpkg written by territory plan/demo")],
+    plan: Annotated[Path, typer.Argument(help="Plan folder (plan --out) or its plan.gpkg")],
     format: Annotated[str, typer.Option("--format", help="geojson, gpkg, kml or csv")],
     out: Annotated[Path, typer.Option(help="Output folder")],
     level: Annotated[list[str] | None, typer.Option(help="branch, main_grid or sub_grid "

@@ -26,3 +26,17 @@ class InfeasibleError(TerritoryError, ValueError):
 
 class NotSolvedError(TerritoryError, AttributeError):
     """A result attribute was read before ``solve()`` was called."""
+
+
+class PartialPlanError(InfeasibleError):
+    """Some grids of a plan could not meet their targets; nothing else was given up.
+
+    ``plan`` is the whole plan, every unit placed, with the units of the failing grids marked
+    in a ``flag`` column; ``failures`` lists them (level, grid, requested count, reason). A
+    caller can save the plan for inspection and report the failures together.
+    """
+
+    def __init__(self, message: str, plan, failures: list[dict]) -> None:
+        super().__init__(message)
+        self.plan = plan
+        self.failures = failures

@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
-from territory.errors import InfeasibleError, InvalidInputError
+from territory.errors import InfeasibleError, InvalidInputError, PartialPlanError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize import OBJECTIVES, Partitioner
 from territory.optimize.partitioner import check_tolerances
@@ -68,6 +68,9 @@ class HierarchySpec:
     centres: dict = field(default_factory=dict)  # branch -> list of unit ids (stores)
     workers: int = 2
     random_state: int = 0
+    # False: a main grid whose load cannot be balanced over n_sub sub-grids gets fewer (the
+    # most that work). True: keep n_sub; such a grid is kept flagged and the plan fails.
+    strict: bool = False
 
     def validate(self, *, centred: bool = False) -> None:
         """Check every parameter that needs no data, so that a bad value fails at once and
@@ -148,20 +151,33 @@ def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
 
 
 def _solve(job: dict) -> dict:
-    """Worker: one partition problem. Returns labels or the error text."""
+    """Worker: one partition problem into ``k`` grids, or fewer down to ``min_k`` while the
+    targets cannot be met. Returns labels and figures, or the error text with the best
+    labels found (when the solver got that far)."""
     g = job["graph"]
-    try:
-        p = Partitioner(job["k"], **job["params"]).solve(g)
-    except InfeasibleError as exc:
-        return {"key": job["key"], "error": str(exc)}
-    return {
-        "key": job["key"],
-        "labels": p.labels_.to_dict(),
-        "figures": {
-            "objective": p.objective_, "bound": p.bound_, "gap": p.gap_,
-            "status": p.status_, "time_s": p.time_, "max_deviation": p.max_deviation_,
-        },
-    }
+    tried: list[dict] = []
+    k = job["k"]
+    while True:
+        try:
+            p = Partitioner(k, **job["params"]).solve(g)
+        except InfeasibleError as exc:
+            tried.append({"k": k, "error": str(exc)})
+            if k > job["min_k"]:
+                k -= 1
+                continue
+            best = getattr(exc, "partitioner", None)
+            out = {"key": job["key"], "k": k, "error": str(exc), "tried": tried}
+            if best is not None:
+                out["labels"] = best.labels_.to_dict()
+            return out
+        return {
+            "key": job["key"], "k": k, "tried": tried,
+            "labels": p.labels_.to_dict(),
+            "figures": {
+                "objective": p.objective_, "bound": p.bound_, "gap": p.gap_,
+                "status": p.status_, "time_s": p.time_, "max_deviation": p.max_deviation_,
+            },
+        }
 
 
 def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list[dict]:
@@ -184,10 +200,22 @@ def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list
     return results
 
 
-def _raise_errors(results: list[dict], what: str) -> None:
-    errors = [f"{what} {r['key']}: {r['error']}" for r in results if "error" in r]
-    if errors:
-        raise InfeasibleError("; ".join(errors))
+def _labels(res: dict, job: dict) -> dict:
+    """A job's labels: the solver's, or its best try when it failed, or one grid for all."""
+    return res.get("labels") or dict.fromkeys(job["graph"].nodes, 0)
+
+
+def _failure(level: str, res: dict, job: dict) -> dict:
+    return {"level": level, "grid": str(res["key"]), "grids_requested": int(job["k"]),
+            "error": res["error"]}
+
+
+def _flag(units: pd.DataFrame, mask, text: str) -> None:
+    """Mark units of a grid that failed (``flag`` joins the reasons of both levels)."""
+    if "flag" not in units:
+        units["flag"] = ""
+    old = units.loc[mask, "flag"]
+    units.loc[mask, "flag"] = old.where(old == "", old + "; ") + text
 
 
 def build_plan(
@@ -201,6 +229,14 @@ def build_plan(
     """Partition ``units`` (with a ``branch_id`` column) into the three-level plan.
 
     ``progress`` receives the branches, then the main grids, as done out of total.
+    A grid that fails never discards the others: every branch and main grid is solved, and
+    the failures are reported together at the end. A main grid whose load cannot be balanced
+    over ``spec.n_sub`` sub-grids (a district of a few customers) gets the most sub-grids
+    that can (down to one), recorded in the plan's ``params["sub_grids_reduced"]``; with
+    ``spec.strict`` it keeps the count asked for instead. A grid still failing (a branch
+    that cannot be split into its main grids, or, when strict, such a main grid) is kept
+    with the best partition the solver found, or whole, its units marked in a ``flag``
+    column, and :class:`PartialPlanError` is raised carrying that plan.
     """
     if "branch_id" not in units.columns:
         raise InvalidInputError("units need a branch_id column (the branch of every unit)")
@@ -225,21 +261,25 @@ def build_plan(
                 "or finer units"
             )
         jobs.append({
-            "key": b, "graph": sub, "k": k_total,
+            "key": b, "graph": sub, "k": k_total, "min_k": k_total,
             "params": {**base, "time_limit": spec.time_limit_main,
                        "locked": locks.get(b), "together": groups.get(b),
                        "own_grids": own or None,
                        "centres": spec.centres.get(b) if spec.centres else None},
         })
     main_results = _run(jobs, spec.workers, BRANCHES, progress or silent)
-    _raise_errors(main_results, "branch")
     main_id = {}
     figures = {"branch": {}, "main_grid": {}}
+    failures = []
     island_grids = set()
     for res, job in zip(main_results, jobs, strict=True):
         b = res["key"]
-        figures["branch"][str(b)] = res["figures"]
-        for u, j in res["labels"].items():
+        if "error" in res:
+            failures.append(_failure("branch", res, job))
+            _flag(units, units["branch_id"] == b, "main grids not balanced")
+        else:
+            figures["branch"][str(b)] = res["figures"]
+        for u, j in _labels(res, job).items():
             main_id[u] = f"{b}-M{j + 1:02d}"
         n_own = len(job["params"]["own_grids"] or [])
         island_grids |= {f"{b}-M{j + 1:02d}" for j in range(job["k"] - n_own, job["k"])}
@@ -255,27 +295,53 @@ def build_plan(
             n_sub = 1  # an island is one beat
         sub_jobs.append({
             "key": mg, "graph": part_graph(graph, nodes), "k": n_sub,
+            "min_k": n_sub if spec.strict else 1,
             "params": {**base, "time_limit": spec.time_limit_sub,
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
         })
     sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress or silent)
-    _raise_errors(sub_results, "main grid")
     sub_id = {}
-    for res in sub_results:
-        figures["main_grid"][str(res["key"])] = res["figures"]
-        for u, j in res["labels"].items():
-            sub_id[u] = f"{res['key']}-S{j + 1}"
+    reduced = {}
+    for res, job in zip(sub_results, sub_jobs, strict=True):
+        mg = str(res["key"])
+        if "error" in res:
+            failures.append(_failure("main_grid", res, job))
+            _flag(units, units["main_grid_id"] == mg, "sub-grids not balanced")
+        else:
+            figures["main_grid"][mg] = res["figures"]
+            if res["k"] < job["k"]:
+                reduced[mg] = {"requested": int(job["k"]), "used": int(res["k"]),
+                               "reason": res["tried"][0]["error"]}
+                log.warning("main grid %s: %d sub-grids instead of %d (%s)", mg, res["k"],
+                            job["k"], res["tried"][0]["error"])
+        for u, j in _labels(res, job).items():
+            sub_id[u] = f"{mg}-S{j + 1}"
     units["sub_grid_id"] = pd.Series(sub_id)
     units.index.name = "unit_id"
     p = dict(params or {})
     p.update({
-        "measures": spec.measures, "objective": spec.objective,
+        "measures": spec.measures, "objective": spec.objective, "strict": spec.strict,
         "main_grids_per_branch": {str(b): int(k) for b, k in counts.items()},
         "own_grid_islands": {str(b): n for b, n in islands.items() if n},
+        "sub_grids_reduced": reduced,
+        "failures": failures,
         "solver_figures": figures,
     })
-    return Plan(units=units, measures=list(spec.measures), params=p)
+    plan = Plan(units=units, measures=list(spec.measures), params=p)
+    if failures:
+        raise PartialPlanError(_failure_message(failures, spec.strict), plan, failures)
+    return plan
+
+
+def _failure_message(failures: list[dict], strict: bool) -> str:
+    what = {"branch": "branch {grid} into {grids_requested} main grids",
+            "main_grid": "main grid {grid} into {grids_requested} sub-grids"}
+    lines = [f"{what[f['level']].format(**f)}: {f['error']}" for f in failures]
+    hint = (" Without `strict`, a main grid takes the most sub-grids its load allows."
+            if strict and any(f["level"] == "main_grid" for f in failures) else "")
+    return (f"balance targets not met in {len(failures)} grid(s); the plan keeps them "
+            f"flagged, every other grid is complete: " + "; ".join(lines) + "." + hint)
 
 
 def _locks_by_branch(units: pd.DataFrame, locked: dict, counts: pd.Series) -> dict:

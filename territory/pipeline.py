@@ -17,7 +17,7 @@ import pyproj
 
 from territory.crs import frame_crs, normalize_crs, to_wgs84
 from territory.crs_check import Sample, Warn, report, service_area
-from territory.errors import InvalidInputError
+from territory.errors import InvalidInputError, PartialPlanError
 from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, apportion, build_plan
 from territory.metrics import plan_metrics
@@ -295,6 +295,8 @@ def run(
     """The whole job; returns the plan, its units and graph, and the metrics.
 
     ``progress`` receives every stage (:mod:`territory.progress`) as it starts and steps.
+    When some grids fail (:class:`PartialPlanError`), the error carries the result of the
+    rest as ``result``, for the caller to save.
     """
     progress = progress or silent
     validate(inputs, opts, spec, stores_as_centres=stores_as_centres)
@@ -312,9 +314,17 @@ def run(
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "key_account_groups": len(spec.together), "aggregation": report}
-    plan = build_plan(units, graph, spec, progress=progress, params=params)
-    progress(METRICS, 0, 1)
-    metrics = plan_metrics(plan, graph, inputs.areas)
-    progress(METRICS, 1, 1)
-    plan = Plan(**{**plan.__dict__, "metrics": metrics})
-    return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
+    def result(plan: Plan) -> Result:
+        progress(METRICS, 0, 1)
+        metrics = plan_metrics(plan, graph, inputs.areas)
+        progress(METRICS, 1, 1)
+        plan = Plan(**{**plan.__dict__, "metrics": metrics})
+        return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
+
+    try:
+        return result(build_plan(units, graph, spec, progress=progress, params=params))
+    except PartialPlanError as exc:
+        # the plan with its failing grids flagged is the work done: hand it on, whole
+        exc.result = result(exc.plan)
+        exc.plan = exc.result.plan
+        raise

@@ -34,6 +34,20 @@ LEVELS = ("branch", "main_grid", "sub_grid")
 LAYER = {"branch": "branches", "main_grid": "main_grids", "sub_grid": "sub_grids"}
 PARENT = {"branch": None, "main_grid": "branch", "sub_grid": "main_grid"}
 _META = "territory_plan"
+#: The GeoPackage's name in a plan folder (``territory plan --out``, the service's store).
+PLAN_FILE = "plan.gpkg"
+
+
+def plan_file(path: str | Path) -> Path:
+    """The GeoPackage of a plan given as its file or as its folder, links resolved.
+
+    Resolving once, up front, pins one version of a plan folder: a plan published meanwhile
+    (see :mod:`territory.plan_folder`) cannot mix its files into what a reader opened.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PLAN_FILE
+    return path.resolve()
 
 
 def fingerprint(units: gpd.GeoDataFrame, measures: list[str]) -> str:
@@ -83,7 +97,11 @@ class Plan:
         keys = [col] + ([f"{parent}_id"] if parent else [])
         agg = {m: "sum" for m in self.measures}
         agg["n_units"] = "sum"
-        frame = self.units[keys + self.measures + ["geometry"]].assign(n_units=1)
+        # a plan kept despite failing grids marks their units (see hierarchy.build_plan)
+        flags = ["flag"] if "flag" in self.units else []
+        if flags:
+            agg["flag"] = _joined
+        frame = self.units[keys + self.measures + flags + ["geometry"]].assign(n_units=1)
         # units carry vertices snapped to GRID_SIZE_DEG; a union on that grid is exact and
         # robust where clipped pieces meet whole cells mid-edge
         out = frame.dissolve(by=keys, aggfunc=agg, grid_size=GRID_SIZE_DEG).reset_index()
@@ -91,7 +109,7 @@ class Plan:
         out["parent_id"] = out[f"{parent}_id"] if parent else None
         if parent:
             out = out.drop(columns=f"{parent}_id")
-        cols = ["grid_id", "parent_id", "n_units", *self.measures, "geometry"]
+        cols = ["grid_id", "parent_id", "n_units", *self.measures, *flags, "geometry"]
         return out[cols].sort_values("grid_id").reset_index(drop=True)
 
     def labels(self, level: str) -> pd.Series:
@@ -132,7 +150,10 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        path = Path(path)
+        """Read a plan from its GeoPackage or from its folder (``territory plan --out``)."""
+        if not Path(path).exists():
+            raise InvalidInputError(f"{path}: no such plan file or folder")
+        path = plan_file(path)
         if not path.exists():
             raise InvalidInputError(f"{path}: no such plan file")
         try:
@@ -149,6 +170,11 @@ class Plan:
             plan_id=meta["plan_id"], version=meta["version"], parent=meta["parent"],
             created=meta["created"], fingerprint=meta["fingerprint"], metrics=meta["metrics"],
         )
+
+
+def _joined(flags: pd.Series) -> str:
+    """The distinct non-empty flags of a grid's units, in order."""
+    return "; ".join(dict.fromkeys(f for f in flags if f))
 
 
 def _json(o):

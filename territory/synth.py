@@ -57,9 +57,13 @@ The tables
   customers are. Build year is newer away from the cores; newer communities are more often
   owner-occupied and harder to enter (stricter property management). ``value_score`` combines
   the three measures planners use (see :func:`community_value_score`).
-* ``stores``: one per ~60,000 customers and at least one per district; the first store of a
-  district (a ``business_hall``) sits at the centre of its heaviest core cluster, further ones
-  at the next clusters, then at randomly chosen customers of the district (density-weighted).
+* ``stores``: the operator's own channels (自有渠道), one per main grid of the demo's sizing
+  (:func:`territory.sizing.demo_sizing`: about one per 2,000 customers) and at least one
+  per district, split over the districts by customers. Within a district they stand at the
+  k-means centres of its customers (moved onto the nearest customer), so each serves about
+  as many customers as the next and the network is densest in the urban cores; the busiest
+  quarter are business halls (``business_hall``, 营业厅), the rest owned stores
+  (``owned_store``, 自营店).
 * ``key_accounts``: commercial buildings (商务楼宇, footprint radius 30-80 m) drawn from the core
   mixture, industrial parks (工业园区, 150-500 m) drawn from the background, thinned near dense
   cores so they land on the outskirts. Their subscribers are a separate measure, not rows of
@@ -81,9 +85,12 @@ import numpy as np
 import pandas as pd
 import pyproj
 import shapely
+from scipy.cluster.vq import kmeans2
+from scipy.spatial import cKDTree
 
 from territory.atomic import atomic_path
 from territory.errors import InvalidInputError
+from territory.sizing import demo_sizing
 
 __all__ = [
     "DEFAULT_RELATIVE_DENSITY",
@@ -143,7 +150,7 @@ _WORKLOAD_SIGMA = 0.3
 _CLUSTERS_PER_DISTRICT = (2, 6)
 _CLUSTER_SIGMA_KM = (0.5, 3.0)
 _CUSTOMERS_PER_COMMUNITY = 150
-_CUSTOMERS_PER_STORE = 60_000
+_KMEANS_SAMPLE = 50_000
 _CUSTOMERS_PER_BUILDING = 2_500
 _CUSTOMERS_PER_PARK = 7_500
 _BUILDING_RADIUS_M = (30.0, 80.0)
@@ -197,6 +204,7 @@ def generate_city(
     n_customers: int = 300_000,
     seed: int = 0,
     core_share: float = 0.7,
+    n_stores: int | None = None,
 ) -> SyntheticCity:
     """Generate the synthetic customers, communities, stores and key accounts of a city.
 
@@ -205,10 +213,13 @@ def generate_city(
             present, selects the district's relative density from :data:`RELATIVE_DENSITY`
             (unknown or missing names get :data:`DEFAULT_RELATIVE_DENSITY`).
         n_customers: exact number of customer rows; the other tables scale with it
-            (communities ~ n/150, stores ~ n/60,000 but at least one per district).
+            (communities ~ n/150, key accounts ~ n/2,500 + n/7,500).
         seed: seed of ``numpy.random.default_rng``; the same seed gives identical tables.
         core_share: share of points drawn from the district cores; the rest are spread
             uniformly over the whole area.
+        n_stores: stores in the city (at least one per district); by default one per main
+            grid of the demo's sizing (:func:`territory.sizing.demo_sizing`), about one per
+            2,000 customers.
 
     Returns:
         A :class:`SyntheticCity`. See the module docstring for the columns and the model.
@@ -226,7 +237,11 @@ def generate_city(
     communities = _make_communities(
         model, max(1, round(n_customers / _CUSTOMERS_PER_COMMUNITY)), rng
     )
-    stores = _make_stores(model, customers, n_customers, rng)
+    if n_stores is not None and n_stores < 1:
+        raise InvalidInputError(f"n_stores={n_stores}: give at least one store per district")
+    if n_stores is None:
+        n_stores = demo_sizing(n_customers, len(names)).n_stores
+    stores = _make_stores(model, customers, max(n_stores, len(names)), rng)
     key_accounts = _make_key_accounts(model, n_customers, rng)
     return SyntheticCity(
         customers=customers, communities=communities, stores=stores, key_accounts=key_accounts
@@ -715,46 +730,67 @@ def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
 
 
 def _make_stores(
-    model: _SpatialModel, customers: gpd.GeoDataFrame, n_customers: int, rng: np.random.Generator
+    model: _SpatialModel, customers: gpd.GeoDataFrame, n_stores: int, rng: np.random.Generator
 ) -> gpd.GeoDataFrame:
+    """A store network: ``n_stores`` split over the districts by customers (at least one
+    each), placed at the k-means centres of each district's customers, so that every store
+    serves about as many customers as the next and the network is densest where they are.
+
+    Each centre is moved onto the district customer nearest to it (a store stands where
+    people are, inside its district, never in the sea between two clusters). The quarter of
+    a district's stores with the most customers around them are business halls (营业厅), the
+    rest owned stores (自营店).
+    """
     cx = customers["lng"].to_numpy()
     cy = customers["lat"].to_numpy()
-    n_districts = len(model.districts)
-    total = max(n_districts, round(n_customers / _CUSTOMERS_PER_STORE))
-    members = [shapely.contains_xy(d.geom, cx, cy) for d in model.districts]
-    counts = np.array([m.sum() for m in members], dtype=float)
-    # One per district, the rest where the customers are.
-    per_district = 1 + _largest_remainder(total - n_districts, counts)
+    members = [np.flatnonzero(shapely.contains_xy(d.geom, cx, cy)) for d in model.districts]
+    counts = np.array([len(m) for m in members], dtype=float)
+    per_district = 1 + _largest_remainder(n_stores - len(model.districts), counts)
     xs, ys, kinds, names = [], [], [], []
-    for d, k, inside in zip(model.districts, per_district, members, strict=True):
-        order = np.argsort(-d.weights, kind="stable")
-        at_clusters = d.centres[order[:k]]
-        extra = k - len(at_clusters)
-        if extra > 0:
-            idx = np.flatnonzero(inside)
-            if len(idx) >= extra:
-                pick = rng.choice(idx, size=extra, replace=False)
-                ex, ey = cx[pick], cy[pick]
-            else:
-                ex, ey = _uniform_in(d.geom, extra, rng)
-            at_clusters = np.vstack([at_clusters, np.column_stack([ex, ey])])
+    for d, k, idx in zip(model.districts, per_district, members, strict=True):
+        if len(idx) == 0:  # a district without customers still gets its hall
+            px, py = _uniform_in(d.geom, 1, rng)
+            sites, served = np.column_stack([px, py]), np.ones(1)
+        else:
+            sites, served = _store_sites(cx[idx], cy[idx], int(k), model.km_per_deg_lng, rng)
         short = d.name.removesuffix("区") if d.name.endswith("区") and len(d.name) > 1 else d.name
-        for j, (px, py) in enumerate(at_clusters):
-            xs.append(px)
-            ys.append(py)
-            if j == 0:
-                kinds.append("business_hall")
-                names.append(f"{short}中心营业厅")
-            else:
-                kinds.append("owned_store")
-                names.append(f"{short}第{j}自营厅")
-    n = len(xs)
+        halls = max(1, math.ceil(len(sites) / 4))
+        for rank, j in enumerate(np.argsort(-served, kind="stable")):
+            xs.append(sites[j, 0])
+            ys.append(sites[j, 1])
+            hall = rank < halls
+            kinds.append("business_hall" if hall else "owned_store")
+            names.append(f"{short}第{rank + 1}营业厅" if hall
+                         else f"{short}第{rank + 1 - halls}自营店")
     columns = {
-        "store_id": _ids("S", n, 4),
+        "store_id": _ids("S", len(xs), 4),
         "name": np.array(names, dtype=object),
         "kind": np.array(kinds, dtype=object),
     }
     return _frame(columns, np.array(xs), np.array(ys))
+
+
+def _store_sites(
+    x: np.ndarray, y: np.ndarray, k: int, km_per_deg_lng: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` distinct customer locations near the k-means centres of ``(x, y)``, and the
+    customers each centre's cluster holds. At most :data:`_KMEANS_SAMPLE` customers are
+    clustered (a sample is plenty to place a few hundred stores)."""
+    k = min(k, len(x))
+    pick = rng.choice(len(x), size=min(len(x), _KMEANS_SAMPLE), replace=False)
+    km = np.column_stack([x[pick] * km_per_deg_lng, y[pick] * _KM_PER_DEG_LAT])
+    centres, label = kmeans2(km, k, minit="++", seed=rng)
+    served = np.bincount(label, minlength=k).astype(float)
+    # nearest distinct customers: ask for a few neighbours and take the first one unused
+    tree = cKDTree(np.column_stack([x * km_per_deg_lng, y * _KM_PER_DEG_LAT]))
+    _, near = tree.query(centres, k=min(len(x), k + 1))
+    near = np.asarray(near).reshape(k, -1)
+    used: set[int] = set()
+    site = np.empty(k, dtype=int)
+    for j in range(k):
+        site[j] = next(int(i) for i in near[j] if int(i) not in used)
+        used.add(int(site[j]))
+    return np.column_stack([x[site], y[site]]), served
 
 
 def _make_key_accounts(

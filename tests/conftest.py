@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import shapely
 
+from territory.plan import Plan
+from territory.units import build_units
+
 
 def lattice(
     w: int, h: int, *, seed: int = 0, size_m: float = 100.0, low: int = 50, high: int = 150
@@ -49,3 +52,25 @@ def random_areas(seed: int, n_areas: int = 4, span: float = 0.08) -> gpd.GeoData
 @pytest.fixture
 def grid_graph() -> nx.Graph:
     return lattice(10, 10)
+
+
+@pytest.fixture(scope="session")
+def tiny_units() -> gpd.GeoDataFrame:
+    """A few dozen H3 units over two small districts, with subscribers and a branch each."""
+    units = build_units(random_areas(0, n_areas=2, span=0.02), area_column="district",
+                        resolution=9)
+    units["subscribers"] = np.random.default_rng(1).integers(0, 100, len(units)).astype(float)
+    units["branch_id"] = units["area_id"]
+    return units
+
+
+def make_plan(units: gpd.GeoDataFrame, seed: int) -> Plan:
+    """A plan over ``units`` with its own labels and metrics, made without a solver (for
+    tests of storage: each seed gives another plan)."""
+    rng = np.random.default_rng(seed)
+    units = units.copy()
+    units["main_grid_id"] = units["branch_id"] + "-M01"
+    units["sub_grid_id"] = units["main_grid_id"] + "-S" + rng.integers(1, 3, len(units)).astype(str)
+    counts = units.groupby("sub_grid_id")["subscribers"].sum().to_dict()
+    return Plan(units=units, measures=["subscribers"], params={"seed": seed},
+                metrics={"subscribers_per_sub_grid": counts})

@@ -20,6 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,9 +29,10 @@ from fastapi.testclient import TestClient
 import territory.assign_index as assign_index
 import territory.plan as plan_module
 from api.assignment import LockedIndex, load_index, write_index
+from api.batches import BatchGate
 from api.main import create_app
-from api.problems import PROBLEM_JSON, territory_problem
-from api.settings import Role, Settings, parse_api_keys
+from api.problems import PROBLEM_JSON, ProblemError, territory_problem
+from api.settings import ApiKey, Role, Settings, parse_api_keys
 from api.store import PLAN_FILE, PlanStore
 from territory.assign_index import index_path
 from territory.crs import wgs84_to_gcj02
@@ -59,7 +61,8 @@ POINTS_CRS = {"xiamen": "wgs84", "xiamen-copy": "wgs84", "districts": "wgs84", "
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
-    keys = ",".join(f"{key}:{role}" for role, key in KEYS.items())
+    """Each key named after its role (``planner=k-planner-0001:planner``)."""
+    keys = ",".join(f"{role}={key}:{role}" for role, key in KEYS.items())
     overrides.setdefault("points_crs", POINTS_CRS)
     return Settings(data_dir=data_dir, api_keys=keys, solver_workers=1, **overrides)
 
@@ -185,6 +188,76 @@ def test_role_matrix(client: TestClient, versions: dict, role: str, action: str,
         assert r.status_code in (200, 422), r.text  # 422: the deliberately empty create
     else:
         assert_problem(r, 403)
+
+
+def test_a_key_is_checked_before_the_path_or_the_body(client: TestClient,
+                                                     versions: dict) -> None:
+    """Without a key an existing and a made-up plan id get the same 401 (no 404 telling
+    which ids exist), and a body that is not even JSON is not looked at (401, not 422)."""
+    real = versions[1]["plan_id"]
+    for path in (f"/plans/{real}", "/plans/made-up", f"/plans/{real}/grids/branch",
+                 "/jobs/made-up", "/no/such/route"):
+        assert assert_problem(client.get(path), 401)["detail"] == assert_problem(
+            client.get("/plans"), 401)["detail"]
+    r = client.post(f"/plans/{real}/assign", content=b"{not json", headers={
+        "X-API-Key": "wrong", "content-type": "application/json"})
+    assert_problem(r, 401)
+    assert r.headers["connection"] == "close"
+
+
+def test_created_and_activated_by_show_the_key_name(client: TestClient,
+                                                   versions: dict) -> None:
+    p, v = headers("planner"), headers("viewer")
+    plan_id = versions[1]["plan_id"]
+    client.post(f"/plans/{plan_id}/activate", headers=p).raise_for_status()
+    plan = client.get(f"/plans/{plan_id}", headers=v).json()
+    job = client.get(f"/jobs/{plan['job_id']}", headers=v).json()
+    assert plan["created_by"] == job["created_by"] == "planner"
+    assert plan["windows"][0]["activated_by"] == "planner"
+    text = json.dumps([plan, job])
+    assert not any(key[-4:] in text for key in KEYS.values())
+
+
+def test_openapi_declares_what_the_service_answers(client: TestClient) -> None:
+    """Every error answer is a problem+json; a wrong method is 405 with every method of
+    the path in ``Allow`` (Starlette alone names those of one route)."""
+    doc = client.get("/openapi.json").json()
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            for status, answer in op["responses"].items():
+                if int(status) >= 400:
+                    assert list(answer["content"]) == [PROBLEM_JSON], (method, path, status)
+    assert "404" in doc["paths"]["/jobs/{job_id}"]["get"]["responses"]
+    assert {"400", "413", "422"} <= set(doc["paths"]["/assign"]["post"]["responses"])
+    r = client.put("/plans/some-id", headers=headers("viewer"))
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "DELETE, GET, HEAD"
+    r = client.options("/plans/effective", headers=headers("viewer"))  # not /plans/{plan_id}
+    assert assert_problem(r, 405) and r.headers["allow"] == "GET, HEAD"
+    assert_problem(client.get("/plans/effective", params={"as_of": "0"},
+                              headers=headers("viewer")), 422)
+
+
+def test_a_batch_waits_for_a_slot_then_gets_503() -> None:
+    gate = BatchGate(slots=1, wait_s=0.2)
+
+    async def main() -> ProblemError:
+        async with gate.slot():
+            try:
+                async with gate.slot():
+                    pass
+            except ProblemError as exc:
+                return exc
+        raise AssertionError("a second batch got the only slot")
+
+    exc = anyio.run(main)
+    assert exc.status_code == 503 and exc.headers["Retry-After"] == "1"
+
+    async def after() -> None:  # the slot was given back
+        async with gate.slot():
+            pass
+
+    anyio.run(after)
 
 
 # -- plans and jobs ------------------------------------------------------------------------
@@ -549,7 +622,7 @@ def test_unexpected_errors_are_500_without_internals(data_dir: Path) -> None:
         raise RuntimeError("secret internals")
 
     with TestClient(app, raise_server_exceptions=False) as client:
-        body = assert_problem(client.get("/boom"), 500)
+        body = assert_problem(client.get("/boom", headers=headers("viewer")), 500)
     assert "secret" not in body["detail"]
 
 
@@ -642,23 +715,29 @@ def test_an_unreadable_index_is_rebuilt(data_dir: Path, versions: dict,
 # -- settings ------------------------------------------------------------------------------
 def test_api_keys_from_env_and_config_file(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_api_keys("a:planner, b:operations+viewer") == {
-        "a": frozenset({Role.planner}), "b": frozenset({Role.operations, Role.viewer})}
-    for bad in ("a:boss", "nokey", "a:viewer,a:planner"):
+    assert parse_api_keys("a:planner, alice=b:operations+viewer, c==:viewer") == {
+        "a": ApiKey("unnamed-planner", frozenset({Role.planner}), named=False),
+        "b": ApiKey("alice", frozenset({Role.operations, Role.viewer})),
+        "c==": ApiKey("unnamed-viewer", frozenset({Role.viewer}), named=False)}
+    for bad in ("a:boss", "nokey", "a:viewer,a:planner", "x=a:viewer,x=b:planner",
+                "bad name=a:viewer"):
         with pytest.raises(ValueError):
             parse_api_keys(bad)
     config = tmp_path / "territory.toml"
-    config.write_text('max_batch_points = 7\n[api_keys]\n"k1" = ["planner", "viewer"]\n')
+    config.write_text('max_batch_points = 7\n[api_keys]\n"k1" = ["planner", "viewer"]\n'
+                      '"k2" = {name = "crm-nightly", roles = ["operations"]}\n')
     monkeypatch.setenv("TERRITORY_CONFIG", str(config))
     monkeypatch.setenv("TERRITORY_DATA_DIR", str(tmp_path / "d"))
     settings = Settings()
-    assert settings.api_keys == {"k1": frozenset({Role.planner, Role.viewer})}
+    assert settings.api_keys == {
+        "k1": ApiKey("unnamed-planner+viewer", frozenset({Role.planner, Role.viewer}), False),
+        "k2": ApiKey("crm-nightly", frozenset({Role.operations}))}
     assert settings.max_batch_points == 7 and settings.data_dir == tmp_path / "d"
     assert "k1" not in repr(settings)
     monkeypatch.setenv("TERRITORY_MAX_BATCH_POINTS", "9")  # the environment wins
     assert Settings().max_batch_points == 9
     (tmp_path / "c.json").write_text(json.dumps({"api_keys": {"j": "viewer"}}))
-    assert Settings(config=tmp_path / "c.json").api_keys == {"j": frozenset({Role.viewer})}
+    assert Settings(config=tmp_path / "c.json").api_keys["j"].roles == {Role.viewer}
 
 
 def test_job_progress_has_the_stages_and_counts_of_the_command(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pyproj import Geod
 
 from territory.errors import InvalidInputError
+from territory.sizing import demo_sizing
 from territory.synth import (
     SEGMENT_SHARES,
     SyntheticCity,
@@ -256,16 +257,35 @@ def test_store_in_every_district(city: SyntheticCity, shenzhen: gpd.GeoDataFrame
     assert district.notna().all()
     assert set(district) == set(shenzhen["name"])
     assert set(city.stores["kind"]) <= {"business_hall", "owned_store"}
-    assert (city.stores["kind"] == "business_hall").sum() == len(shenzhen)
+    halls = district[city.stores["kind"] == "business_hall"]
+    assert set(halls) == set(shenzhen["name"])  # every district has its business hall
+    assert (city.stores["kind"] == "owned_store").any()
 
 
-def test_store_count_scales_with_customers(shenzhen: gpd.GeoDataFrame) -> None:
-    # One city-wide polygon: the per-district minimum does not dominate.
-    whole = gpd.GeoDataFrame(
-        {"name": ["深圳市"]}, geometry=[shapely.union_all(shenzhen.geometry.values)], crs=4326
-    )
-    city = generate_city(whole, n_customers=240_000, seed=0)
-    assert 240_000 / 80_000 <= len(city.stores) <= 240_000 / 40_000
+def test_one_store_per_main_grid_of_the_demo(city: SyntheticCity,
+                                              shenzhen: gpd.GeoDataFrame) -> None:
+    assert len(city.stores) == demo_sizing(N, len(shenzhen)).n_stores
+    again = generate_city(shenzhen, n_customers=N, seed=7, n_stores=40)
+    assert len(again.stores) == 40
+    with pytest.raises(InvalidInputError, match="n_stores"):
+        generate_city(shenzhen, n_customers=N, seed=7, n_stores=0)
+
+
+def test_stores_stand_where_the_customers_are(shenzhen: gpd.GeoDataFrame) -> None:
+    city = generate_city(shenzhen, n_customers=N, seed=5, n_stores=100)
+    # each store stands on a customer's location (never in the sea between two cores)
+    at = set(zip(city.customers["lng"], city.customers["lat"], strict=True))
+    assert all(p in at for p in zip(city.stores["lng"], city.stores["lat"], strict=True))
+    # denser in the urban cores, where the customers are
+    area_km2 = pd.Series(shenzhen.to_crs(UTM_50N).area.to_numpy() / 1e6, index=shenzhen["name"])
+    stores = _district_of(city.stores, shenzhen).value_counts().reindex(area_km2.index)
+    customers = _district_of(city.customers, shenzhen).value_counts().reindex(area_km2.index)
+    urban = area_km2.index.isin(URBAN_SHENZHEN)
+    density = stores[urban].sum() / area_km2[urban].sum()
+    assert density > 3 * stores[~urban].sum() / area_km2[~urban].sum()
+    # one store per district, the others split by customers (as the demo's main grids are)
+    quota = (100 - len(shenzhen)) * customers / customers.sum()
+    assert ((stores - 1 - quota).abs() < 1).all()
 
 
 # ---------------------------------------------------------------------------- key accounts

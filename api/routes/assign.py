@@ -37,6 +37,7 @@ from starlette.background import BackgroundTask
 
 from api.assignment import Indexes, LockedIndex
 from api.auth import Operator
+from api.batches import POINTS_BODY, GateDep, Points, records_json
 from api.deps import CRS_FIX, PlanDep, SettingsDep, StoreDep, Today, resolve_crs
 from api.problems import (
     ProblemError,
@@ -48,8 +49,8 @@ from api.problems import (
 from api.routes.plans import ERRORS
 from api.schemas import (
     BatchAssignment,
+    Day,
     PlanRef,
-    PointIn,
     SingleAssignment,
 )
 from api.settings import Settings
@@ -96,7 +97,7 @@ Lng = Annotated[float, Query(allow_inf_nan=False,
                              description="Longitude (or easting in a projected crs)")]
 Lat = Annotated[float, Query(allow_inf_nan=False,
                              description="Latitude (or northing in a projected crs)")]
-AsOf = Annotated[date | None, Query(description="The day whose plan answers (default today, "
+AsOf = Annotated[Day | None, Query(description="The day whose plan answers (default today, "
                                                 "in the service's time zone)")]
 Area = Annotated[str | None, Query(description="Service area; needed only when several "
                                                "have a plan in force")]
@@ -144,28 +145,17 @@ def _single(index: LockedIndex, ref: PlanRef, lng: float, lat: float,
     return SingleAssignment(**row, plan=ref)
 
 
-def _batch(index: LockedIndex, ref: PlanRef, points: list[PointIn], crs: str | None,
-           settings: Settings) -> Response:
+def _batch(index: LockedIndex, ref: PlanRef, points: Points, crs: str) -> Response:
     """The batch's rows as JSON, serialised by pandas: 100 000 pydantic models would take
     longer to build than the assignment itself."""
-    if len(points) > settings.max_batch_points:
-        raise too_large(f"{len(points)} points; at most {settings.max_batch_points} per batch",
-                        "body", f"send at most {settings.max_batch_points} points per request, "
-                                "or upload a file to /assign/file")
-    nan = float("nan")
-    lng = np.fromiter((nan if p.lng is None else p.lng for p in points), float, len(points))
-    lat = np.fromiter((nan if p.lat is None else p.lat for p in points), float, len(points))
     warnings: list[str] = []
-    result: Assignment = assign(index, lng, lat, crs=resolve_crs(crs, settings,
-                                                                 ref.service_area),
+    result: Assignment = assign(index, points.lng, points.lat, crs=crs,
                                 on_warning=warnings.append)
-    frame = result.frame()
-    frame.insert(0, "id", [p.id for p in points])
     counts = dict(zip(STATUSES, np.bincount(result.code, minlength=len(STATUSES)).tolist(),
                       strict=True))
     head = json.dumps({"plan": ref.model_dump(mode="json"), "count": len(points),
                        "counts": counts, "warnings": warnings}, ensure_ascii=False)
-    rows = frame.to_json(orient="records", force_ascii=False) if len(frame) else "[]"
+    rows = records_json(result, points.ids)
     return Response(f'{head[:-1]}, "data": {rows}}}', media_type="application/json")
 
 
@@ -276,19 +266,25 @@ async def assign_one_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
 
 
 @router.post("/plans/{plan_id}/assign", response_model=BatchAssignment, responses=ERRORS,
-             summary="Assign a JSON array of points on this plan")
-def assign_many_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
-                        settings: SettingsDep, points: list[PointIn], crs: Crs) -> Response:
+             summary="Assign a JSON array of points on this plan", openapi_extra=POINTS_BODY)
+async def assign_many_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
+                              settings: SettingsDep, gate: GateDep, crs: Crs,
+                              request: Request) -> Response:
     """One row per point, in order, each with a status; ``id`` is echoed back."""
-    return _batch(indexes.load(plan.plan_id), _ref(plan), points, crs, settings)
+    crs = resolve_crs(crs, settings, plan.service_area)  # a 422 before the body is read
+    async with gate.slot():
+        points = await gate.read_points(request, settings.max_batch_points)
+        return await gate.run(_batch, await indexes.get(plan.plan_id), _ref(plan), points, crs)
 
 
 @router.post("/plans/{plan_id}/assign/file", response_class=FileResponse,
              responses=FILE_RESPONSES, summary="Assign a CSV or Parquet file on this plan")
-def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep, store: StoreDep,
-                        settings: SettingsDep, file: Upload, columns: FileColumns, crs: Crs
-                        ) -> FileResponse:
-    return _file(indexes.load(plan.plan_id), _ref(plan), file, columns, crs, store, settings)
+async def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
+                              store: StoreDep, settings: SettingsDep, gate: GateDep,
+                              file: Upload, columns: FileColumns, crs: Crs) -> FileResponse:
+    async with gate.slot():
+        return await gate.run(_file, await indexes.get(plan.plan_id), _ref(plan), file,
+                              columns, crs, store, settings)
 
 
 # -- on the plan in force ------------------------------------------------------------------
@@ -303,19 +299,26 @@ async def assign_one(user: Operator, store: StoreDep, indexes: IndexesDep, on: T
 
 
 @router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
-             summary="Assign a JSON array of points on the plan in force on a day")
-def assign_many(user: Operator, store: StoreDep, indexes: IndexesDep, settings: SettingsDep,
-                on: Today, points: list[PointIn], crs: Crs, as_of: AsOf = None,
-                service_area: Area = None) -> Response:
+             summary="Assign a JSON array of points on the plan in force on a day",
+             openapi_extra=POINTS_BODY)
+async def assign_many(user: Operator, store: StoreDep, indexes: IndexesDep,
+                      settings: SettingsDep, gate: GateDep, on: Today, crs: Crs,
+                      request: Request, as_of: AsOf = None, service_area: Area = None
+                      ) -> Response:
     ref = _effective(store, service_area, as_of or on)
-    return _batch(indexes.load(ref.plan_id), ref, points, crs, settings)
+    crs = resolve_crs(crs, settings, ref.service_area)  # a 422 before the body is read
+    async with gate.slot():
+        points = await gate.read_points(request, settings.max_batch_points)
+        return await gate.run(_batch, await indexes.get(ref.plan_id), ref, points, crs)
 
 
 @router.post("/assign/file", response_class=FileResponse, responses=FILE_RESPONSES,
              summary="Assign a CSV or Parquet file on the plan in force on a day")
-def assign_file_effective(user: Operator, store: StoreDep, indexes: IndexesDep,
-                          settings: SettingsDep, on: Today, file: Upload,
-                          columns: FileColumns, crs: Crs, as_of: AsOf = None,
-                          service_area: Area = None) -> FileResponse:
+async def assign_file_effective(user: Operator, store: StoreDep, indexes: IndexesDep,
+                                settings: SettingsDep, gate: GateDep, on: Today,
+                                file: Upload, columns: FileColumns, crs: Crs,
+                                as_of: AsOf = None, service_area: Area = None) -> FileResponse:
     ref = _effective(store, service_area, as_of or on)
-    return _file(indexes.load(ref.plan_id), ref, file, columns, crs, store, settings)
+    async with gate.slot():
+        return await gate.run(_file, await indexes.get(ref.plan_id), ref, file, columns,
+                              crs, store, settings)

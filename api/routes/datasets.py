@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.auth import Reader
 from api.deps import StoreDep
+from api.problems import ERRORS
 from api.routes.plans import BOUNDARY_SUFFIXES, POINT_SUFFIXES
 from api.schemas import MAX_LIMIT, DatasetFile, DatasetsPublic
 from territory.boundaries import CITIES
@@ -15,7 +16,8 @@ from territory.boundaries import CITIES
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
-@router.get("", response_model=DatasetsPublic, summary="Data a plan can be computed from")
+@router.get("", response_model=DatasetsPublic, responses=ERRORS,
+            summary="Data a plan can be computed from")
 def list_datasets(
     user: Reader, store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,

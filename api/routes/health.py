@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter
 
 from api.deps import StoreDep
-from api.problems import ProblemError
+from api.problems import ProblemError, problem_response
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -24,7 +24,9 @@ def package_version() -> str:
         return "unknown"
 
 
-@router.get("/health", response_model=Health, summary="Is the service up and its store readable")
+@router.get("/health", response_model=Health,
+            responses={503: problem_response(503, "The plan store cannot be read")},
+            summary="Is the service up and its store readable")
 def health(store: StoreDep) -> Health:
     """503 when the catalogue cannot be read: the service cannot answer anything useful."""
     try:

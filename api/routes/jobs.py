@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.auth import Reader
 from api.deps import StoreDep
-from api.problems import ProblemError
+from api.problems import ERRORS, ProblemError
 from api.schemas import MAX_LIMIT, JobProgress, JobPublic, JobsPublic, JobStatus, Problem
 from api.store import JobRecord
 
@@ -26,7 +26,8 @@ def public_job(job: JobRecord) -> JobPublic:
     )
 
 
-@router.get("", response_model=JobsPublic, summary="List plan jobs, newest first")
+@router.get("", response_model=JobsPublic, responses=ERRORS,
+            summary="List plan jobs, newest first")
 def list_jobs(
     user: Reader, store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
@@ -36,7 +37,8 @@ def list_jobs(
     return JobsPublic(data=[public_job(j) for j in jobs], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic, summary="One plan job: status and progress")
+@router.get("/{job_id}", response_model=JobPublic, responses=ERRORS,
+            summary="One plan job: status and progress")
 def get_job(job_id: str, user: Reader, store: StoreDep) -> JobPublic:
     """``status`` is queued, running, done (``plan_id`` set) or failed (``error`` set)."""
     job = store.get_job(job_id)

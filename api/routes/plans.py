@@ -23,12 +23,13 @@ from pydantic import ValidationError
 from api.auth import Planner, Principal, Reader
 from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today, resolve_crs
 from api.jobs import POINT_TABLES, JobRunner, save_upload
-from api.problems import ProblemError, field_errors, field_problem, unsupported_file
+from api.problems import ERRORS, ProblemError, field_errors, field_problem, unsupported_file
 from api.routes.jobs import public_job
 from api.schemas import (
     MAX_LIMIT,
     Activate,
     DatasetSource,
+    Day,
     FieldError,
     JobPublic,
     PlanCreate,
@@ -37,7 +38,6 @@ from api.schemas import (
     PlansPublic,
     PlanState,
     PlanUpload,
-    Problem,
     Window,
 )
 from api.settings import Settings
@@ -47,10 +47,6 @@ router = APIRouter(prefix="/plans", tags=["plans"])
 
 BOUNDARY_SUFFIXES = (".gpkg", ".geojson", ".json", ".zip", ".fgb")
 POINT_SUFFIXES = (".csv", ".txt", ".parquet")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 403, 404, 409, 413, 415, 422, 429)
-}
 
 
 # -- views ---------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def list_plans(
 def effective_plans(
     user: Reader, store: StoreDep, on: Today,
     service_area: Annotated[str | None, Query(description="Only this area")] = None,
-    as_of: Annotated[date | None, Query(description="The day (default today)")] = None,
+    as_of: Annotated[Day | None, Query(description="The day (default today)")] = None,
 ) -> PlansPublic:
     windows = store.in_force(as_of or on, service_area)
     records = [r for w in windows if (r := store.get_plan(w.plan_id)) is not None]

@@ -1,0 +1,134 @@
+"""A tiny main grid never costs the city its plan: fewer sub-grids, or a flagged grid kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from typer.testing import CliRunner
+
+from territory.cli import app
+from territory.errors import PartialPlanError
+from territory.hierarchy import HierarchySpec, build_plan
+from territory.plan import Plan
+from territory.units import build_units
+from tests.conftest import lattice
+
+DATA = Path(__file__).parent / "data" / "xiamen_districts_wgs84.geojson"
+TINY = "350205"  # Haicang: 17 customers in two places
+BIG = {"350203": 300, "350206": 300}  # Siming, Huli: customers spread over the district
+TOL = 0.1
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> Path:
+    """Three districts of Xiamen and customers: many spread over two, 9 + 8 in the third."""
+    folder = tmp_path_factory.mktemp("city")
+    areas = gpd.read_file(DATA)
+    areas = areas[areas["adcode"].isin([TINY, *BIG])]
+    areas.to_file(folder / "districts.geojson")
+    rng = np.random.default_rng(7)
+    rows = []
+    for code, n in BIG.items():
+        shape = areas.loc[areas["adcode"] == code, "geometry"].iloc[0]
+        x0, y0, x1, y1 = shape.bounds
+        x, y = rng.uniform(x0, x1, 20 * n), rng.uniform(y0, y1, 20 * n)
+        inside = shapely.contains_xy(shape, x, y)
+        rows += list(zip(x[inside][:n], y[inside][:n], strict=True))
+    # two far-apart cells of the tiny district: its whole load sits in two units
+    cells = build_units(areas[areas["adcode"] == TINY], area_column="adcode", resolution=7)
+    inner = cells.geometry.representative_point()
+    west, east = inner.iloc[np.argsort(inner.x.to_numpy())[[0, -1]]]
+    rows += [(west.x, west.y)] * 9 + [(east.x, east.y)] * 8
+    pd.DataFrame(rows, columns=["lng", "lat"]).to_csv(folder / "customers.csv", index=False)
+    return folder
+
+
+def plan_args(city: Path, out: Path, *extra: str) -> list[str]:
+    return ["plan", str(city / "districts.geojson"), "--customers",
+            str(city / "customers.csv"), "--points-crs", "wgs84", "--resolution", "7",
+            "--min-resolution", "7", "--main-grids", "3", "--sub-grids", "4",
+            "--balance", f"customers={TOL}", "--out", str(out), "--workers", "1",
+            "--time-limit-main", "5", "--time-limit-sub", "5", *extra]
+
+
+def sub_grids_per_main(plan: Plan) -> dict[str, int]:
+    return plan.units.groupby("main_grid_id")["sub_grid_id"].nunique().to_dict()
+
+
+def assert_balanced(plan: Plan, main_grid: str, k: int, measure: str = "customers",
+                    tol: float = TOL) -> None:
+    units = plan.units[plan.units["main_grid_id"] == main_grid]
+    loads = units.groupby("sub_grid_id")[measure].sum()
+    assert len(loads) == k
+    assert (loads / loads.mean() - 1).abs().max() <= tol + 1e-9
+
+
+def test_a_tiny_main_grid_gets_fewer_sub_grids_and_the_plan_is_saved(city, tmp_path):
+    res = runner.invoke(app, plan_args(city, tmp_path / "p"))
+    assert res.exit_code == 0, res.output
+    plan = Plan.load(tmp_path / "p")
+    tiny = f"{TINY}-M01"
+    # 4 sub-grids cannot share 9 + 8 customers within ±10 %, nor 3; 2 can
+    assert sub_grids_per_main(plan) == {tiny: 2, **{f"{b}-M01": 4 for b in BIG}}
+    for mg, k in sub_grids_per_main(plan).items():
+        assert_balanced(plan, mg, k)
+    reduced = plan.params["sub_grids_reduced"]
+    assert list(reduced) == [tiny]
+    assert (reduced[tiny]["requested"], reduced[tiny]["used"]) == (4, 2)
+    assert "flag" not in plan.units and plan.params["failures"] == []
+    assert f"main grid {tiny}: 2 sub-grids instead of 4" in " ".join(res.output.split())
+
+
+def test_strict_keeps_the_count_saves_the_plan_flagged_and_exits_3(city, tmp_path):
+    res = runner.invoke(app, plan_args(city, tmp_path / "p", "--strict"))
+    tiny = f"{TINY}-M01"
+    assert res.exit_code == 3, res.output
+    assert f"main grid {tiny} into 4 sub-grids" in " ".join(res.output.split())
+    plan = Plan.load(tmp_path / "p")
+    flagged = plan.units["flag"] != ""
+    assert (flagged == (plan.units["main_grid_id"] == tiny)).all()
+    assert [f["grid"] for f in plan.params["failures"]] == [tiny]
+    # every other grid is complete and balanced, as asked
+    for b in BIG:
+        assert_balanced(plan, f"{b}-M01", 4)
+    # the flag reaches the grid layers a planner opens
+    subs = plan.grids("sub_grid").set_index("grid_id")["flag"]
+    assert (subs[subs.index.str.startswith(tiny)] == "sub-grids not balanced").all()
+    assert (subs[~subs.index.str.startswith(tiny)] == "").all()
+
+
+def test_a_branch_that_cannot_be_split_is_kept_flagged_and_the_others_complete():
+    """Branch B is a row of four units loaded 10, 10, 5, 5: two grids of 15 each would do by
+    the loads alone (the pre-check lets it through), but no contiguous split makes them.
+    Branch A, a 4 x 4 block beside it, must come out complete all the same."""
+    g = lattice(4, 4, seed=2)
+    nx.set_node_attributes(g, "A", "branch_id")
+    row = [(16, 10.0), (17, 10.0), (18, 5.0), (19, 5.0)]
+    for i, (n, load) in enumerate(row):
+        g.add_node(n, x=400.0 + 100 * i, y=0.0, area_m2=1e4, subscribers=load, workload=1.0,
+                   branch_id="B")
+    g.add_edges_from([(12, 16), (16, 17), (17, 18), (18, 19)], length_m=100.0, bridge=False)
+    frame = pd.DataFrame.from_dict(dict(g.nodes(data=True)), orient="index")
+    units = gpd.GeoDataFrame(frame, geometry=shapely.box(frame["x"], frame["y"],
+                                                          frame["x"] + 100, frame["y"] + 100))
+    units.index.name = "unit_id"
+    spec = HierarchySpec(measures={"subscribers": 0.2}, n_main={"A": 2, "B": 2}, n_sub=2,
+                         objective="boundary", time_limit_main=5, time_limit_sub=5, workers=1)
+    with pytest.raises(PartialPlanError, match="branch B into 2 main grids") as info:
+        build_plan(units, g, spec)
+    plan = info.value.plan
+    assert [(f["level"], f["grid"]) for f in info.value.failures] == [("branch", "B")]
+    a = plan.units["branch_id"] == "A"
+    assert sorted(plan.units.loc[a, "main_grid_id"].unique()) == ["A-M01", "A-M02"]
+    for mg in ("A-M01", "A-M02"):
+        assert_balanced(plan, mg, 2, measure="subscribers", tol=0.2)
+    assert (plan.units.loc[~a, "flag"].str.contains("main grids not balanced")).all()
+    assert (plan.units.loc[a, "flag"] == "").all()
+    assert plan.units["sub_grid_id"].notna().all()  # every unit of B placed all the same
