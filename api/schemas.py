@@ -250,7 +250,7 @@ class PointIn(TypedDict):
                                        description="Latitude (or northing in a projected crs)")]
 
 
-AssignStatus = Literal["ok", "outside", "invalid", "not_geocoded"]
+AssignStatus = Literal["ok", "outside", "invalid", "not_geocoded", "needs_review"]
 
 
 class Assignment(BaseModel):

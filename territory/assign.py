@@ -7,9 +7,15 @@ order, with a ``status``:
 * ``ok`` — inside a unit: ``sub_grid_id``, ``main_grid_id``, ``branch_id`` are set;
 * ``outside`` — outside the service area: ``nearest_grid_id`` and ``distance_m`` (metres);
 * ``invalid`` — coordinates missing, not numbers, out of range or not convertible;
-* ``not_geocoded`` — no coordinates and the address could not be placed;
+* ``not_geocoded`` — no coordinates and nothing in the address was recognised;
+* ``needs_review`` — no coordinates and the address was recognised only in part (its
+  district, gazetteer entries below the score threshold, or equally good entries in different
+  places): never placed by a guess, the best ``candidates`` are given for a person to choose;
 
-and ``reason`` says why for the last two. A point on a boundary has one owner, always the
+and ``reason`` says why for the last three. When an address column is given, the output also
+has :data:`ADDRESS_COLUMNS`: the ``match_level`` reached (building, community, street,
+district), the ``match_score`` (0–100), the ``matched_entry`` of the gazetteer and the
+``candidates``. A point on a boundary has one owner, always the
 same one: the lowest ``unit_id`` among the units covering it, the rule the plan's own
 aggregation uses (see :mod:`territory.assign_index`).
 
@@ -50,15 +56,18 @@ from territory.tables import DEFAULT_ENCODING, codec, decode_error
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "outside", "invalid", "not_geocoded")
+STATUSES = ("ok", "outside", "invalid", "not_geocoded", "needs_review")
 # status codes while a batch is worked on (strings only at the end)
-_UNSET, _OK, _OUTSIDE, _INVALID, _NOT_GEOCODED = -1, 0, 1, 2, 3
+_UNSET, _OK, _OUTSIDE, _INVALID, _NOT_GEOCODED, _NEEDS_REVIEW = -1, 0, 1, 2, 3, 4
 _STATUS_NAMES = np.array(STATUSES, dtype=object)
 #: Columns added to every input row, in this order.
 OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
                   "distance_m", "reason")
+#: Columns added after those when an address column is given (see the module docstring).
+ADDRESS_COLUMNS = ("match_level", "match_score", "matched_entry", "candidates")
 _STRING_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
-                   "reason")
+                   "reason", "match_level", "matched_entry", "candidates")
+_FLOAT_COLUMNS = ("distance_m", "match_score")
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -227,7 +236,8 @@ class Columns:
 
 
 def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
-    clash = [c for c in OUTPUT_COLUMNS if c in df.columns]
+    added = OUTPUT_COLUMNS + (ADDRESS_COLUMNS if cols.address_column else ())
+    clash = [c for c in added if c in df.columns]
     if clash:
         raise InvalidInputError(
             f"input already has column(s) {clash} that assignment adds; rename them first"
@@ -307,15 +317,21 @@ def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
             if reason[r] is None:
                 reason[r] = f"{name} {df[name].iloc[r]!r} is not a number"
     geocoded = np.zeros(n, dtype=bool)
+    matches = None
     if columns.address_column is not None:
         geocoded = ~has_x & ~has_y & (status == _UNSET)
         rows = np.flatnonzero(geocoded)
+        matches = pd.DataFrame({"match_level": None, "match_score": np.nan,
+                                "matched_entry": None, "candidates": None}, index=df.index)
         if len(rows):
             res = geocoder.geocode(df[columns.address_column].iloc[rows].tolist())
             x[rows], y[rows] = res.lng, res.lat
-            miss = rows[~np.isfinite(res.lng)]
-            status[miss] = _NOT_GEOCODED
-            reason[miss] = res.reason[~np.isfinite(res.lng)]
+            lost = ~np.isfinite(res.lng)
+            status[rows[lost]] = np.where(res.review[lost], _NEEDS_REVIEW, _NOT_GEOCODED)
+            reason[rows[lost]] = res.reason[lost]
+            for col, val in (("match_level", res.level), ("match_score", res.score),
+                             ("matched_entry", res.entry), ("candidates", res.candidates)):
+                matches.iloc[rows, matches.columns.get_loc(col)] = val
     half = (has_x != has_y) & (status == _UNSET)
     status[half] = _INVALID
     reason[half] = f"only one of {columns.lng}/{columns.lat} is given"
@@ -332,7 +348,7 @@ def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
         rows = np.flatnonzero((crs == name) & (status == _UNSET))
         x, y = _to_wgs84_checked(x, y, name, rows, status, reason)
     result = _assign_wgs84(index, x, y, status, reason).frame(index=df.index)
-    return pd.concat([df, result], axis=1)
+    return pd.concat([df, result] if matches is None else [df, result, matches], axis=1)
 
 
 def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.ndarray,
@@ -406,7 +422,7 @@ class _Writer:
         else:
             table = pa.Table.from_pandas(df, preserve_index=False)
             fields = [pa.field(c, pa.string()) if c in _STRING_COLUMNS
-                      else pa.field(c, pa.float64()) if c == "distance_m"
+                      else pa.field(c, pa.float64()) if c in _FLOAT_COLUMNS
                       else table.schema.field(c) for c in table.column_names]
             if self._pq is None:
                 self._pq = pq.ParquetWriter(self.path, pa.schema(fields))

@@ -301,6 +301,9 @@ def demo(
         _demo_outputs(result.plan, out, job.data)
         with stage(err_console, "synthetic roster allocated to the grids (out/staff)"):
             demo_staffing(result.plan, job.data.stores, out, seed=seed)
+        from territory.cli_addresses import demo_addresses
+
+        demo_addresses(job.inputs.areas, job.data, out, seed=seed)
 
 
 def _demo_outputs(plan, out: Path, data) -> None:
@@ -356,6 +359,8 @@ app.command(name="diff")(_diff)
 from territory.cli_redraw import edit_app as _edit_app, rebalance_command as _rb  # noqa: E402, I001
 app.add_typer(_edit_app, name="edit")
 app.command(name="rebalance")(_rb)
+from territory.cli_cells import cells as _cells  # noqa: E402, I001
+app.command(name="cells")(_cells)
 
 
 def main() -> None:  # pragma: no cover - console entry point

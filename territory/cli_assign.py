@@ -10,17 +10,18 @@ import typer
 from territory.cli_common import _errors, _table, console, err_console, require_crs, warn
 from territory.cli_output import progress, stage
 from territory.errors import InvalidInputError
+from territory.geocode import DEFAULT_MIN_SCORE
 
 
-def _geocoder(gazetteer: Path | None, service: str | None, options: list[str],
-              service_crs: str):
+def _geocoder(gazetteer: Path | None, gazetteer_crs: str | None, min_score: float,
+              service: str | None, options: list[str], service_crs: str):
     """The geocoder the options ask for: none, the offline gazetteer, or a geopy service."""
     from territory.geocode import Gazetteer, geopy_geocoder
 
     if gazetteer is not None and service is not None:
         raise InvalidInputError("give --gazetteer or --geocoder-service, not both")
     if gazetteer is not None:
-        return Gazetteer.from_csv(gazetteer)
+        return Gazetteer.from_csv(gazetteer, crs=gazetteer_crs, min_score=min_score)
     if service is None:
         return None
     kwargs = {}
@@ -49,8 +50,16 @@ def assign(
                                                "or gbk")] = "utf-8",
     address_column: Annotated[str | None, typer.Option(help="Address column, geocoded for "
                                                             "rows without coordinates")] = None,
-    gazetteer: Annotated[Path | None, typer.Option(help="CSV address,lng,lat[,crs]: offline "
+    gazetteer: Annotated[Path | None, typer.Option(help="CSV address,lng,lat[,crs,kind,"
+                                                        "district,street]: offline "
                                                         "geocoder")] = None,
+    gazetteer_crs: Annotated[str | None, typer.Option(help="CRS of the gazetteer's "
+                                                           "coordinates (required unless its "
+                                                           "crs column names every row's)")
+                             ] = None,
+    min_score: Annotated[float, typer.Option(help="Gazetteer match score (0-100) needed to "
+                                                  "place an address; below: needs_review")
+                         ] = DEFAULT_MIN_SCORE,
     geocoder_service: Annotated[str | None, typer.Option(help="geopy service name (sends "
                                                               "addresses out; off by "
                                                               "default)")] = None,
@@ -70,7 +79,8 @@ def assign(
         if crs_column is None and address_column is None:
             require_crs(crs, "--crs (or --crs-column)")
         sweep(out.parent)  # what killed runs left beside the output
-        geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
+        geocoder = _geocoder(gazetteer, gazetteer_crs, min_score, geocoder_service,
+                             geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
         with stage(err_console, f"assignment index of {plan} opened"):

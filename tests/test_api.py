@@ -426,7 +426,8 @@ def test_json_batch(client: TestClient, versions: dict) -> None:
               {"lng": 500, "lat": 24.5}]
     body = client.post(f"/plans/{plan_id}/assign", json=points, headers=o).json()
     assert body["count"] == 4 and body["plan"]["plan_id"] == plan_id
-    assert body["counts"] == {"ok": 1, "outside": 1, "invalid": 2, "not_geocoded": 0}
+    assert body["counts"] == {"ok": 1, "outside": 1, "invalid": 2, "not_geocoded": 0,
+                              "needs_review": 0}
     rows = body["data"]
     assert [r["id"] for r in rows] == ["a", 2, "no-coords", None]
     assert [r["status"] for r in rows] == ["ok", "outside", "invalid", "invalid"]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from territory.assign import (
+    ADDRESS_COLUMNS,
     OUTPUT_COLUMNS,
     Columns,
     assign,
@@ -30,7 +31,7 @@ from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.cli import app
 from territory.crs import from_wgs84, local_projected_crs
 from territory.errors import InvalidInputError
-from territory.geocode import Gazetteer, GeopyGeocoder, normalize_address
+from territory.geocode import Gazetteer, GeopyGeocoder, parse_address
 from territory.plan import Plan
 from territory.units import locate_points
 
@@ -374,33 +375,39 @@ def test_open_index_refuses_a_stale_sidecar(plan, tmp_path):
 
 
 # -- geocoding ---------------------------------------------------------------------------------
-def test_address_normalisation():
-    assert normalize_address("幸福花园３栋２单元５０１室") == "幸福"
-    assert normalize_address(" 幸福 花园 ") == "幸福"
-    assert normalize_address("幸福小区") == "幸福"
-    assert normalize_address("ＡＢＣ大厦Ａ座") == "abc"
-    assert normalize_address("海景社区（二期）") == normalize_address("海景社区二期") == "海景"
-    assert normalize_address("花园") == "花园"  # a suffix alone is kept as the name
-    assert normalize_address(None) == normalize_address(np.nan) == ""
+def test_address_place_names():
+    def place(text):
+        return parse_address(text).place
+
+    assert place("幸福花园３栋２单元５０１室") == "幸福花园"
+    assert place(" 幸福 花园 ") == "幸福花园"
+    assert place("ＡＢＣ大厦Ａ座") == "abc大厦"
+    assert place("海景社区（二期）") == place("海景社区二期")
+    assert place(None) == place(np.nan) == ""
 
 
 def test_gazetteer_matching_and_reasons(inside_points):
     x, y = inside_points
     gx, gy = from_wgs84(x[:1], y[:1], "gcj02")
     table = pd.DataFrame({
-        "address": ["幸福花园", "海景小区", "海景社区", "明珠大厦"],
+        "address": ["幸福花园", "海景小区", "海景小区", "明珠大厦"],
+        "district": ["思明区", "思明区", "湖里区", "思明区"],
         "lng": [x[1], x[2], x[3], gx[0]], "lat": [y[1], y[2], y[3], gy[0]],
         "crs": ["", "wgs84", "wgs84", "gcj02"],
     })
-    gaz = Gazetteer(table)
-    res = gaz.geocode(["福建省厦门市思明区幸福花园3栋", "明珠大厦", "海景", "不存在小区", ""])
-    assert res.lng[0] == x[1] and res.lat[0] == y[1]
+    gaz = Gazetteer(table, crs="wgs84")
+    res = gaz.geocode(["福建省厦门市思明区幸福花园3栋", "明珠大厦", "海景小区", "qwerty", "",
+                       "不存在小区"])
+    assert res.lng[0] == x[1] and res.lat[0] == y[1] and res.level[0] == "community"
     np.testing.assert_allclose([res.lng[1], res.lat[1]], [x[0], y[0]], atol=1e-7)
-    assert "several gazetteer entries" in res.reason[2]
+    assert "different places" in res.reason[2] and res.review[2] and np.isnan(res.lng[2])
     assert "no gazetteer entry" in res.reason[3] and res.reason[4] == "empty address"
-    assert res.reason[0] is None and np.isnan(res.lng[3])
+    assert res.reason[0] is None and np.isnan(res.lng[3]) and not res.review[3]
+    assert res.review[5] and res.score[5] < 75 and "< 75" in res.reason[5]  # not placed
     with pytest.raises(InvalidInputError, match="lat"):
-        Gazetteer(table.drop(columns="lat"))
+        Gazetteer(table.drop(columns="lat"), crs="wgs84")
+    with pytest.raises(InvalidInputError, match="CRS of its coordinates is required"):
+        Gazetteer(table)
 
 
 def test_geopy_adapter_with_a_fake_service(inside_points):
@@ -429,12 +436,21 @@ def test_geopy_adapter_with_a_fake_service(inside_points):
 
 def test_frame_geocodes_rows_without_coordinates(index, inside_points):
     x, y = inside_points
-    gaz = Gazetteer(pd.DataFrame({"address": ["幸福花园"], "lng": [x[5]], "lat": [y[5]]}))
-    df = pd.DataFrame({"addr": ["幸福花园1栋", "nowhere", "", "幸福花园"],
-                       "lng": [x[0], None, None, None], "lat": [y[0], None, None, None]})
+    gaz = Gazetteer(pd.DataFrame({"address": ["思明区幸福花园", "湖里区幸福花园"],
+                                  "lng": [x[5], x[9]], "lat": [y[5], y[9]]}), crs="wgs84")
+    df = pd.DataFrame({"addr": ["思明区幸福花园1栋", "nowhere", "", "思明区幸福花园", "幸福花园",
+                                "思明区"],
+                       "lng": [x[0], *[None] * 5], "lat": [y[0], *[None] * 5]})
     out = assign_frame(index, df, columns=Columns(crs="wgs84", address_column="addr"),
                        geocoder=gaz)
-    assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok"]
+    assert list(out.columns) == [*df.columns, *OUTPUT_COLUMNS, *ADDRESS_COLUMNS]
+    assert out["status"].tolist() == ["ok", "not_geocoded", "not_geocoded", "ok",
+                                      "needs_review", "needs_review"]
+    assert out["match_level"].tolist() == [None, None, None, "community", None, "district"]
+    assert out["sub_grid_id"].iloc[4:].isna().all()  # a tie or a district picks no grid
+    assert "湖里区" in out["candidates"].iloc[4]
+    assert out["matched_entry"].iloc[3] == "思明区幸福花园"
+    df = df.iloc[:4]
     ref = assign(index, x[[0, 5]], y[[0, 5]], crs="wgs84").sub_grid_id
     assert out["sub_grid_id"].iloc[[0, 3]].tolist() == ref.tolist()
     assert out["reason"].iloc[2] == "empty address"
@@ -475,3 +491,72 @@ def test_cli_assign(plan, plan_file, tmp_path):
     res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),
                               "--gazetteer", str(gaz), "--address-column", "code"])
     assert res.exit_code == 2 and "gazetteer" in _said(res)
+
+
+# -- the warehouse cell table ----------------------------------------------------------------
+def test_cell_table_join_agrees_with_the_exact_lookup(plan, plan_file, index, tmp_path):
+    """A warehouse's way: join customers to the table on their H3 cell, take the sub-grid of
+    interior cells, send boundary cells to the exact lookup, and call cells not in the table
+    outside. On 2 M random points this gives exactly the exact lookup's answer."""
+    import h3
+
+    out = tmp_path / "cells.parquet"
+    res = CliRunner().invoke(app, ["cells", str(plan_file), "--resolution", "9", "--out",
+                                   str(out)])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(out)
+    assert table.schema.metadata[b"territory.plan_id"].decode() == plan.plan_id
+    cell = table["h3_cell"].to_numpy()
+    interior = table["interior"].to_numpy()
+    sub = np.array(table["sub_grid_id"].to_pylist(), dtype=object)
+    assert (np.diff(cell) > 0).all() and 0.5 < interior.mean() < 1
+
+    rng = np.random.default_rng(11)
+    b = plan.units.total_bounds
+    n = 2_000_000
+    x = rng.uniform(b[0] - 0.005, b[2] + 0.005, n)
+    y = rng.uniform(b[1] - 0.005, b[3] + 0.005, n)
+    to_cell = h3.api.basic_int.latlng_to_cell
+    pc = np.fromiter((to_cell(lat, lng, 9) for lng, lat in zip(x.tolist(), y.tolist(),
+                                                                 strict=True)),
+                     dtype=np.int64, count=n)
+    pos = np.minimum(np.searchsorted(cell, pc), len(cell) - 1)
+    listed = cell[pos] == pc
+    inner = listed & interior[pos]
+    got = np.full(n, None, dtype=object)
+    got[inner] = sub[pos[inner]]
+    refine = np.flatnonzero(listed & ~inner)
+    unit = index.locate(x[refine], y[refine])
+    got[refine] = np.append(index.sub_grid_ids, None)[unit]
+    exact = np.append(index.sub_grid_ids, None)[index.locate(x, y)]
+    np.testing.assert_array_equal(got, exact)
+    assert inner.mean() > 0.3 and (exact[~listed] == None).all()  # noqa: E711
+    # a boundary cell's candidates hold the sub-grid its points get
+    cands = table["candidate_sub_grids"].to_pylist()
+    inside = refine[unit >= 0]
+    assert all(exact[i] in cands[pos[i]] for i in inside[:: max(1, len(inside) // 5000)])
+    res = CliRunner().invoke(app, ["cells", str(plan_file), "--resolution", "3", "--out",
+                                   str(out)])
+    assert res.exit_code == 2 and "--resolution" in _said(res)
+
+
+def test_cli_assign_by_address(plan_file, inside_points, tmp_path):
+    x, y = inside_points
+    gaz = tmp_path / "gazetteer.csv"
+    pd.DataFrame({"address": ["思明区幸福花园", "湖里区幸福花园"], "lng": [x[5], x[9]],
+                  "lat": [y[5], y[9]]}).to_csv(gaz, index=False)
+    src = tmp_path / "in.csv"
+    addr = ["厦门市思明区幸福花园2栋", "幸福花园", "思明区幸福花圆"]
+    pd.DataFrame({"id": [1, 2, 3], "addr": addr}).to_csv(src, index=False)
+    out = tmp_path / "out.csv"
+    args = ["assign", str(plan_file), str(src), "--out", str(out), "--address-column", "addr",
+            "--gazetteer", str(gaz)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "CRS of its coordinates is required" in _said(res)
+    res = CliRunner().invoke(app, [*args, "--gazetteer-crs", "wgs84", "--min-score", "90"])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(out)
+    assert got["status"].tolist() == ["ok", "needs_review", "needs_review"]  # typo < 90
+    assert got["match_level"].tolist()[:1] == ["community"] and got["match_score"][2] < 90
+    res = CliRunner().invoke(app, [*args, "--gazetteer-crs", "wgs84", "--min-score", "75"])
+    assert pd.read_csv(out)["status"].tolist() == ["ok", "needs_review", "ok"]

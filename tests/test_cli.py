@@ -156,6 +156,11 @@ def test_demo_and_plan_commands(tmp_path):
     assert list((out / "reports").glob("*.csv")) and list((out / "exports").glob("*.kml"))
     assert len(list((out / "reports" / "grids").glob("*.pdf"))) == 8  # each grid's analysis
     assert (out / "reports" / "grids" / "index.html").exists()
+    # the synthetic addresses step: every sampled customer comes back, most placed by address
+    by_address = pd.read_csv(out / "addresses_assigned.csv")
+    assert len(by_address) == len(pd.read_csv(out / "synthetic" / "addresses.csv"))
+    assert (by_address["status"] == "ok").mean() > 0.9
+    assert set(by_address["match_level"].dropna()) <= {"building", "community", "district"}
     # territory plan on the demo's own files, with customers given in GCJ-02
     cust = pd.read_csv(out / "synthetic" / "customers.csv")
     from territory.crs import wgs84_to_gcj02
