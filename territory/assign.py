@@ -22,26 +22,31 @@ populated units, and a batch that fits clearly better in another system is repor
 changes a result. Rows without coordinates may carry an address for a
 :class:`territory.geocode.Geocoder`.
 
-Files (CSV or Parquet, by suffix) are streamed in chunks, so a file larger than memory
-works; the output is written to a temporary file and renamed at the end (atomic). The library
-reports progress through an optional callback and never prints.
+Files (CSV or Parquet, by suffix) are streamed through Arrow in chunks of record batches, so
+a file larger than memory works at millions of rows a second: CSV parsed by Arrow's
+multithreaded reader, coordinates read as numpy arrays, the result columns appended to the
+input's batches (grid ids dictionary-encoded), no pandas frame built. The output is written
+to a temporary file and renamed at the end (atomic). The library reports progress through an
+optional callback and never prints.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
+from territory.atomic import atomic_path
 from territory.crs import normalize_crs, to_wgs84
 from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
@@ -58,8 +63,9 @@ _STATUS_NAMES = np.array(STATUSES, dtype=object)
 #: Columns added to every input row, in this order.
 OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
                   "distance_m", "reason")
-_STRING_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
-                   "reason")
+_STATUS_DICTIONARY = pa.array(STATUSES, type=pa.string())
+#: Bytes of CSV Arrow parses per block (in parallel, one block per thread).
+_CSV_BLOCK_BYTES = 8 << 20
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -226,8 +232,8 @@ class Columns:
             normalize_crs(self.crs)  # an unknown system fails before any row is read
 
 
-def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
-    clash = [c for c in OUTPUT_COLUMNS if c in df.columns]
+def _check_columns(names: list[str], cols: Columns, geocoder: Geocoder | None) -> None:
+    clash = [c for c in OUTPUT_COLUMNS if c in names]
     if clash:
         raise InvalidInputError(
             f"input already has column(s) {clash} that assignment adds; rename them first"
@@ -240,18 +246,18 @@ def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -
             f"address column {cols.address_column!r} needs a geocoder: give a gazetteer "
             "(`gazetteer`) or configure a geocoding service"
         )
-    missing = [c for c in need if c not in df.columns]
+    missing = [c for c in need if c not in names]
     if missing:
         raise InvalidInputError(
             f"input has no column(s) {missing}; name them with `lng`, `lat`, `crs_column` "
-            f"or `address_column` (columns found: {list(df.columns)[:20]})"
+            f"or `address_column` (columns found: {names[:20]})"
         )
-    if cols.address_column is not None and (cols.lng in df.columns) != (cols.lat in df.columns):
+    if cols.address_column is not None and (cols.lng in names) != (cols.lat in names):
         raise InvalidInputError(
             f"input has only one of the coordinate columns {cols.lng!r}, {cols.lat!r}; "
             "give both or neither"
         )
-    if cols.crs is None and cols.crs_column is None and cols.lng in df.columns:
+    if cols.crs is None and cols.crs_column is None and cols.lng in names:
         raise InvalidInputError(
             f"crs is required for the coordinates in {cols.lng!r}/{cols.lat!r}: name their "
             "system (wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>) with crs, or each row's with "
@@ -270,6 +276,84 @@ def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return num, present
 
 
+def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Per row, the position of its stripped text among the distinct ones (blank: "")."""
+    raw = values.astype(object).where(values.notna(), "").map(lambda v: str(v).strip())
+    codes, uniques = pd.factorize(raw.to_numpy(dtype=object))
+    return codes, list(uniques)
+
+
+class _Chunk(Protocol):
+    """One chunk of input as the assignment reads it, whether pandas or Arrow holds it: the
+    two paths share every rule of :func:`_assign_chunk` and differ only in how cells are
+    read."""
+
+    names: list[str]
+    n: int
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Floats (NaN where missing or not a number) and the mask of non-blank cells."""
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        """The cells of ``rows`` as Python objects (for reasons and the geocoder)."""
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        """Per row, the position of its stripped text among the distinct ones."""
+
+
+class _FrameChunk:
+    """A DataFrame as a :class:`_Chunk`."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df, self.names, self.n = df, [str(c) for c in df.columns], len(df)
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _numbers(self.df[name])
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        return self.df[name].iloc[rows].tolist()
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        return _labels(self.df[name])
+
+
+class _ArrowChunk:
+    """An Arrow table as a :class:`_Chunk`: numeric columns are read as numpy views, text
+    columns parsed by Arrow; a text column Arrow cannot parse whole (a stray word, spaces
+    around a number) is read cell by cell the pandas way, so both paths agree on every
+    cell."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table, self.names, self.n = table, table.column_names, table.num_rows
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        col = self.table.column(name)
+        kind = col.type
+        if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind):
+            return (col.cast(pa.float64()).to_numpy().astype(np.float64, copy=True),
+                    col.is_valid().to_numpy())
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            blank = pc.fill_null(pc.equal(col, ""), True)
+            try:
+                num = pc.cast(pc.if_else(blank, None, col), pa.float64())
+            except pa.ArrowInvalid:
+                pass  # some cell is not a plain number: the pandas reading below
+            else:
+                return num.to_numpy().astype(np.float64, copy=True), ~blank.to_numpy()
+        return _numbers(col.to_pandas())
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        return self.table.column(name).take(rows).to_pylist()
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        col = self.table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            return _labels(col.to_pandas())
+        text = pc.utf8_trim_whitespace(pc.fill_null(col, "")).combine_chunks()
+        coded = text.dictionary_encode()
+        return coded.indices.to_numpy(zero_copy_only=False), coded.dictionary.to_pylist()
+
+
 def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns = Columns(),
                  geocoder: Geocoder | None = None, on_warning: Warn | None = None
                  ) -> pd.DataFrame:
@@ -282,36 +366,36 @@ def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns =
     checked for a mistaken one.
     """
     check = Sample()
-    out = _assign_chunk(index, df, columns, geocoder, check)
+    res = _assign_chunk(index, _FrameChunk(df), columns, geocoder, check)
     report(check.fits(populated_units(index)), on_warning)
-    return out
+    return pd.concat([df, res.frame(index=df.index)], axis=1)
 
 
-def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
-                  geocoder: Geocoder | None, check: Sample) -> pd.DataFrame:
-    """:func:`assign_frame` of one chunk; its given coordinates are offered to ``check``."""
-    _check_columns(df, columns, geocoder)
-    n = len(df)
+def _assign_chunk(index: AssignmentIndex, chunk: _Chunk, columns: Columns,
+                  geocoder: Geocoder | None, check: Sample) -> Assignment:
+    """Assign one chunk; its given coordinates are offered to ``check``."""
+    _check_columns(chunk.names, columns, geocoder)
+    n = chunk.n
     status = np.full(n, _UNSET, dtype=np.int8)
     reason = np.full(n, None, dtype=object)
-    if columns.lng in df.columns:
-        x, has_x = _numbers(df[columns.lng])
-        y, has_y = _numbers(df[columns.lat])
+    if columns.lng in chunk.names:
+        x, has_x = chunk.numbers(columns.lng)
+        y, has_y = chunk.numbers(columns.lat)
     else:
         x, y = np.full(n, np.nan), np.full(n, np.nan)
         has_x = has_y = np.zeros(n, dtype=bool)
     for name, has, val in ((columns.lng, has_x, x), (columns.lat, has_y, y)):
         bad = np.flatnonzero(has & np.isnan(val))
         status[bad] = _INVALID
-        for r in bad:
+        for r, cell in zip(bad, chunk.cells(name, bad) if len(bad) else [], strict=True):
             if reason[r] is None:
-                reason[r] = f"{name} {df[name].iloc[r]!r} is not a number"
+                reason[r] = f"{name} {cell!r} is not a number"
     geocoded = np.zeros(n, dtype=bool)
     if columns.address_column is not None:
         geocoded = ~has_x & ~has_y & (status == _UNSET)
         rows = np.flatnonzero(geocoded)
         if len(rows):
-            res = geocoder.geocode(df[columns.address_column].iloc[rows].tolist())
+            res = geocoder.geocode(chunk.cells(columns.address_column, rows))
             x[rows], y[rows] = res.lng, res.lat
             miss = rows[~np.isfinite(res.lng)]
             status[miss] = _NOT_GEOCODED
@@ -320,7 +404,7 @@ def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
     status[half] = _INVALID
     reason[half] = f"only one of {columns.lng}/{columns.lat} is given"
     # geocoders answer in WGS84; given coordinates are in the row's system
-    crs = _row_crs(df, columns, status, reason, geocoded)
+    crs = _row_crs(chunk, columns, status, reason, geocoded)
     crs[geocoded] = "wgs84"
     if columns.address_column is None:
         missing = ~has_x & ~has_y & (status == _UNSET)
@@ -331,23 +415,21 @@ def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
     for name in pd.unique(crs[status == _UNSET]):
         rows = np.flatnonzero((crs == name) & (status == _UNSET))
         x, y = _to_wgs84_checked(x, y, name, rows, status, reason)
-    result = _assign_wgs84(index, x, y, status, reason).frame(index=df.index)
-    return pd.concat([df, result], axis=1)
+    return _assign_wgs84(index, x, y, status, reason)
 
 
-def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.ndarray,
+def _row_crs(chunk: _Chunk, columns: Columns, status: np.ndarray, reason: np.ndarray,
              geocoded: np.ndarray) -> np.ndarray:
     """Canonical CRS name per row; rows naming an unknown system, or none when there is no
     default, become invalid (unless their coordinates came from the geocoder, which answers
     in WGS84)."""
     default = None if columns.crs is None else normalize_crs(columns.crs)
+    out = np.full(chunk.n, default, dtype=object)
     if columns.crs_column is None:
-        return np.full(len(df), default, dtype=object)
-    raw = df[columns.crs_column].astype(object).where(df[columns.crs_column].notna(), "")
-    raw = raw.map(lambda v: str(v).strip()).to_numpy(dtype=object)
-    out = np.full(len(df), default, dtype=object)
-    for name in pd.unique(raw):
-        rows = raw == name
+        return out
+    codes, names = chunk.labels(columns.crs_column)
+    for code, name in enumerate(names):
+        rows = codes == code
         if not name:
             if default is None:
                 sel = rows & (status == _UNSET) & ~geocoded
@@ -365,7 +447,7 @@ def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.
 
 
 # -------------------------------------------------------------------------------------------
-# Files
+# Files: Arrow from end to end
 # -------------------------------------------------------------------------------------------
 
 
@@ -378,60 +460,127 @@ def _format(path: Path, what: str) -> str:
     return fmt
 
 
+def _csv_options(path: Path, encoding: str) -> tuple[pacsv.ReadOptions, pacsv.ConvertOptions]:
+    """Arrow's CSV options that keep every cell as the text it is ("001" stays "001", a
+    blank stays blank): every column is read as a string, which needs the header's names,
+    read by a first pass over the first block."""
+    name = codec(encoding)
+    read = pacsv.ReadOptions(encoding="utf8" if name == "utf-8-sig" else name,
+                             block_size=_CSV_BLOCK_BYTES)
+    with pacsv.open_csv(path, read_options=read) as probe:
+        names = probe.schema.names
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    return read, convert
+
+
 def _read_chunks(path: Path, chunk_size: int, encoding: str
-                 ) -> tuple[Iterator[pd.DataFrame], int | None]:
-    """Chunks of the input and the row count when the format knows it up front. CSV values
-    are kept as text, so every column comes out exactly as it went in."""
+                 ) -> tuple[Iterator[pa.Table], int | None]:
+    """Tables of ``chunk_size`` rows (the last one shorter; an empty input gives one empty
+    table, so its schema still reaches the output) and the row count when the format
+    knows it up front."""
     if _format(path, "input") == "csv":
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                             encoding=codec(encoding))
-        return iter(reader), None
+        read, convert = _csv_options(path, encoding)
+        reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
+        return _rebatch(reader, reader.schema, chunk_size), None
     pf = pq.ParquetFile(path)
     batches = pf.iter_batches(batch_size=chunk_size)
-    return (b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), pf.metadata.num_rows
+    return _rebatch(batches, pf.schema_arrow, chunk_size), pf.metadata.num_rows
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], schema: pa.Schema, size: int
+             ) -> Iterator[pa.Table]:
+    """Record batches regrouped into tables of exactly ``size`` rows (the last shorter),
+    without copying: tables are slices over the readers' buffers."""
+    pending: list[pa.RecordBatch] = []
+    rows, sent = 0, False
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending, schema)
+            yield table.slice(0, size)
+            sent = True
+            rest = table.slice(size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows or not sent:
+        yield pa.Table.from_batches(pending, schema)
+
+
+@dataclass(frozen=True)
+class _GridCodes:
+    """Unit position → code in a dictionary of distinct ids, per id column: the output's
+    grid ids are dictionary-encoded, a few bytes a row and no string built per row."""
+
+    codes: dict[str, tuple[np.ndarray, pa.Array]]
+
+    @classmethod
+    def of(cls, index: AssignmentIndex) -> _GridCodes:
+        codes = {}
+        for name, ids in (("sub_grid_id", index.sub_grid_ids),
+                          ("main_grid_id", index.main_grid_ids),
+                          ("branch_id", index.branch_ids)):
+            code, distinct = pd.factorize(ids)
+            # position -1 (no unit) picks the trailing -1: a null
+            codes[name] = (np.append(code.astype(np.int32), np.int32(-1)),
+                           pa.array(list(distinct), type=pa.string()))
+        return cls(codes)
+
+    def ids(self, name: str, unit: np.ndarray) -> pa.DictionaryArray:
+        code, dictionary = self.codes[name]
+        pos = code[unit]
+        return pa.DictionaryArray.from_arrays(pa.array(pos, mask=pos < 0), dictionary)
+
+    def append(self, table: pa.Table, res: Assignment) -> pa.Table:
+        """``table`` with the :data:`OUTPUT_COLUMNS` of ``res`` appended."""
+        added = {
+            "sub_grid_id": self.ids("sub_grid_id", res.unit),
+            "main_grid_id": self.ids("main_grid_id", res.unit),
+            "branch_id": self.ids("branch_id", res.unit),
+            "status": pa.DictionaryArray.from_arrays(pa.array(res.code), _STATUS_DICTIONARY),
+            "nearest_grid_id": self.ids("sub_grid_id", res.nearest_unit),
+            "distance_m": pa.array(res.distance_m, from_pandas=True),  # NaN: null
+            "reason": pa.array(res.reason, type=pa.string()),
+        }
+        for name in OUTPUT_COLUMNS:
+            table = table.append_column(name, added[name])
+        return table
 
 
 class _Writer:
-    """Appends chunks to a CSV or a Parquet file (schema fixed by the first chunk)."""
+    """Appends tables to a CSV or a Parquet file (schema fixed by the first table)."""
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: str) -> None:
         self.path, self.fmt = path, fmt
-        self._pq: pq.ParquetWriter | None = None
-        self._first = True
+        self._out: pq.ParquetWriter | pacsv.CSVWriter | None = None
 
-    def write(self, df: pd.DataFrame) -> None:
-        if self.fmt == "csv":
-            df.to_csv(self.path, mode="w" if self._first else "a", header=self._first,
-                      index=False)
-        else:
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            fields = [pa.field(c, pa.string()) if c in _STRING_COLUMNS
-                      else pa.field(c, pa.float64()) if c == "distance_m"
-                      else table.schema.field(c) for c in table.column_names]
-            if self._pq is None:
-                self._pq = pq.ParquetWriter(self.path, pa.schema(fields))
-            self._pq.write_table(table.cast(self._pq.schema))
-        self._first = False
+    def write(self, table: pa.Table) -> None:
+        if self._out is None:
+            self._out = (pacsv.CSVWriter(self.path, table.schema) if self.fmt == "csv"
+                         else pq.ParquetWriter(self.path, table.schema))
+        self._out.write_table(table)
 
     def close(self) -> None:
-        if self._pq is not None:
-            self._pq.close()
-        elif self._first and self.fmt == "parquet":
-            raise InvalidInputError("input has no rows and no schema to write")
+        if self._out is not None:
+            self._out.close()
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
-                chunk_size: int = 200_000, progress: Progress | None = None,
+                chunk_size: int = 500_000, progress: Progress | None = None,
                 on_warning: Warn | None = None,
                 encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
-    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) through :func:`assign_frame`
-    into ``dst``.
+    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) into ``dst`` with Arrow.
 
-    Every row and column of the input comes out, in order, with :data:`OUTPUT_COLUMNS`
-    added; ``dst`` appears only once complete. ``progress(rows_done, total_or_None)`` is
-    called after each chunk. Returns the number of rows per status. The whole file is
-    checked for a mistaken ``columns.crs``, on a sample drawn across every chunk.
+    Every row and column of the input comes out, in order and of its own type (a CSV's
+    cells as their text), with :data:`OUTPUT_COLUMNS` added: grid ids and ``status``
+    dictionary-encoded, ``distance_m`` float64, ``reason`` text. The rules are those of
+    :func:`assign_frame`, without a pandas round trip: coordinates are read as numpy views
+    of the Arrow columns and the results appended to the input's record batches. Memory
+    holds a few chunks whatever the file's size; ``dst`` appears only once complete.
+    ``progress(rows_done, total_or_None)`` is called after each chunk. Returns the number
+    of rows per status. The whole file is checked for a mistaken ``columns.crs``, on a
+    sample drawn across every chunk.
     """
     check = Sample()
     src, dst = Path(src), Path(dst)
@@ -441,34 +590,30 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
         raise InvalidInputError(f"input {src}: no such file")
     codec(encoding)  # an unknown encoding fails before any output is started
     out_fmt = _format(dst, "output")
-    counts = dict.fromkeys(STATUSES, 0)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    writer = _Writer(tmp, out_fmt)
+    counts = np.zeros(len(STATUSES), dtype=np.int64)
+    grids = _GridCodes.of(index)
     done = 0
-    try:
+    with atomic_path(dst) as tmp:
+        writer = _Writer(tmp, out_fmt)
         try:
             chunks, total = _read_chunks(src, chunk_size, encoding)
             for chunk in chunks:
-                out = _assign_chunk(index, chunk, columns, geocoder, check)
-                writer.write(out)
-                for k, v in out["status"].value_counts().items():
-                    counts[k] += int(v)
-                done += len(out)
+                res = _assign_chunk(index, _ArrowChunk(chunk), columns, geocoder, check)
+                writer.write(grids.append(chunk, res))
+                counts += np.bincount(res.code, minlength=len(STATUSES))
+                done += chunk.num_rows
                 if progress is not None:
                     progress(done, total)
         except UnicodeDecodeError:
             raise decode_error(src, encoding, "input") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException) as exc:
+        except pa.ArrowException as exc:
+            if "UTF8" in str(exc) or "UTF-8" in str(exc):
+                raise decode_error(src, encoding, "input") from None
             raise InvalidInputError(
                 f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
                 f"({exc}); check the file is complete and well formed"
             ) from None
-        writer.close()
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        finally:
+            writer.close()
     report(check.fits(populated_units(index)), on_warning)
-    return counts
+    return dict(zip(STATUSES, counts.tolist(), strict=True))

@@ -275,7 +275,11 @@ def test_csv_streaming_equals_in_memory(plan, index, tmp_path):
     got = pd.read_csv(dst, dtype=str, keep_default_na=False)
     expected = pd.read_csv(io.StringIO(whole.to_csv(index=False)), dtype=str,
                            keep_default_na=False)
-    pd.testing.assert_frame_equal(got, expected)
+    # Arrow writes 0.0 as "0": the distances are compared as the numbers they are
+    pd.testing.assert_frame_equal(got.drop(columns="distance_m"),
+                                  expected.drop(columns="distance_m"))
+    np.testing.assert_array_equal(pd.to_numeric(got["distance_m"]),
+                                  pd.to_numeric(expected["distance_m"]))
     assert got["code"].iloc[1] == "001"  # text columns pass through untouched
     assert sum(counts.values()) == 2500 and counts["invalid"] > 0 and counts["outside"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
