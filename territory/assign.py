@@ -52,7 +52,7 @@ from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan
-from territory.tables import DEFAULT_ENCODING, codec, decode_error
+from territory.tables import DEFAULT_ENCODING, codec, csv_options, decode_error
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ _STATUS_NAMES = np.array(STATUSES, dtype=object)
 OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
                   "distance_m", "reason")
 _STATUS_DICTIONARY = pa.array(STATUSES, type=pa.string())
-#: Bytes of CSV Arrow parses per block (in parallel, one block per thread).
-_CSV_BLOCK_BYTES = 8 << 20
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -460,27 +458,13 @@ def _format(path: Path, what: str) -> str:
     return fmt
 
 
-def _csv_options(path: Path, encoding: str) -> tuple[pacsv.ReadOptions, pacsv.ConvertOptions]:
-    """Arrow's CSV options that keep every cell as the text it is ("001" stays "001", a
-    blank stays blank): every column is read as a string, which needs the header's names,
-    read by a first pass over the first block."""
-    name = codec(encoding)
-    read = pacsv.ReadOptions(encoding="utf8" if name == "utf-8-sig" else name,
-                             block_size=_CSV_BLOCK_BYTES)
-    with pacsv.open_csv(path, read_options=read) as probe:
-        names = probe.schema.names
-    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
-                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
-    return read, convert
-
-
 def _read_chunks(path: Path, chunk_size: int, encoding: str
                  ) -> tuple[Iterator[pa.Table], int | None]:
     """Tables of ``chunk_size`` rows (the last one shorter; an empty input gives one empty
     table, so its schema still reaches the output) and the row count when the format
     knows it up front."""
     if _format(path, "input") == "csv":
-        read, convert = _csv_options(path, encoding)
+        read, convert = csv_options(path, encoding)
         reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
         return _rebatch(reader, reader.schema, chunk_size), None
     pf = pq.ParquetFile(path)

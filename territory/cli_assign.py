@@ -59,6 +59,13 @@ def assign(
     geocoder_crs: Annotated[str, typer.Option(help="CRS the service answers in")] = "wgs84",
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk")] = 200_000,
     rebuild_index: Annotated[bool, typer.Option(help="Rebuild <plan>.index.npz")] = False,
+    previous: Annotated[Path | None, typer.Option(help="The previous run's output: with "
+                                                       "--changes, report whose grid "
+                                                       "changed")] = None,
+    changes: Annotated[Path | None, typer.Option(help="Change report CSV (needs "
+                                                      "--previous)")] = None,
+    id_column: Annotated[str, typer.Option(help="Customer id column (change "
+                                                "report)")] = "customer_id",
 ) -> None:
     """Assign every row to its sub-grid, main grid and branch; no row is dropped."""
     import pandas as pd
@@ -68,6 +75,9 @@ def assign(
     with _errors(ctx, lng="lng_column", lat="lat_column"):
         if crs_column is None and address_column is None:
             require_crs(crs, "--crs (or --crs-column)")
+        if (previous is None) != (changes is None):
+            raise InvalidInputError("--previous and --changes go together: the previous "
+                                    "run's output, and where to write the change report")
         geocoder = _geocoder(gazetteer, geocoder_service, geocoder_option or [], geocoder_crs)
         columns = Columns(lng=lng_column, lat=lat_column, crs=crs, crs_column=crs_column,
                           address_column=address_column)
@@ -84,3 +94,40 @@ def assign(
             rows(sum(counts.values()), sum(counts.values()))  # CSV totals are known at the end
         summary = pd.DataFrame({"status": list(counts), "rows": list(counts.values())})
         console.print(_table(summary, f"{sum(counts.values()):,} rows → {out}"))
+        if previous is not None:
+            _report_changes(previous, out, changes, id_column, lng_column, lat_column,
+                            address_column, encoding)
+
+
+def _report_changes(previous: Path, current: Path, out: Path, id_column: str, lng: str,
+                    lat: str, address: str | None, encoding: str) -> None:
+    import pandas as pd
+
+    from territory.changes import ChangeColumns, changes, write_changes
+
+    with stage(err_console, "change report"):
+        report = changes(previous, current, encoding=encoding,
+                         columns=ChangeColumns(id=id_column, lng=lng, lat=lat,
+                                               address=address))
+        write_changes(report, out)
+    counts = report["reason"].value_counts()
+    summary = pd.DataFrame({"reason": counts.index, "customers": counts.to_numpy()})
+    console.print(_table(summary, f"{len(report):,} changed customers → {out}"))
+
+
+def changes_command(
+    ctx: typer.Context,
+    previous: Annotated[Path, typer.Argument(help="The previous run's assigned file")],
+    current: Annotated[Path, typer.Argument(help="Tonight's assigned file")],
+    out: Annotated[Path, typer.Option(help="Change report, CSV")],
+    id_column: Annotated[str, typer.Option(help="Customer id column")] = "customer_id",
+    lng_column: Annotated[str, typer.Option(help="Longitude / easting column")] = "lng",
+    lat_column: Annotated[str, typer.Option(help="Latitude / northing column")] = "lat",
+    address_column: Annotated[str | None, typer.Option(help="Address column (a changed "
+                                                            "address is a move)")] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of CSV inputs")] = "utf-8",
+) -> None:
+    """Customers whose grid changed, appeared or disappeared between two runs, and why."""
+    with _errors(ctx, lng="lng_column", lat="lat_column"):
+        _report_changes(previous, current, out, id_column, lng_column, lat_column,
+                        address_column, encoding)
