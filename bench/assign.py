@@ -65,18 +65,21 @@ def plan_path(given: Path | None) -> Path:
 
 def make_points(plan: Plan, n: int, uniform_share: float, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
-    from territory.boundaries import load_city
-    from territory.synth import generate_city
+    """A share uniform over the plan's bounds, the rest clustered like its customers: a
+    unit drawn by its customer count, a point in it, 50 m of Gaussian jitter."""
+    import shapely
 
     b = plan.units.total_bounds
     n_uniform = int(n * uniform_share)
-    customers = generate_city(load_city("shenzhen"), n_customers=200_000, seed=1).customers
-    pick = rng.integers(0, len(customers), n - n_uniform)
+    units = plan.units
+    weight = units["customers"].fillna(0).to_numpy(float) if "customers" in units else None
+    centre = shapely.point_on_surface(units.geometry.values)
+    cx, cy = shapely.get_x(centre), shapely.get_y(centre)
+    p = None if weight is None or weight.sum() == 0 else weight / weight.sum()
+    pick = rng.choice(len(units), n - n_uniform, p=p)
     jitter = 50.0 / 111_000.0  # 50 m in degrees, about
-    x = np.r_[rng.uniform(b[0], b[2], n_uniform),
-              customers["lng"].to_numpy()[pick] + rng.normal(0, jitter, len(pick))]
-    y = np.r_[rng.uniform(b[1], b[3], n_uniform),
-              customers["lat"].to_numpy()[pick] + rng.normal(0, jitter, len(pick))]
+    x = np.r_[rng.uniform(b[0], b[2], n_uniform), cx[pick] + rng.normal(0, jitter, len(pick))]
+    y = np.r_[rng.uniform(b[1], b[3], n_uniform), cy[pick] + rng.normal(0, jitter, len(pick))]
     order = rng.permutation(n)
     return x[order], y[order]
 

@@ -401,13 +401,19 @@ def _assign_chunk(index: AssignmentIndex, chunk: _Chunk, columns: Columns,
     half = (has_x != has_y) & (status == _UNSET)
     status[half] = _INVALID
     reason[half] = f"only one of {columns.lng}/{columns.lat} is given"
-    # geocoders answer in WGS84; given coordinates are in the row's system
-    crs = _row_crs(chunk, columns, status, reason, geocoded)
-    crs[geocoded] = "wgs84"
     if columns.address_column is None:
         missing = ~has_x & ~has_y & (status == _UNSET)
         status[missing] = _INVALID
         reason[missing] = f"{columns.lng}/{columns.lat} missing"
+    if columns.crs_column is None and columns.crs is not None and not geocoded.any():
+        # one system for every row: no per-row names to build and group
+        rows = np.flatnonzero(status == _UNSET)
+        check.add(x[rows], y[rows], normalize_crs(columns.crs))
+        x, y = _to_wgs84_checked(x, y, normalize_crs(columns.crs), rows, status, reason)
+        return _assign_wgs84(index, x, y, status, reason)
+    # geocoders answer in WGS84; given coordinates are in the row's system
+    crs = _row_crs(chunk, columns, status, reason, geocoded)
+    crs[geocoded] = "wgs84"
     given = np.flatnonzero((status == _UNSET) & ~geocoded)
     check.add(x[given], y[given], crs[given])
     for name in pd.unique(crs[status == _UNSET]):
@@ -531,6 +537,16 @@ class _GridCodes:
         return table
 
 
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """Parquet dictionary pages for text (grid ids, statuses, reasons), plain encoding and
+    min/max statistics for the rest: string statistics and dictionary attempts on floats
+    would double the cost of writing."""
+    text = [f.name for f in schema if pa.types.is_dictionary(f.type)
+            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    rest = [f.name for f in schema if f.name not in text]
+    return pq.ParquetWriter(path, schema, use_dictionary=text, write_statistics=rest)
+
+
 class _Writer:
     """Appends tables to a CSV or a Parquet file (schema fixed by the first table)."""
 
@@ -541,7 +557,7 @@ class _Writer:
     def write(self, table: pa.Table) -> None:
         if self._out is None:
             self._out = (pacsv.CSVWriter(self.path, table.schema) if self.fmt == "csv"
-                         else pq.ParquetWriter(self.path, table.schema))
+                         else _parquet_writer(self.path, table.schema))
         self._out.write_table(table)
 
     def close(self) -> None:
