@@ -94,7 +94,7 @@ else:
     sd.create_data_frame(pacsv.read_csv(src)).to_view("points")
 out = sd.sql("SELECT p.*, g.grid_id AS sub_grid_id, g.parent_id AS main_grid_id "
              "FROM points p LEFT JOIN grids g "
-             "ON ST_Intersects(ST_Point(p.lng, p.lat), g.geometry)")
+             "ON ST_Intersects(ST_SetSRID(ST_Point(p.lng, p.lat), 4326), g.geometry)")
 out.to_parquet(dst) if dst.endswith(".parquet") else out.to_csv(dst)
 wall = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=0, help="also territory alone on this many "
                                                        "rows (memory flatness)")
     ap.add_argument("--sjoin-max", type=int, default=2_000_000)
+    ap.add_argument("--formats", nargs="+", default=["parquet", "csv"])
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/territory-bench-files"))
     args = ap.parse_args()
     path = plan_path(args.plan)
@@ -174,7 +175,7 @@ def main() -> None:
           f"{'cpu s':>7} {'Mrows/cpu-s':>8} {'peak RSS MB':>12}")
     try:
         for n in [*args.sizes, *([args.big] if args.big else [])]:
-            for fmt in ("parquet", "csv"):
+            for fmt in args.formats:
                 src = args.tmp / f"in-{n}.{fmt}"
                 write_points(plan, n, src, rng)
                 out = args.tmp / f"out-{n}.{fmt}"

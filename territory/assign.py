@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -548,21 +549,41 @@ def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
 
 
 class _Writer:
-    """Appends tables to a CSV or a Parquet file (schema fixed by the first table)."""
+    """Appends tables to a CSV or a Parquet file (schema fixed by the first table) on a
+    thread of its own: Arrow encodes and writes without the GIL, so chunk k is written while
+    chunk k + 1 is assigned; at most one table waits, so memory stays flat."""
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path, self.fmt = path, fmt
         self._out: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="territory-write")
+        self._pending: Future[None] | None = None
 
-    def write(self, table: pa.Table) -> None:
+    def _write(self, table: pa.Table) -> None:
         if self._out is None:
             self._out = (pacsv.CSVWriter(self.path, table.schema) if self.fmt == "csv"
                          else _parquet_writer(self.path, table.schema))
         self._out.write_table(table)
 
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except pa.ArrowException as exc:  # not the input's fault: say so
+                raise OSError(f"output {self.path}: cannot write it ({exc})") from None
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._write, table)
+
     def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            if self._out is not None:
+                self._out.close()
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
