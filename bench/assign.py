@@ -12,10 +12,11 @@ end from WGS84 lng/lat arrays to sub-grid, main-grid and branch ids:
   twice (kept here as sjoin gives it).
 
 Points: a share uniform over the plan's bounding box (sea, Hong Kong and Dongguan included,
-so many are outside) and the rest clustered like customers (synthetic customers of the demo
-generator with 50 m of Gaussian jitter). 1 M and 10 M points; sjoin in chunks of 1 M to keep
-memory within a few GB. Times are wall clock and CPU time of this process: on a shared
-machine the CPU time is the fairer "one core" figure, and the ratio uses it.
+so many are outside) and the rest clustered like customers (a unit drawn by the plan's
+customer count, a point in it, 50 m of Gaussian jitter). 1 M and 10 M points; sjoin in
+chunks of 1 M to keep memory within a few GB. Times are wall clock and CPU time of this
+process: on a shared machine the CPU time is the fairer "one core" figure, and the ratio
+uses it.
 
 The plan: ``out/plan.gpkg`` if present (``territory demo``), else ``bench/out/assign_plan.gpkg``,
 built on first use from the Shenzhen demo pipeline (300 000 synthetic customers, H3 res 7-10,
