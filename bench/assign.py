@@ -12,10 +12,11 @@ end from WGS84 lng/lat arrays to sub-grid, main-grid and branch ids:
   twice (kept here as sjoin gives it).
 
 Points: a share uniform over the plan's bounding box (sea, Hong Kong and Dongguan included,
-so many are outside) and the rest clustered like customers (synthetic customers of the demo
-generator with 50 m of Gaussian jitter). 1 M and 10 M points; sjoin in chunks of 1 M to keep
-memory within a few GB. Times are wall clock and CPU time of this process: on a shared
-machine the CPU time is the fairer "one core" figure, and the ratio uses it.
+so many are outside) and the rest clustered like customers (a unit drawn by the plan's
+customer count, a point in it, 50 m of Gaussian jitter). 1 M and 10 M points; sjoin in
+chunks of 1 M to keep memory within a few GB. Times are wall clock and CPU time of this
+process: on a shared machine the CPU time is the fairer "one core" figure, and the ratio
+uses it.
 
 The plan: ``out/plan.gpkg`` if present (``territory demo``), else ``bench/out/assign_plan.gpkg``,
 built on first use from the Shenzhen demo pipeline (300 000 synthetic customers, H3 res 7-10,
@@ -65,18 +66,21 @@ def plan_path(given: Path | None) -> Path:
 
 def make_points(plan: Plan, n: int, uniform_share: float, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
-    from territory.boundaries import load_city
-    from territory.synth import generate_city
+    """A share uniform over the plan's bounds, the rest clustered like its customers: a
+    unit drawn by its customer count, a point in it, 50 m of Gaussian jitter."""
+    import shapely
 
     b = plan.units.total_bounds
     n_uniform = int(n * uniform_share)
-    customers = generate_city(load_city("shenzhen"), n_customers=200_000, seed=1).customers
-    pick = rng.integers(0, len(customers), n - n_uniform)
+    units = plan.units
+    weight = units["customers"].fillna(0).to_numpy(float) if "customers" in units else None
+    centre = shapely.point_on_surface(units.geometry.values)
+    cx, cy = shapely.get_x(centre), shapely.get_y(centre)
+    p = None if weight is None or weight.sum() == 0 else weight / weight.sum()
+    pick = rng.choice(len(units), n - n_uniform, p=p)
     jitter = 50.0 / 111_000.0  # 50 m in degrees, about
-    x = np.r_[rng.uniform(b[0], b[2], n_uniform),
-              customers["lng"].to_numpy()[pick] + rng.normal(0, jitter, len(pick))]
-    y = np.r_[rng.uniform(b[1], b[3], n_uniform),
-              customers["lat"].to_numpy()[pick] + rng.normal(0, jitter, len(pick))]
+    x = np.r_[rng.uniform(b[0], b[2], n_uniform), cx[pick] + rng.normal(0, jitter, len(pick))]
+    y = np.r_[rng.uniform(b[1], b[3], n_uniform), cy[pick] + rng.normal(0, jitter, len(pick))]
     order = rng.permutation(n)
     return x[order], y[order]
 

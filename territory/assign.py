@@ -28,21 +28,28 @@ populated units, and a batch that fits clearly better in another system is repor
 changes a result. Rows without coordinates may carry an address for a
 :class:`territory.geocode.Geocoder`.
 
-Files (CSV or Parquet, by suffix) are streamed in chunks, so a file larger than memory
-works; the output is written to a temporary file and renamed at the end (atomic). The library
-reports progress through an optional callback and never prints.
+Files (CSV or Parquet, by suffix) are streamed through Arrow in chunks of record batches, so
+a file larger than memory works at millions of rows a second: CSV parsed by Arrow's
+multithreaded reader, coordinates read as numpy arrays, the result columns appended to the
+input's batches (grid ids dictionary-encoded), no pandas frame built. The output is written
+to a temporary file and renamed at the end (atomic). The library reports progress through an
+optional callback and never prints.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
@@ -52,7 +59,7 @@ from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan, plan_file
-from territory.tables import DEFAULT_ENCODING, codec, decode_error
+from territory.tables import DEFAULT_ENCODING, codec, csv_options, decode_error
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,7 @@ OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest
                   "distance_m", "reason")
 #: Columns added after those when an address column is given (see the module docstring).
 ADDRESS_COLUMNS = ("match_level", "match_score", "matched_entry", "candidates")
-_STRING_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest_grid_id",
-                   "reason", "match_level", "matched_entry", "candidates")
-_FLOAT_COLUMNS = ("distance_m", "match_score")
+_STATUS_DICTIONARY = pa.array(STATUSES, type=pa.string())
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -101,7 +106,9 @@ class Assignment:
     code: np.ndarray  # int8: position of the status in STATUSES
     nearest_unit: np.ndarray  # int64, -1 unless outside
     distance_m: np.ndarray  # float64: 0 when ok, metres when outside, NaN otherwise
-    reason: np.ndarray  # object: None unless invalid or not_geocoded
+    reason: np.ndarray  # object: None unless invalid, not_geocoded or needs_review
+    #: with an address column: ADDRESS_COLUMNS -> arrays (None/NaN where not geocoded)
+    matches: dict[str, np.ndarray] | None = None
 
     def _ids(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
         return np.append(ids, None)[pos]  # position -1 picks the trailing None
@@ -132,7 +139,7 @@ class Assignment:
             "sub_grid_id": self.sub_grid_id, "main_grid_id": self.main_grid_id,
             "branch_id": self.branch_id, "status": self.status,
             "nearest_grid_id": self.nearest_grid_id, "distance_m": self.distance_m,
-            "reason": self.reason,
+            "reason": self.reason, **(self.matches or {}),
         }, index=index)
 
 
@@ -235,9 +242,9 @@ class Columns:
             normalize_crs(self.crs)  # an unknown system fails before any row is read
 
 
-def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -> None:
+def _check_columns(names: list[str], cols: Columns, geocoder: Geocoder | None) -> None:
     added = OUTPUT_COLUMNS + (ADDRESS_COLUMNS if cols.address_column else ())
-    clash = [c for c in added if c in df.columns]
+    clash = [c for c in added if c in names]
     if clash:
         raise InvalidInputError(
             f"input already has column(s) {clash} that assignment adds; rename them first"
@@ -250,18 +257,18 @@ def _check_columns(df: pd.DataFrame, cols: Columns, geocoder: Geocoder | None) -
             f"address column {cols.address_column!r} needs a geocoder: give a gazetteer "
             "(`gazetteer`) or configure a geocoding service"
         )
-    missing = [c for c in need if c not in df.columns]
+    missing = [c for c in need if c not in names]
     if missing:
         raise InvalidInputError(
             f"input has no column(s) {missing}; name them with `lng`, `lat`, `crs_column` "
-            f"or `address_column` (columns found: {list(df.columns)[:20]})"
+            f"or `address_column` (columns found: {names[:20]})"
         )
-    if cols.address_column is not None and (cols.lng in df.columns) != (cols.lat in df.columns):
+    if cols.address_column is not None and (cols.lng in names) != (cols.lat in names):
         raise InvalidInputError(
             f"input has only one of the coordinate columns {cols.lng!r}, {cols.lat!r}; "
             "give both or neither"
         )
-    if cols.crs is None and cols.crs_column is None and cols.lng in df.columns:
+    if cols.crs is None and cols.crs_column is None and cols.lng in names:
         raise InvalidInputError(
             f"crs is required for the coordinates in {cols.lng!r}/{cols.lat!r}: name their "
             "system (wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>) with crs, or each row's with "
@@ -280,6 +287,84 @@ def _numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return num, present
 
 
+def _labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Per row, the position of its stripped text among the distinct ones (blank: "")."""
+    raw = values.astype(object).where(values.notna(), "").map(lambda v: str(v).strip())
+    codes, uniques = pd.factorize(raw.to_numpy(dtype=object))
+    return codes, list(uniques)
+
+
+class _Chunk(Protocol):
+    """One chunk of input as the assignment reads it, whether pandas or Arrow holds it: the
+    two paths share every rule of :func:`_assign_chunk` and differ only in how cells are
+    read."""
+
+    names: list[str]
+    n: int
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Floats (NaN where missing or not a number) and the mask of non-blank cells."""
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        """The cells of ``rows`` as Python objects (for reasons and the geocoder)."""
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        """Per row, the position of its stripped text among the distinct ones."""
+
+
+class _FrameChunk:
+    """A DataFrame as a :class:`_Chunk`."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df, self.names, self.n = df, [str(c) for c in df.columns], len(df)
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _numbers(self.df[name])
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        return self.df[name].iloc[rows].tolist()
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        return _labels(self.df[name])
+
+
+class _ArrowChunk:
+    """An Arrow table as a :class:`_Chunk`: numeric columns are read as numpy views, text
+    columns parsed by Arrow; a text column Arrow cannot parse whole (a stray word, spaces
+    around a number) is read cell by cell the pandas way, so both paths agree on every
+    cell."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table, self.names, self.n = table, table.column_names, table.num_rows
+
+    def numbers(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        col = self.table.column(name)
+        kind = col.type
+        if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind):
+            return (col.cast(pa.float64()).to_numpy().astype(np.float64, copy=True),
+                    col.is_valid().to_numpy())
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            blank = pc.fill_null(pc.equal(col, ""), True)
+            try:
+                num = pc.cast(pc.if_else(blank, None, col), pa.float64())
+            except pa.ArrowInvalid:
+                pass  # some cell is not a plain number: the pandas reading below
+            else:
+                return num.to_numpy().astype(np.float64, copy=True), ~blank.to_numpy()
+        return _numbers(col.to_pandas())
+
+    def cells(self, name: str, rows: np.ndarray) -> list[object]:
+        return self.table.column(name).take(rows).to_pylist()
+
+    def labels(self, name: str) -> tuple[np.ndarray, list[str]]:
+        col = self.table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            return _labels(col.to_pandas())
+        text = pc.utf8_trim_whitespace(pc.fill_null(col, "")).combine_chunks()
+        coded = text.dictionary_encode()
+        return coded.indices.to_numpy(zero_copy_only=False), coded.dictionary.to_pylist()
+
+
 def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns = Columns(),
                  geocoder: Geocoder | None = None, on_warning: Warn | None = None
                  ) -> pd.DataFrame:
@@ -292,78 +377,83 @@ def assign_frame(index: AssignmentIndex, df: pd.DataFrame, *, columns: Columns =
     checked for a mistaken one.
     """
     check = Sample()
-    out = _assign_chunk(index, df, columns, geocoder, check)
+    res = _assign_chunk(index, _FrameChunk(df), columns, geocoder, check)
     report(check.fits(populated_units(index)), on_warning)
-    return out
+    return pd.concat([df, res.frame(index=df.index)], axis=1)
 
 
-def _assign_chunk(index: AssignmentIndex, df: pd.DataFrame, columns: Columns,
-                  geocoder: Geocoder | None, check: Sample) -> pd.DataFrame:
-    """:func:`assign_frame` of one chunk; its given coordinates are offered to ``check``."""
-    _check_columns(df, columns, geocoder)
-    n = len(df)
+def _assign_chunk(index: AssignmentIndex, chunk: _Chunk, columns: Columns,
+                  geocoder: Geocoder | None, check: Sample) -> Assignment:
+    """Assign one chunk; its given coordinates are offered to ``check``."""
+    _check_columns(chunk.names, columns, geocoder)
+    n = chunk.n
     status = np.full(n, _UNSET, dtype=np.int8)
     reason = np.full(n, None, dtype=object)
-    if columns.lng in df.columns:
-        x, has_x = _numbers(df[columns.lng])
-        y, has_y = _numbers(df[columns.lat])
+    if columns.lng in chunk.names:
+        x, has_x = chunk.numbers(columns.lng)
+        y, has_y = chunk.numbers(columns.lat)
     else:
         x, y = np.full(n, np.nan), np.full(n, np.nan)
         has_x = has_y = np.zeros(n, dtype=bool)
     for name, has, val in ((columns.lng, has_x, x), (columns.lat, has_y, y)):
         bad = np.flatnonzero(has & np.isnan(val))
         status[bad] = _INVALID
-        for r in bad:
+        for r, cell in zip(bad, chunk.cells(name, bad) if len(bad) else [], strict=True):
             if reason[r] is None:
-                reason[r] = f"{name} {df[name].iloc[r]!r} is not a number"
+                reason[r] = f"{name} {cell!r} is not a number"
     geocoded = np.zeros(n, dtype=bool)
     matches = None
     if columns.address_column is not None:
         geocoded = ~has_x & ~has_y & (status == _UNSET)
         rows = np.flatnonzero(geocoded)
-        matches = pd.DataFrame({"match_level": None, "match_score": np.nan,
-                                "matched_entry": None, "candidates": None}, index=df.index)
+        matches = {c: np.full(n, np.nan if c == "match_score" else None,
+                              dtype=float if c == "match_score" else object)
+                   for c in ADDRESS_COLUMNS}
         if len(rows):
-            res = geocoder.geocode(df[columns.address_column].iloc[rows].tolist())
+            res = geocoder.geocode(chunk.cells(columns.address_column, rows))
             x[rows], y[rows] = res.lng, res.lat
             lost = ~np.isfinite(res.lng)
             status[rows[lost]] = np.where(res.review[lost], _NEEDS_REVIEW, _NOT_GEOCODED)
             reason[rows[lost]] = res.reason[lost]
             for col, val in (("match_level", res.level), ("match_score", res.score),
                              ("matched_entry", res.entry), ("candidates", res.candidates)):
-                matches.iloc[rows, matches.columns.get_loc(col)] = val
+                matches[col][rows] = val
     half = (has_x != has_y) & (status == _UNSET)
     status[half] = _INVALID
     reason[half] = f"only one of {columns.lng}/{columns.lat} is given"
-    # geocoders answer in WGS84; given coordinates are in the row's system
-    crs = _row_crs(df, columns, status, reason, geocoded)
-    crs[geocoded] = "wgs84"
     if columns.address_column is None:
         missing = ~has_x & ~has_y & (status == _UNSET)
         status[missing] = _INVALID
         reason[missing] = f"{columns.lng}/{columns.lat} missing"
+    if columns.crs_column is None and columns.crs is not None and not geocoded.any():
+        # one system for every row: no per-row names to build and group
+        rows = np.flatnonzero(status == _UNSET)
+        check.add(x[rows], y[rows], normalize_crs(columns.crs))
+        x, y = _to_wgs84_checked(x, y, normalize_crs(columns.crs), rows, status, reason)
+        return replace(_assign_wgs84(index, x, y, status, reason), matches=matches)
+    # geocoders answer in WGS84; given coordinates are in the row's system
+    crs = _row_crs(chunk, columns, status, reason, geocoded)
+    crs[geocoded] = "wgs84"
     given = np.flatnonzero((status == _UNSET) & ~geocoded)
     check.add(x[given], y[given], crs[given])
     for name in pd.unique(crs[status == _UNSET]):
         rows = np.flatnonzero((crs == name) & (status == _UNSET))
         x, y = _to_wgs84_checked(x, y, name, rows, status, reason)
-    result = _assign_wgs84(index, x, y, status, reason).frame(index=df.index)
-    return pd.concat([df, result] if matches is None else [df, result, matches], axis=1)
+    return replace(_assign_wgs84(index, x, y, status, reason), matches=matches)
 
 
-def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.ndarray,
+def _row_crs(chunk: _Chunk, columns: Columns, status: np.ndarray, reason: np.ndarray,
              geocoded: np.ndarray) -> np.ndarray:
     """Canonical CRS name per row; rows naming an unknown system, or none when there is no
     default, become invalid (unless their coordinates came from the geocoder, which answers
     in WGS84)."""
     default = None if columns.crs is None else normalize_crs(columns.crs)
+    out = np.full(chunk.n, default, dtype=object)
     if columns.crs_column is None:
-        return np.full(len(df), default, dtype=object)
-    raw = df[columns.crs_column].astype(object).where(df[columns.crs_column].notna(), "")
-    raw = raw.map(lambda v: str(v).strip()).to_numpy(dtype=object)
-    out = np.full(len(df), default, dtype=object)
-    for name in pd.unique(raw):
-        rows = raw == name
+        return out
+    codes, names = chunk.labels(columns.crs_column)
+    for code, name in enumerate(names):
+        rows = codes == code
         if not name:
             if default is None:
                 sel = rows & (status == _UNSET) & ~geocoded
@@ -381,7 +471,7 @@ def _row_crs(df: pd.DataFrame, columns: Columns, status: np.ndarray, reason: np.
 
 
 # -------------------------------------------------------------------------------------------
-# Files
+# Files: Arrow from end to end
 # -------------------------------------------------------------------------------------------
 
 
@@ -395,61 +485,147 @@ def _format(path: Path, what: str) -> str:
 
 
 def _read_chunks(path: Path, chunk_size: int, encoding: str
-                 ) -> tuple[Iterator[pd.DataFrame], int | None]:
-    """Chunks of the input and the row count when the format knows it up front. CSV values
-    are kept as text, so every column comes out exactly as it went in."""
+                 ) -> tuple[Iterator[pa.Table], int | None]:
+    """Tables of ``chunk_size`` rows (the last one shorter; an empty input gives one empty
+    table, so its schema still reaches the output) and the row count when the format
+    knows it up front."""
     if _format(path, "input") == "csv":
-        reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                             encoding=codec(encoding))
-        return iter(reader), None
-    pf = pq.ParquetFile(path)
+        read, convert = csv_options(path, encoding)
+        reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
+        return _rebatch(reader, reader.schema, chunk_size), None
+    # without pre-buffering: with it Arrow holds far more of the file than the chunk it
+    # reads (peak memory grew with the file: 1.5 GB at 50 M rows)
+    pf = pq.ParquetFile(path, pre_buffer=False)
     batches = pf.iter_batches(batch_size=chunk_size)
-    return (b.to_pandas(types_mapper=pd.ArrowDtype) for b in batches), pf.metadata.num_rows
+    return _rebatch(batches, pf.schema_arrow, chunk_size), pf.metadata.num_rows
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], schema: pa.Schema, size: int
+             ) -> Iterator[pa.Table]:
+    """Record batches regrouped into tables of exactly ``size`` rows (the last shorter),
+    without copying: tables are slices over the readers' buffers."""
+    pending: list[pa.RecordBatch] = []
+    rows, sent = 0, False
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending, schema)
+            yield table.slice(0, size)
+            sent = True
+            rest = table.slice(size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows or not sent:
+        yield pa.Table.from_batches(pending, schema)
+
+
+@dataclass(frozen=True)
+class _GridCodes:
+    """Unit position → code in a dictionary of distinct ids, per id column: the output's
+    grid ids are dictionary-encoded, a few bytes a row and no string built per row."""
+
+    codes: dict[str, tuple[np.ndarray, pa.Array]]
+
+    @classmethod
+    def of(cls, index: AssignmentIndex) -> _GridCodes:
+        codes = {}
+        for name, ids in (("sub_grid_id", index.sub_grid_ids),
+                          ("main_grid_id", index.main_grid_ids),
+                          ("branch_id", index.branch_ids)):
+            code, distinct = pd.factorize(ids)
+            # position -1 (no unit) picks the trailing -1: a null
+            codes[name] = (np.append(code.astype(np.int32), np.int32(-1)),
+                           pa.array(list(distinct), type=pa.string()))
+        return cls(codes)
+
+    def ids(self, name: str, unit: np.ndarray) -> pa.DictionaryArray:
+        code, dictionary = self.codes[name]
+        pos = code[unit]
+        return pa.DictionaryArray.from_arrays(pa.array(pos, mask=pos < 0), dictionary)
+
+    def append(self, table: pa.Table, res: Assignment) -> pa.Table:
+        """``table`` with the :data:`OUTPUT_COLUMNS` of ``res`` appended."""
+        added = {
+            "sub_grid_id": self.ids("sub_grid_id", res.unit),
+            "main_grid_id": self.ids("main_grid_id", res.unit),
+            "branch_id": self.ids("branch_id", res.unit),
+            "status": pa.DictionaryArray.from_arrays(pa.array(res.code), _STATUS_DICTIONARY),
+            "nearest_grid_id": self.ids("sub_grid_id", res.nearest_unit),
+            "distance_m": pa.array(res.distance_m, from_pandas=True),  # NaN: null
+            "reason": pa.array(res.reason, type=pa.string()),
+        }
+        for name in OUTPUT_COLUMNS:
+            table = table.append_column(name, added[name])
+        for name, values in (res.matches or {}).items():
+            kind = pa.float64() if name == "match_score" else pa.string()
+            table = table.append_column(name, pa.array(values, type=kind, from_pandas=True))
+        return table
+
+
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """Parquet dictionary pages for text (grid ids, statuses, reasons), plain encoding and
+    min/max statistics for the rest: string statistics and dictionary attempts on floats
+    would double the cost of writing."""
+    text = [f.name for f in schema if pa.types.is_dictionary(f.type)
+            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    rest = [f.name for f in schema if f.name not in text]
+    return pq.ParquetWriter(path, schema, use_dictionary=text, write_statistics=rest)
 
 
 class _Writer:
-    """Appends chunks to a CSV or a Parquet file (schema fixed by the first chunk)."""
+    """Appends tables to a CSV or a Parquet file (schema fixed by the first table) on a
+    thread of its own: Arrow encodes and writes without the GIL, so chunk k is written while
+    chunk k + 1 is assigned; at most one table waits, so memory stays flat."""
 
-    def __init__(self, path: str, fmt: str) -> None:
+    def __init__(self, path: Path, fmt: str) -> None:
         self.path, self.fmt = path, fmt
-        self._pq: pq.ParquetWriter | None = None
-        self._first = True
+        self._out: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="territory-write")
+        self._pending: Future[None] | None = None
 
-    def write(self, df: pd.DataFrame) -> None:
-        if self.fmt == "csv":
-            df.to_csv(self.path, mode="w" if self._first else "a", header=self._first,
-                      index=False)
-        else:
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            fields = [pa.field(c, pa.string()) if c in _STRING_COLUMNS
-                      else pa.field(c, pa.float64()) if c in _FLOAT_COLUMNS
-                      else table.schema.field(c) for c in table.column_names]
-            if self._pq is None:
-                self._pq = pq.ParquetWriter(self.path, pa.schema(fields))
-            self._pq.write_table(table.cast(self._pq.schema))
-        self._first = False
+    def _write(self, table: pa.Table) -> None:
+        if self._out is None:
+            self._out = (pacsv.CSVWriter(self.path, table.schema) if self.fmt == "csv"
+                         else _parquet_writer(self.path, table.schema))
+        self._out.write_table(table)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except pa.ArrowException as exc:  # not the input's fault: say so
+                raise OSError(f"output {self.path}: cannot write it ({exc})") from None
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._write, table)
 
     def close(self) -> None:
-        if self._pq is not None:
-            self._pq.close()
-        elif self._first and self.fmt == "parquet":
-            raise InvalidInputError("input has no rows and no schema to write")
-        elif self._first:
-            Path(self.path).touch()  # no rows: an empty file, still one per run
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            if self._out is not None:
+                self._out.close()
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
-                chunk_size: int = 200_000, progress: Progress | None = None,
+                chunk_size: int = 500_000, progress: Progress | None = None,
                 on_warning: Warn | None = None,
                 encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
-    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) through :func:`assign_frame`
-    into ``dst``.
+    """Stream ``src`` (CSV, text in ``encoding``, or Parquet) into ``dst`` with Arrow.
 
-    Every row and column of the input comes out, in order, with :data:`OUTPUT_COLUMNS`
-    added; ``dst`` appears only once complete. ``progress(rows_done, total_or_None)`` is
-    called after each chunk. Returns the number of rows per status. The whole file is
-    checked for a mistaken ``columns.crs``, on a sample drawn across every chunk.
+    Every row and column of the input comes out, in order and of its own type (a CSV's
+    cells as their text), with :data:`OUTPUT_COLUMNS` added: grid ids and ``status``
+    dictionary-encoded, ``distance_m`` float64, ``reason`` text. The rules are those of
+    :func:`assign_frame`, without a pandas round trip: coordinates are read as numpy views
+    of the Arrow columns and the results appended to the input's record batches. Memory
+    holds a few chunks whatever the file's size; ``dst`` appears only once complete.
+    ``progress(rows_done, total_or_None)`` is called after each chunk. Returns the number
+    of rows per status. The whole file is checked for a mistaken ``columns.crs``, on a
+    sample drawn across every chunk.
     """
     check = Sample()
     src, dst = Path(src), Path(dst)
@@ -459,27 +635,30 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
         raise InvalidInputError(f"input {src}: no such file")
     codec(encoding)  # an unknown encoding fails before any output is started
     out_fmt = _format(dst, "output")
-    counts = dict.fromkeys(STATUSES, 0)
+    counts = np.zeros(len(STATUSES), dtype=np.int64)
+    grids = _GridCodes.of(index)
     done = 0
     with atomic_path(dst) as tmp:
-        writer = _Writer(str(tmp), out_fmt)
+        writer = _Writer(tmp, out_fmt)
         try:
             chunks, total = _read_chunks(src, chunk_size, encoding)
             for chunk in chunks:
-                out = _assign_chunk(index, chunk, columns, geocoder, check)
-                writer.write(out)
-                for k, v in out["status"].value_counts().items():
-                    counts[k] += int(v)
-                done += len(out)
+                res = _assign_chunk(index, _ArrowChunk(chunk), columns, geocoder, check)
+                writer.write(grids.append(chunk, res))
+                counts += np.bincount(res.code, minlength=len(STATUSES))
+                done += chunk.num_rows
                 if progress is not None:
                     progress(done, total)
         except UnicodeDecodeError:
             raise decode_error(src, encoding, "input") from None
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, pa.ArrowException) as exc:
+        except pa.ArrowException as exc:
+            if "UTF8" in str(exc) or "UTF-8" in str(exc):
+                raise decode_error(src, encoding, "input") from None
             raise InvalidInputError(
                 f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
                 f"({exc}); check the file is complete and well formed"
             ) from None
-        writer.close()
+        finally:
+            writer.close()
     report(check.fits(populated_units(index)), on_warning)
-    return counts
+    return dict(zip(STATUSES, counts.tolist(), strict=True))

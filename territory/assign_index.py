@@ -84,6 +84,7 @@ import numpy as np
 import pyproj
 import shapely
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from territory.atomic import atomic_path
 from territory.crs import local_projected_crs
@@ -117,7 +118,10 @@ _SUB_BITS = 2
 _PRUNE_SLACK_M = 1e-4
 #: Shewchuk's error bound of the orientation determinant, (3 + 16 eps) eps, rounded up.
 _ORIENT_BOUND = 3.3306690738754716e-16 * 1.01
-_NEAREST_SLICE = 1 << 15  # outside points per slice of the nearest-segment search
+_NEAREST_SLICE = 1 << 15
+#: Beyond this distance (metres) from the service area the plan's UTM zone is too distorted
+#: for distances: they are measured on the ellipsoid instead.
+_FAR_M = 1e6  # outside points per slice of the nearest-segment search
 FORMAT_VERSION = 3
 
 
@@ -446,12 +450,28 @@ class AssignmentIndex:
         (pt, seg), d = self._seg_tree.query_nearest(pts, return_distance=True, all_matches=True)
         order = np.lexsort((a.seg_unit[seg], pt))
         pt, seg, d = pt[order], seg[order], d[order]
-        first = np.r_[True, pt[1:] != pt[:-1]]
+        first = np.r_[True, pt[1:] != pt[:-1]][:len(pt)]
         unit = np.full(len(x), -1, dtype=np.int64)
         dist = np.full(len(x), np.nan)
         unit[pt[first]] = a.seg_unit[seg[first]]
         dist[pt[first]] = d[first]
+        # beyond the local projection's reach (inf, or distorted past use)
+        far = np.flatnonzero((unit < 0) | ~(dist <= _FAR_M))
+        if len(far):
+            unit[far], dist[far] = self._nearest_far(x[far], y[far])
         return unit, dist
+
+    def _nearest_far(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For points too far for the plan's UTM zone (another continent): the unit of the
+        boundary vertex nearest on the ellipsoid's great circles (a chord on the unit
+        sphere orders them the same) and the geodesic distance to it; a boundary segment is
+        metres long, the distance thousands of kilometres."""
+        a = self._a
+        lon, lat = _transformer(self.crs).transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
+                                                    direction="INVERSE")
+        near = cKDTree(_unit_sphere(lon, lat)).query(_unit_sphere(x, y))[1]
+        _, _, metres = pyproj.Geod(ellps="WGS84").inv(x, y, lon[near], lat[near])
+        return self._seg_unit[near], np.asarray(metres, dtype=np.float64)
 
 
 # -------------------------------------------------------------------------------------------
@@ -524,6 +544,11 @@ class _Segments:
         dy *= dy
         dx += dy
         return dx
+
+
+def _unit_sphere(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    lon, lat = np.radians(lon), np.radians(lat)
+    return np.column_stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)])
 
 
 def _transformer(crs: pyproj.CRS) -> pyproj.Transformer:

@@ -111,14 +111,16 @@ def atomic_path(path: str | Path, *, mode: int | None = None) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, replace: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``path`` that becomes ``path`` when the block succeeds.
 
     For files that must appear together: write them all into the yielded folder (with
     :func:`atomic_path` or directly); everything is flushed, then the folder is renamed into
     place in one step. ``path`` must not exist yet (a folder cannot replace another one
-    atomically; publish a new name and switch a link to it instead). On failure the
-    temporary folder is removed.
+    atomically; publish a new name and switch a link to it instead), unless ``replace``: then
+    an existing folder is first moved aside, so that for an instant neither is at ``path``
+    (fine for a dataset written anew each night, not for a plan). On failure the temporary
+    folder is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +130,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        old = None
+        if replace and os.path.lexists(path):
+            old, _ = _reserve(path.parent, path.name, "")
+            os.unlink(old)
+            os.rename(path, old)
         os.rename(tmp, path)
         fsync_path(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -340,8 +340,9 @@ def _demo_outputs(plan, out: Path, data) -> None:
 
 # Commands defined in their own modules register here, one line each.
 # -- registered commands --
-from territory.cli_assign import assign as _assign  # noqa: E402, I001
+from territory.cli_assign import assign as _assign, changes_command as _changes  # noqa: E402, I001
 app.command(name="assign")(_assign)
+app.command(name="changes")(_changes)
 from territory.cli_serve import serve as _serve  # noqa: E402, I001
 app.command(name="serve")(_serve)
 from territory.cli_maps import export as _export, map_command as _map  # noqa: E402, I001

@@ -10,11 +10,15 @@ import codecs
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from territory.errors import InvalidInputError
 
 #: What a CSV is read as unless the caller says otherwise.
 DEFAULT_ENCODING = "utf-8"
+#: Bytes of CSV Arrow parses per block (blocks are parsed in parallel).
+_CSV_BLOCK_BYTES = 8 << 20
 
 
 def codec(encoding: str) -> str:
@@ -55,6 +59,21 @@ def decode_error(path: Path, encoding: str, what: str) -> InvalidInputError:
                 )
             offset += len(line)
     return InvalidInputError(f"{what}: {path} is not {encoding} text; set `encoding`")
+
+
+def csv_options(path: Path, encoding: str) -> tuple[pacsv.ReadOptions, pacsv.ConvertOptions]:
+    """Arrow's CSV options that read ``path`` in ``encoding`` keeping every cell as the text
+    it is ("001" stays "001", a blank stays blank): every column is read as a string, which
+    needs the header's names, read by a first pass over the first block. Arrow parses the
+    blocks on several threads."""
+    name = codec(encoding)
+    read = pacsv.ReadOptions(encoding="utf8" if name == "utf-8-sig" else name,
+                             block_size=_CSV_BLOCK_BYTES)
+    with pacsv.open_csv(path, read_options=read) as probe:
+        names = probe.schema.names
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    return read, convert
 
 
 def read_point_table(path: str | Path, *, encoding: str = DEFAULT_ENCODING,

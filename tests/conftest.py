@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import geopandas as gpd
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 
+from territory.assign import open_index
+from territory.assign_index import AssignmentIndex
 from territory.plan import Plan
 from territory.units import build_units
 
@@ -74,3 +80,53 @@ def make_plan(units: gpd.GeoDataFrame, seed: int) -> Plan:
     counts = units.groupby("sub_grid_id")["subscribers"].sum().to_dict()
     return Plan(units=units, measures=["subscribers"], params={"seed": seed},
                 metrics={"subscribers_per_sub_grid": counts})
+# -- a real plan for the assignment tests (built once per session) --------------------------
+@pytest.fixture(scope="session")
+def plan_file(tmp_path_factory) -> Path:
+    """A real plan, built once: Xiamen island (Siming, Huli), H3 resolution 7-9 clipped to
+    the districts, 3 main grids of 2 sub-grids."""
+    from territory.boundaries import load_city
+    from territory.hierarchy import HierarchySpec
+    from territory.pipeline import Inputs, UnitOptions, run
+    from territory.synth import generate_city
+
+    logging.getLogger("territory").setLevel(logging.ERROR)
+    areas = load_city("xiamen")
+    areas = areas[areas["adcode"].isin(["350203", "350206"])].reset_index(drop=True)
+    data = generate_city(areas, n_customers=5000, seed=1)
+    result = run(
+        Inputs(areas, "adcode", data.customers),
+        UnitOptions(resolution=9, target_per_unit=40, min_resolution=7),
+        HierarchySpec(measures={"subscribers": 0.5}, n_main=3, n_sub=2, time_limit_main=3,
+                      time_limit_sub=1, workers=1),
+    )
+    return result.plan.save(tmp_path_factory.mktemp("plan") / "plan.gpkg")
+
+
+@pytest.fixture(scope="session")
+def plan(plan_file) -> Plan:
+    return Plan.load(plan_file)
+
+
+@pytest.fixture(scope="session")
+def index(plan_file) -> AssignmentIndex:
+    return open_index(plan_file)
+
+
+@pytest.fixture(scope="session")
+def inside_points(plan) -> tuple[np.ndarray, np.ndarray]:
+    """One point well inside every unit (far from any boundary)."""
+    pts = shapely.point_on_surface(plan.units.geometry.values)
+    return shapely.get_x(pts), shapely.get_y(pts)
+
+
+def customers(plan: Plan, n: int, seed: int = 0) -> pd.DataFrame:
+    """Customers around the plan (some outside), text coordinates with gaps and words."""
+    rng = np.random.default_rng(seed)
+    b = plan.units.total_bounds
+    lng = rng.uniform(b[0] - 0.01, b[2] + 0.01, n).round(7).astype(object)
+    lat = rng.uniform(b[1] - 0.01, b[3] + 0.01, n).round(7).astype(object)
+    lng[::97] = None
+    lat[::89] = "n/a"
+    return pd.DataFrame({"customer": [f"C{i:06d}" for i in range(n)], "lng": lng, "lat": lat,
+                         "code": [f"{i % 13:03d}" for i in range(n)]})
