@@ -23,10 +23,18 @@ def test_shipped_model_loads_and_prices_rows():
     np.testing.assert_allclose(m.row_hours("key_accounts", ka), [6 + 1.0 * 5])
 
 
-def test_unknown_tier_and_bad_values_are_named():
+def test_unknown_tier_is_counted_as_the_default_and_named(caplog):
     m = load_model()
-    with pytest.raises(InvalidInputError, match="'platinum'"):
-        m.row_hours("customers", pd.DataFrame({"segment": ["platinum"]}))
+    c = m.customers
+    with caplog.at_level("WARNING", logger="territory.workload"):
+        hours = m.row_hours("customers", pd.DataFrame({c.tier_column: ["platinum", "big"]}))
+    assert "'platinum'" in caplog.text and repr(c.missing_tier) in caplog.text
+    assert hours[0] == c.hours_per_customer[c.missing_tier]
+    assert hours[1] == c.hours_per_customer["big"]
+
+
+def test_bad_values_are_named():
+    m = load_model()
     with pytest.raises(InvalidInputError, match="households.*rows \\[1\\]"):
         m.row_hours("communities", pd.DataFrame({"households": [10, -3]}))
 
