@@ -14,7 +14,7 @@ from territory.geocode import DEFAULT_MIN_SCORE
 
 
 def _geocoder(gazetteer: Path | None, gazetteer_crs: str | None, min_score: float,
-              service: str | None, options: list[str], service_crs: str):
+              service: str | None, options: list[str], service_crs: str | None):
     """The geocoder the options ask for: none, the offline gazetteer, or a geopy service."""
     from territory.geocode import Gazetteer, geopy_geocoder
 
@@ -31,7 +31,8 @@ def _geocoder(gazetteer: Path | None, gazetteer_crs: str | None, min_score: floa
             raise InvalidInputError(f"--geocoder-option {opt!r}: write KEY=VALUE, e.g. "
                                     "user_agent=my-company-territory")
         kwargs[key] = value
-    return geopy_geocoder(service, crs=service_crs, **kwargs)
+    # AMap answers in GCJ-02, Baidu in BD-09: the system is never assumed
+    return geopy_geocoder(service, crs=require_crs(service_crs, "--geocoder-crs"), **kwargs)
 
 
 def assign(
@@ -65,7 +66,9 @@ def assign(
                                                               "default)")] = None,
     geocoder_option: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the geopy "
                                                                    "service")] = None,
-    geocoder_crs: Annotated[str, typer.Option(help="CRS the service answers in")] = "wgs84",
+    geocoder_crs: Annotated[str | None, typer.Option(help="CRS the geocoding service answers "
+                                                          "in (required with "
+                                                          "--geocoder-service)")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk")] = 500_000,
     rebuild_index: Annotated[bool, typer.Option(help="Rebuild <plan>.index.npz")] = False,
     previous: Annotated[Path | None, typer.Option(help="The previous run's output: with "

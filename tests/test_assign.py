@@ -513,3 +513,14 @@ def test_cli_assign_by_address(plan_file, inside_points, tmp_path):
     assert got["match_level"].tolist()[:1] == ["community"] and got["match_score"][2] < 90
     res = CliRunner().invoke(app, [*args, "--gazetteer-crs", "wgs84", "--min-score", "75"])
     assert pd.read_csv(out)["status"].tolist() == ["ok", "needs_review", "ok"]
+
+
+def test_cli_geocoding_service_needs_its_crs(plan_file, tmp_path):
+    """AMap answers in GCJ-02 and Baidu in BD-09: the service's system is never assumed."""
+    src = tmp_path / "addr.csv"
+    pd.DataFrame({"address": ["深圳市南山区科苑路15号"]}).to_csv(src, index=False)
+    res = CliRunner().invoke(app, ["assign", str(plan_file), str(src), "--out",
+                                   str(tmp_path / "o.csv"), "--address-column", "address",
+                                   "--geocoder-service", "nominatim"])
+    assert res.exit_code == 2 and "--geocoder-crs is required" in " ".join(res.output.split())
+    assert not (tmp_path / "o.csv").exists()
