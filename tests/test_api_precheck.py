@@ -8,6 +8,7 @@ job with the same problem.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.jobs import PREPARED, JobRunner, Prepared
+import api.jobs
+import territory.pipeline
+from api.jobs import PREPARED, JobRunner, Prepared, run_job
 from api.main import create_app
 from api.store import PlanStore
+from territory.boundaries import load_city
+from territory.synth import generate_city
 from tests.test_api import assert_problem, headers, settings_for, wait_for_job
 
 #: 60 main grids on coarse units of Xiamen (resolution 7, ~400 customers a unit): a unit of
@@ -29,15 +34,17 @@ IMPOSSIBLE: dict[str, Any] = {
                    "target_per_unit": 400, "balance": {"subscribers": 0.05}},
 }
 FEASIBLE: dict[str, Any] = {
-    **IMPOSSIBLE, "parameters": {**IMPOSSIBLE["parameters"], "main_grids": 6,
-                                 "balance": {"subscribers": 0.5}}}
+    **IMPOSSIBLE, "parameters": {**IMPOSSIBLE["parameters"], "main_grids": 6, "sub_grids": 2,
+                                 "balance": {"subscribers": 0.5}, "time_limit_main": 2,
+                                 "time_limit_sub": 1}}
 
 
 def _jobs(client: TestClient) -> int:
     return client.get("/jobs", headers=headers("viewer")).json()["count"]
 
 
-def _assert_fix_in_request_fields(problem: dict[str, Any], prefix: str) -> None:
+def _assert_fix_in_request_fields(problem: dict[str, Any], prefix: str,
+                                  measure: str = "subscribers") -> None:
     assert problem["type"] == "urn:territory:problem:infeasible"
     assert "n_main" not in problem["detail"] and "main_grids=" in problem["detail"]
     errors = problem["errors"]
@@ -46,7 +53,7 @@ def _assert_fix_in_request_fields(problem: dict[str, Any], prefix: str) -> None:
         assert "Proven from the unit loads" in e["message"] and "n_main" not in e["message"]
         # the largest workable count, finer units, or the tolerance that would do
         assert "main_grids=" in e["fix"] and f"{prefix}target_per_unit" in e["fix"]
-        assert f"{prefix}balance.subscribers of at least" in e["fix"]
+        assert f"{prefix}balance.{measure} of at least" in e["fix"]
 
 
 @pytest.fixture
@@ -66,8 +73,8 @@ def test_an_impossible_request_is_refused_before_any_job(tmp_path: Path) -> None
     assert not any((tmp_path / "uploads").glob("*"))  # nothing left behind
 
 
-def test_a_feasible_request_is_queued_with_its_units(tmp_path: Path,
-                                                    queued: list[str]) -> None:
+def test_a_feasible_request_is_queued_with_its_units(
+        tmp_path: Path, queued: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     with TestClient(create_app(settings_for(tmp_path))) as client:
         r = client.post("/plans", json=FEASIBLE, headers=headers("planner"))
         assert r.status_code == 202, r.text
@@ -78,6 +85,30 @@ def test_a_feasible_request_is_queued_with_its_units(tmp_path: Path,
     units, report = prepared.built
     assert len(units) > 1 and units["subscribers"].sum() > 0
     assert report["customers"]["inside"] == len(prepared.inputs.customers)
+    # the job plans on what it was handed: neither reads the inputs nor builds units again
+    for module, name in ((api.jobs, "_inputs"), (territory.pipeline, "build_unit_table")):
+        monkeypatch.setattr(module, name, lambda *a, n=name, **k: pytest.fail(f"{n} called"))
+    run_job(str(tmp_path), queued[0], 1)
+    job = PlanStore(tmp_path).get_job(queued[0])
+    assert job.status == "done", job.error
+    assert not PlanStore(tmp_path).upload_dir(queued[0]).exists()
+
+
+def test_an_impossible_upload_names_the_fields_of_its_request_part(tmp_path: Path) -> None:
+    areas = load_city("xiamen")
+    csv = generate_city(areas, n_customers=3000, seed=0).customers[["lng", "lat"]].to_csv(
+        index=False).encode()
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        r = client.post("/plans/upload", headers=headers("planner"), data={
+            # a table of coordinates only: its customers are what can be balanced
+            "request": json.dumps({"parameters": {**IMPOSSIBLE["parameters"],
+                                                  "balance": {"customers": 0.05}}})}, files={
+            "boundaries": ("areas.geojson", areas.to_json().encode(), "application/geo+json"),
+            "customers": ("c.csv", csv, "text/csv")})
+        _assert_fix_in_request_fields(assert_problem(r, 422), "request.parameters.",
+                                      "customers")
+        assert _jobs(client) == 0
+    assert not any((tmp_path / "uploads").glob("*"))  # the uploaded files are removed
 
 
 def test_a_measure_the_inputs_lack_is_refused_before_any_job(tmp_path: Path) -> None:
