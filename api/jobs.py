@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,11 +33,12 @@ from api.assignment import write_index
 from api.problems import make_problem, territory_problem
 from api.schemas import PlanParameters, TableOptions
 from api.store import PlanStore, now
+from territory.atomic import atomic_path
 from territory.boundaries import load_city, read_boundaries
 from territory.crs_check import Warn
 from territory.errors import TerritoryError
 from territory.hierarchy import HierarchySpec
-from territory.pipeline import Inputs, UnitOptions, read_points, run
+from territory.pipeline import Inputs, UnitOptions, precheck_units, read_points, run
 from territory.synth import generate_city
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,81 @@ def _inputs(source: dict[str, Any], on_warning: Warn) -> Inputs:
                   dissolve_branches=opts.dissolve_branches)
 
 
+def plan_spec(p: PlanParameters, solver_workers: int) -> HierarchySpec:
+    """The library's hierarchy options from a request's plan parameters."""
+    return HierarchySpec(
+        measures=dict(p.balance), n_main=p.main_grids, main_size=p.main_size,
+        n_sub=p.sub_grids, sub_size=p.sub_size, objective=p.objective,
+        time_limit_main=p.time_limit_main, time_limit_sub=p.time_limit_sub,
+        own_grid_islands=p.own_grid_islands, workers=solver_workers, random_state=p.seed,
+    )
+
+
+def _unit_options(p: PlanParameters) -> UnitOptions:
+    return UnitOptions(p.resolution, p.target_per_unit, p.min_resolution)
+
+
+@dataclass
+class Prepared:
+    """What the pre-check read and built for a request, handed to its job so that nothing
+    is read or built twice: the inputs, their CRS warnings, the units and their report."""
+
+    inputs: Inputs
+    warnings: list[str]
+    built: tuple[Any, dict]
+
+
+#: The pre-check's hand-over, in the job's upload folder (removed with it when it ends).
+PREPARED = "prepared.pickle"
+
+
+def prepare(source: dict[str, Any], parameters: PlanParameters, solver_workers: int
+            ) -> Prepared | None:
+    """Read the inputs and build and check their units (:func:`precheck_units`).
+
+    Raises the library's error for a request the inputs cannot serve (a balance measure
+    the tables lack, targets the unit loads cannot meet: what the job would fail with, as
+    422). Inputs that cannot be read, or an unexpected failure, return None: the job meets
+    them again in its first stage and reports them as it always has (400 for a file that
+    cannot be used as sent), so the pre-check never changes how those are answered.
+    """
+    warnings: list[str] = []
+    try:
+        inputs = _inputs(source, warnings.append)
+    except Exception as exc:  # the job meets it again and reports it
+        log.info("pre-check left to the job: inputs not read (%s)", exc)
+        return None
+    try:
+        built = precheck_units(inputs, _unit_options(parameters),
+                               plan_spec(parameters, solver_workers),
+                               stores_as_centres=parameters.stores_as_centres)
+    except TerritoryError:
+        raise
+    except Exception:  # the job meets it again and reports it
+        log.exception("pre-check failed; left to the job")
+        return None
+    return Prepared(inputs, warnings, built)
+
+
+def hand_over(store: PlanStore, job_id: str, prepared: Prepared) -> None:
+    """Pickle the pre-check's work into the job's folder, written atomically: the job is a
+    separate process started later, and a file in its own folder is removed with it."""
+    folder = store.upload_dir(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / PREPARED) as tmp, open(tmp, "wb") as out:
+        pickle.dump(prepared, out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _handed_over(store: PlanStore, job_id: str) -> Prepared | None:
+    """The pre-check's work for this job, if it was done in time (our own file, written by
+    the service that started this process)."""
+    path = store.upload_dir(job_id) / PREPARED
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return pickle.load(f)  # noqa: S301 - written by this service into its own folder
+
+
 def _public_paths(store: PlanStore, source: dict[str, Any]) -> dict[str, str]:
     """The job's files by the names a client knows them by: an upload by its form field,
     a dataset by its name in ``datasets/``; never the server's paths."""
@@ -117,22 +196,22 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
         store.update_job(job_id, warnings=warnings)
 
     try:
-        try:
-            inputs = _inputs(request["source"], warn)
-        except TerritoryError as exc:
-            # the files themselves are unusable: a client error about what was sent
-            raise _Malformed(exc) from exc
+        prepared = _handed_over(store, job_id)
+        if prepared is None:
+            try:
+                inputs = _inputs(request["source"], warn)
+            except TerritoryError as exc:
+                # the files themselves are unusable: a client error about what was sent
+                raise _Malformed(exc) from exc
+        else:
+            inputs = prepared.inputs
+            for message in prepared.warnings:
+                warn(message)
         p = PlanParameters.model_validate(request["parameters"])
-        spec = HierarchySpec(
-            measures=dict(p.balance), n_main=p.main_grids, main_size=p.main_size,
-            n_sub=p.sub_grids, sub_size=p.sub_size, objective=p.objective,
-            time_limit_main=p.time_limit_main, time_limit_sub=p.time_limit_sub,
-            own_grid_islands=p.own_grid_islands, workers=solver_workers,
-            random_state=p.seed,
-        )
         progress = _Progress(store, job_id)
-        result = run(inputs, UnitOptions(p.resolution, p.target_per_unit, p.min_resolution),
-                     spec, stores_as_centres=p.stores_as_centres, progress=progress)
+        result = run(inputs, _unit_options(p), plan_spec(p, solver_workers),
+                     stores_as_centres=p.stores_as_centres, progress=progress,
+                     built=prepared.built if prepared else None)
         progress("saving the plan and its assignment index")
         record = store.add_plan(result.plan, service_area=job.service_area,
                                 created_by=job.created_by, job_id=job_id,
@@ -146,7 +225,9 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
             exc.cause, status=400, paths=_public_paths(store, request["source"])).model_dump())
     except TerritoryError as exc:
         _fail(store, job_id, territory_problem(
-            exc, paths=_public_paths(store, request["source"])).model_dump())
+            exc, paths=_public_paths(store, request["source"]),
+            prefix=parameters_field(request["source"], store.upload_dir(job_id))
+        ).model_dump())
     except Exception as exc:
         log.exception("plan job %s failed", job_id)
         _fail(store, job_id, make_problem(
@@ -154,6 +235,15 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
             kind="internal-error").model_dump())
     finally:
         shutil.rmtree(store.upload_dir(job_id), ignore_errors=True)
+
+
+def parameters_field(source: dict[str, Any], uploads: Path) -> str:
+    """Where a request holds its plan parameters: inside the ``request`` form part of an
+    upload, at the top of a JSON request."""
+    uploaded = any(Path(source[name]).is_relative_to(uploads)
+                   for name in ("boundaries", *POINT_TABLES)
+                   if source.get("kind") == "files" and source.get(name))
+    return "request.parameters." if uploaded else "parameters."
 
 
 class _Interrupted(Exception):
@@ -180,6 +270,7 @@ class JobRunner:
         self.solver_workers = solver_workers
         self.id = f"{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(max_workers=max_running, thread_name_prefix="plan-job")
+        self._precheck = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-precheck")
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._closing = False
@@ -189,6 +280,24 @@ class JobRunner:
         n = self.store.fail_orphaned_jobs(self.id, INTERRUPTED.model_dump())
         if n:
             log.warning("%d unfinished plan jobs of an earlier service marked failed", n)
+
+    def precheck(self, source: dict[str, Any], parameters: PlanParameters, *,
+                 timeout: float) -> Prepared | None:
+        """:func:`prepare` in the pre-check thread, waited for up to ``timeout`` seconds.
+
+        One thread: requests' pre-checks take turns, so a burst of them cannot take every
+        core from running jobs. Past the timeout None is returned and the job checks its
+        own units; the late pre-check still runs to its end (a thread cannot be stopped) and
+        its result is dropped.
+        """
+        if timeout <= 0:
+            return None
+        future = self._precheck.submit(prepare, source, parameters, self.solver_workers)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            log.info("pre-check took over %s s; left to the job", timeout)
+            return None
 
     def submit(self, job_id: str) -> None:
         self._pool.submit(self._supervise, job_id)
@@ -225,6 +334,7 @@ class JobRunner:
             except ProcessLookupError:
                 pass
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._precheck.shutdown(wait=False, cancel_futures=True)
 
 
 def save_upload(store: PlanStore, job_id: str, name: str, suffix: str, data: BinaryIO) -> Path:

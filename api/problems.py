@@ -10,6 +10,7 @@ the internals; they are logged with the request path.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -63,6 +64,13 @@ class ProblemError(HTTPException):
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.body = make_problem(status, detail, kind=kind, title=title, errors=errors)
 
+    @classmethod
+    def of(cls, body: Problem) -> ProblemError:
+        """Raise a problem already made (e.g. by :func:`territory_problem`)."""
+        err = cls(body.status, body.detail)
+        err.body = body
+        return err
+
 
 def make_problem(status: int, detail: str, *, kind: str | None = None,
                  title: str | None = None, errors: list[FieldError] | None = None) -> Problem:
@@ -87,17 +95,39 @@ def public_message(message: str, paths: Mapping[str, str] | None = None) -> str:
     name the client knows the file by, each parameter by this service's field name."""
     for path, name in sorted((paths or {}).items(), key=lambda kv: -len(kv[0])):
         message = message.replace(path, name)
-    return re.sub(r"`(\w+)`", lambda m: f"`{API_FIELDS.get(m[1], m[1])}`", message)
+    message = re.sub(r"`(\w+)`", lambda m: f"`{API_FIELDS.get(m[1], m[1])}`", message)
+    # the pre-check's fixes say a count as ``n_main=3``
+    return re.sub(r"\b(n_main|n_sub)=", lambda m: f"{API_FIELDS[m[1]]}=", message)
+
+
+def shortfall_errors(exc: InfeasibleError, prefix: str = "parameters.") -> list[FieldError]:
+    """The pre-check's refusals (``exc.shortfalls``) as field errors: the grid count of the
+    level, with each fix said in request fields (``prefix`` is where the plan parameters
+    are in the request)."""
+    out = []
+    for s in exc.shortfalls:
+        f = s.shortfall
+        count = "main_grids" if s.level == "branch" else "sub_grids"
+        out.append(FieldError(
+            field=f"{prefix}{count}", message=public_message(s.message()),
+            fix=f"give at most {count}={f.max_grids}, or finer units (a smaller "
+                f"{prefix}target_per_unit or a finer {prefix}resolution), or "
+                f"{prefix}balance.{f.measure} of at least "
+                f"{math.ceil(f.min_tolerance * 1e4) / 1e4:g}"))
+    return out
 
 
 def territory_problem(exc: TerritoryError, status: int = 422, *,
-                      paths: Mapping[str, str] | None = None) -> Problem:
+                      paths: Mapping[str, str] | None = None,
+                      prefix: str = "parameters.") -> Problem:
     """The library's errors: infeasible balance targets and invalid input, with its message
-    (server ``paths`` replaced by their public names, see :func:`public_message`)."""
+    (server ``paths`` replaced by their public names, see :func:`public_message`); targets
+    the pre-check refused name their fields (:func:`shortfall_errors`)."""
     detail = public_message(str(exc), paths)
     if isinstance(exc, InfeasibleError):
         return make_problem(status, detail, kind="infeasible",
-                            title="Balance targets cannot be met")
+                            title="Balance targets cannot be met",
+                            errors=shortfall_errors(exc, prefix))
     if isinstance(exc, InvalidInputError):
         return make_problem(status, detail, kind="invalid-input", title="Invalid input")
     return make_problem(status, detail, kind="territory-error",

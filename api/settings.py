@@ -220,6 +220,13 @@ class Settings(BaseSettings):
     max_running_jobs: int = Field(1, gt=0, description="Plan jobs solved at the same time")
     max_pending_jobs: int = Field(8, gt=0, description="Queued + running jobs before 429")
     solver_workers: int = Field(2, gt=0, description="Worker processes inside one plan job")
+    precheck_seconds: float = Field(
+        20.0, ge=0, description="How long a plan request waits for its inputs' units to be "
+                                "built and checked (422 at once for impossible targets); "
+                                "longer, or 0, and the job's first stage checks them")
+    precheck_max_customers: int = Field(
+        500_000, ge=0, description="Demo requests with more synthetic customers skip the "
+                                   "check before queueing (their job checks them)")
     index_cache_size: int = Field(8, gt=0, description="Assignment indexes kept in memory")
     timezone: str = Field("Asia/Shanghai", description="Zone of effective dates and `as_of`")
     points_crs: Annotated[dict[str, str], NoDecode] = Field(

@@ -134,13 +134,17 @@ class Assignment:
         return self._ids(self.index.sub_grid_ids, self.nearest_unit)
 
     def frame(self, index: pd.Index | None = None) -> pd.DataFrame:
-        """The :data:`OUTPUT_COLUMNS` as a DataFrame (``index`` defaults to a RangeIndex)."""
-        return pd.DataFrame({
+        """The :data:`OUTPUT_COLUMNS` (and :data:`ADDRESS_COLUMNS` when matched) as a
+        DataFrame (``index`` defaults to a RangeIndex)."""
+        df = pd.DataFrame({
             "sub_grid_id": self.sub_grid_id, "main_grid_id": self.main_grid_id,
             "branch_id": self.branch_id, "status": self.status,
             "nearest_grid_id": self.nearest_grid_id, "distance_m": self.distance_m,
-            "reason": self.reason, **(self.matches or {}),
+            "reason": self.reason,
         }, index=index)
+        for name, values in (self.matches or {}).items():  # None stays None, not NaN
+            df[name] = pd.Series(values, index=df.index, dtype=values.dtype)
+        return df
 
 
 def _assign_wgs84(index: AssignmentIndex, x: np.ndarray, y: np.ndarray, status: np.ndarray,

@@ -21,7 +21,12 @@ class InvalidInputError(TerritoryError, ValueError):
 
 
 class InfeasibleError(TerritoryError, ValueError):
-    """Balance targets cannot be met; says which measure, which grid and what would work."""
+    """Balance targets cannot be met; says which measure, which grid and what would work.
+
+    ``shortfalls``: when the pre-check proved it from the unit loads, the
+    :class:`territory.hierarchy.LevelShortfall` of each level and branch (else empty)."""
+
+    shortfalls: list = []
 
 
 class NotSolvedError(TerritoryError, AttributeError):

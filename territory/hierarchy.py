@@ -252,9 +252,7 @@ def build_plan(
     # ---- pre-check: refuse, before any search, targets the unit loads cannot meet ----
     # (not a main grid's sub-grid count: by default it gets the most sub-grids its load
     # allows; when strict the grid is kept flagged in the saved plan, below)
-    short = [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
-    if short:
-        raise InfeasibleError("; ".join(s.message() for s in short))
+    refuse_infeasible(units, spec, counts)
     # ---------------------------------------------------------------------------------
     # many jobs: the annealing stops after 3 epochs without a better plan instead of
     # spending every job's whole time limit
@@ -413,6 +411,19 @@ def precheck_plan(units: pd.DataFrame, spec: HierarchySpec,
                         f"({cap / int(spec.n_sub):.6g}, even in a main grid at the top of its "
                         "band)", w_max * int(spec.n_sub) / (mean_b * (1 + tol[m])) - 1, n_ok)))
     return out
+
+
+def refuse_infeasible(units: pd.DataFrame, spec: HierarchySpec,
+                      counts: pd.Series | None = None) -> None:
+    """Raise :class:`InfeasibleError` for the branch-level shortfalls of
+    :func:`precheck_plan`, kept on the error as ``shortfalls`` so that a caller (the service)
+    can name the parameter of each fix. A main grid's sub-grid shortfall is not refused: by
+    default it gets the most sub-grids its load allows (see :func:`build_plan`)."""
+    short = [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+    if short:
+        err = InfeasibleError("; ".join(s.message() for s in short))
+        err.shortfalls = short
+        raise err
 
 
 def _contracted_loads(units: pd.DataFrame, measures: list[str], together) -> pd.DataFrame:

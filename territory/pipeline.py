@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -19,7 +19,7 @@ from territory.crs import frame_crs, normalize_crs, to_wgs84
 from territory.crs_check import Sample, Warn, report, service_area
 from territory.errors import InvalidInputError, PartialPlanError
 from territory.graph import build_graph
-from territory.hierarchy import HierarchySpec, apportion, build_plan
+from territory.hierarchy import HierarchySpec, apportion, build_plan, refuse_infeasible
 from territory.metrics import plan_metrics
 from territory.plan import Plan
 from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
@@ -305,6 +305,30 @@ def store_centres(units: gpd.GeoDataFrame, stores: pd.DataFrame) -> dict:
     return out
 
 
+def _unit_constraints(units: gpd.GeoDataFrame, inputs: Inputs, spec: HierarchySpec, *,
+                      stores_as_centres: bool) -> None:
+    """Set on ``spec`` what the units decide: key-account groups and store centres."""
+    if not spec.together:
+        spec.together = key_account_groups(units, inputs.key_accounts)
+    if stores_as_centres:
+        spec.centres = store_centres(units, inputs.stores)
+
+
+def precheck_units(inputs: Inputs, opts: UnitOptions, spec: HierarchySpec, *,
+                   stores_as_centres: bool = False) -> tuple[gpd.GeoDataFrame, dict]:
+    """:func:`validate`, build the units and refuse at once (:class:`InfeasibleError`)
+    targets their loads cannot meet: what :func:`run` checks before any search, for a
+    caller that must answer before queueing the search (the service). Returns the units and
+    the aggregation report, to hand to :func:`run` as ``built`` so they are built once;
+    ``spec`` is left as it was."""
+    validate(inputs, opts, spec, stores_as_centres=stores_as_centres)
+    units, report = build_unit_table(inputs, opts)
+    checked = replace(spec)
+    _unit_constraints(units, inputs, checked, stores_as_centres=stores_as_centres)
+    refuse_infeasible(units, checked)
+    return units, report
+
+
 def run(
     inputs: Inputs,
     opts: UnitOptions,
@@ -312,25 +336,25 @@ def run(
     *,
     stores_as_centres: bool = False,
     progress: Progress | None = None,
+    built: tuple[gpd.GeoDataFrame, dict] | None = None,
 ) -> Result:
     """The whole job; returns the plan, its units and graph, and the metrics.
 
     ``progress`` receives every stage (:mod:`territory.progress`) as it starts and steps.
+    ``built``: the units and aggregation report :func:`precheck_units` returned for these
+    inputs and options, used instead of building them again.
     When some grids fail (:class:`PartialPlanError`), the error carries the result of the
     rest as ``result``, for the caller to save.
     """
     progress = progress or silent
     validate(inputs, opts, spec, stores_as_centres=stores_as_centres)
     progress(UNITS, 0, None)
-    units, report = build_unit_table(inputs, opts)
+    units, report = build_unit_table(inputs, opts) if built is None else built
     progress(UNITS, len(units), len(units))
     progress(GRAPH, 0, None)
     graph = build_graph(units)
     progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
-    if not spec.together:
-        spec.together = key_account_groups(units, inputs.key_accounts)
-    if stores_as_centres:
-        spec.centres = store_centres(units, inputs.stores)
+    _unit_constraints(units, inputs, spec, stores_as_centres=stores_as_centres)
     params = {"resolution": opts.resolution, "target_per_unit": opts.target_per_unit,
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],

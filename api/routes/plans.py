@@ -12,6 +12,7 @@ it, so assignment can be asked about a past or future day and gets the plan of t
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
@@ -22,8 +23,15 @@ from pydantic import ValidationError
 
 from api.auth import Planner, Principal, Reader
 from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today, resolve_crs
-from api.jobs import POINT_TABLES, JobRunner, save_upload
-from api.problems import ERRORS, ProblemError, field_errors, field_problem, unsupported_file
+from api.jobs import POINT_TABLES, JobRunner, hand_over, plan_spec, save_upload
+from api.problems import (
+    ERRORS,
+    ProblemError,
+    field_errors,
+    field_problem,
+    territory_problem,
+    unsupported_file,
+)
 from api.routes.jobs import public_job
 from api.schemas import (
     MAX_LIMIT,
@@ -42,6 +50,7 @@ from api.schemas import (
 )
 from api.settings import Settings
 from api.store import PlanRecord, PlanStore, WindowRecord
+from territory.errors import TerritoryError
 
 router = APIRouter(prefix="/plans", tags=["plans"])
 
@@ -85,10 +94,37 @@ def _plans_page(store: PlanStore, records: list[PlanRecord], count: int, on: dat
 
 
 # -- creation ------------------------------------------------------------------------------
-def _submit(store: PlanStore, runner: JobRunner, user: Principal, response: Response, *,
-            service_area: str, source: dict[str, Any], parameters: PlanParameters,
-            job_id: str | None = None) -> JobPublic:
-    """Queue a plan job and answer 202 with its Location."""
+def _precheck(store: PlanStore, runner: JobRunner, settings: Settings, job_id: str, *,
+              source: dict[str, Any], parameters: PlanParameters, prefix: str) -> None:
+    """Refuse (422, naming the fields and the fix) a request whose parameters or targets
+    cannot work, before a job is queued; hand the units built for the check to the job.
+
+    The parameters are checked at once; the units only when that is quick: a large demo
+    city, or a check past ``precheck_seconds``, is left to the job's first stage, which
+    fails the job with the same problem. (This route is a plain function, so FastAPI runs
+    it in a worker thread: the event loop is never held up.)"""
+    try:
+        plan_spec(parameters, settings.solver_workers).validate(
+            centred=parameters.stores_as_centres)
+        quick = source["kind"] != "demo" or \
+            source["customers"] <= settings.precheck_max_customers
+        prepared = runner.precheck(source, parameters, timeout=settings.precheck_seconds) \
+            if quick else None
+    except TerritoryError as exc:
+        shutil.rmtree(store.upload_dir(job_id), ignore_errors=True)
+        raise ProblemError.of(territory_problem(exc, prefix=prefix)) from None
+    if prepared is not None:
+        hand_over(store, job_id, prepared)
+
+
+def _submit(store: PlanStore, runner: JobRunner, settings: Settings, user: Principal,
+            response: Response, *, service_area: str, source: dict[str, Any],
+            parameters: PlanParameters, job_id: str | None = None,
+            prefix: str = "parameters.") -> JobPublic:
+    """Pre-check the request, queue a plan job and answer 202 with its Location."""
+    job_id = job_id or store.new_job_id()
+    _precheck(store, runner, settings, job_id, source=source, parameters=parameters,
+              prefix=prefix)
     job = store.create_job(
         job_id=job_id, service_area=service_area, created_by=user.name, runner=runner.id,
         request={"source": source, "parameters": parameters.model_dump(mode="json")},
@@ -147,8 +183,8 @@ def create_plan(body: PlanCreate, user: Planner, store: StoreDep, runner: Runner
         source["points_crs"] = resolve_crs(src.points_crs, settings, area, "source.points_crs")
     else:
         source, area = src.model_dump(), body.service_area or src.city
-    return _submit(store, runner, user, response, service_area=area, source=source,
-                   parameters=body.parameters)
+    return _submit(store, runner, settings, user, response, service_area=area,
+                   source=source, parameters=body.parameters)
 
 
 def _suffix(upload: UploadFile, field: str, suffixes: tuple[str, ...]) -> str:
@@ -201,8 +237,9 @@ def upload_plan(
     source["kind"], source["points_crs"] = "files", points_crs
     for name, (upload, suffix) in files.items():
         source[name] = str(save_upload(store, job_id, name, suffix, upload.file))
-    return _submit(store, runner, user, response, service_area=area, source=source,
-                   parameters=body.parameters, job_id=job_id)
+    return _submit(store, runner, settings, user, response, service_area=area,
+                   source=source, parameters=body.parameters, job_id=job_id,
+                   prefix="request.parameters.")
 
 
 # -- reading -------------------------------------------------------------------------------
