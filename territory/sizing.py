@@ -30,8 +30,9 @@ a planner would recognise (the synthetic demo has about 1.55 subscribers per cus
   densest resolution-11 cell, ~200 customers, is a little over that cap of 160).
 * **Time limits** (the optimizer's budget, seconds): per branch ``units per branch / 30``
   clipped to 5..60; per main grid ``units per main grid / 20`` clipped to 5..20, the units
-  being estimated as ``N / target_per_unit``. A 5 000-customer city gets 5 s per branch, not
-  the 50-60 s a 300 000-customer one needs.
+  being estimated as ``N / 20`` (the typical unit size, or ``N / target_per_unit`` when one
+  is given), so that more customers never get less time. A 5 000-customer city gets 5 s
+  per branch, not the 50-60 s a 300 000-customer one needs.
 * **Stores** (自有渠道): one per main grid (:attr:`DemoSizing.n_stores`), so that
   ``--stores-as-centres`` gives the same number of main grids as the default plan.
 
@@ -147,7 +148,10 @@ def demo_sizing(
         cap = min(per_sub / 3, PEAK_UNITS * tpu)
         resolution = next((r for r, share in PEAK_SHARE.items() if n_customers * share <= cap),
                           max(PEAK_SHARE))
-    n_units = n_customers / tpu
+    # the time limits follow the customers, not the rounding of the unit size: an estimate
+    # of the units at the typical size (or the one given), so more customers never get less
+    n_units = n_customers / (target_per_unit or _clip(CUSTOMERS_PER_SUB / UNITS_PER_SUB,
+                                                      TARGET_PER_UNIT_RANGE))
     return DemoSizing(
         n_customers=n_customers, n_branches=n_branches, n_main=n_main, n_sub=n_sub,
         target_per_unit=tpu, resolution=resolution,
