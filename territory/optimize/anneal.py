@@ -215,7 +215,7 @@ def _arrays(P, labels, model, objective, movable, centres):
         indices=np.ascontiguousarray(P.indices, np.int64),
         elen=np.ascontiguousarray(P.elen, np.float64),
         W=np.ascontiguousarray(P.W, np.float64),
-        lo=np.ascontiguousarray(lo, np.float64), hi=np.ascontiguousarray(hi, np.float64),
+        lo=np.array(lo, np.float64), hi=np.array(hi, np.float64),  # writable: one kernel type
         scale=np.ascontiguousarray(model.scale, np.float64),
         movable=np.ascontiguousarray(movable, np.uint8),
         xy=xy, presence=np.ascontiguousarray(P.presence, np.float64), centres=cen,
