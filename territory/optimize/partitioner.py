@@ -245,8 +245,7 @@ class Partitioner:
                     C.xy, C.presence, C.W, search.centres, lo, hi, locked=c_locked,
                     time_limit=left * 0.8,
                 )
-                bound_kind = how if bound is None else (
-                    f"{how} of the LP over all balanced assignments to the plan's centres")
+                bound_kind = f"{how}, for balanced assignments to the plan's centres"
         labels[rest] = c_labels[member]
         self._finish(P, labels, k, own, model, search, objective, bound,
                      bound_kind, status, feasible, t0)
@@ -396,10 +395,8 @@ class Partitioner:
             if centre_pos is not None or time.monotonic() > t0 + 0.4 * self.time_limit:
                 search = best
                 break
-        if feasible:
-            search.compact(deadline)
-        # the anytime part: anneal until the budget is spent, minus what the steps after it
-        # need (the exact MIP on small instances; the LP bound for the distance objective)
+        # what the steps after the search need (the exact MIP on small instances; the LP
+        # bound for the distance objective): neither the descent nor the anneal may use it
         left = deadline - time.monotonic()
         small = C.n <= EXACT_MAX_UNITS
         if small and (self.exact or not feasible):
@@ -408,6 +405,9 @@ class Partitioner:
             reserve = 0.15 * self.time_limit
         else:
             reserve = 0.02 * self.time_limit
+        if feasible:
+            search.compact(deadline - reserve)
+        # the anytime part: anneal until the budget is spent, minus the reserve
         if balance.n_grids > 1 and movable.any():
             self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
                                   max_epochs=self.max_epochs, patience=self.patience,

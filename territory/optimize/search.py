@@ -433,7 +433,7 @@ class LocalSearch:
             if len(i) == 0:
                 return
             if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
-                           rescore=self._feasible_compact) == 0:
+                           rescore=self._feasible_compact, deadline=deadline) == 0:
                 return
 
     def clone(self) -> LocalSearch:
