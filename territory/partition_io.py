@@ -42,7 +42,8 @@ def run_partition(graph: nx.Graph, partitioner: Partitioner) -> tuple[pd.Series,
         "units": graph.number_of_nodes(),
         "objective": f"{p.objective_:.6g}" + (" m (weighted mean distance to centre)"
                                             if p.objective == "distance" else " (boundary)"),
-        "lower bound": "none" if p.bound_ is None else f"{p.bound_:.6g} ({p.bound_kind_})",
+        "lower bound": (f"none ({p.bound_kind_ or 'not computed'})" if p.bound_ is None
+                        else f"{p.bound_:.6g} ({p.bound_kind_})"),
         "gap": "n/a" if p.gap_ is None else f"{p.gap_:.2%}",
         "status": p.status_ + (" (proven optimal)" if p.status_ == "optimal" else ""),
         "contiguous": p.contiguous_,

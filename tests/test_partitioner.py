@@ -302,3 +302,46 @@ def test_patience_ends_the_search_when_it_stops_improving():
                     patience=1).solve(g)
     assert_valid(g, p, 2, {"subscribers": 0.05})
     assert p.time_ < 30  # far from the time limit: a few short epochs at most
+
+
+def test_limited_graph_distances_keep_the_nearest_candidates():
+    """The start's Dijkstra stops at a radius; every unit's nearest centres and their path
+    lengths are those of the full search, and no cut-off distance undercuts a true one."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import dijkstra
+
+    from territory.optimize.partitioner import _graph_distances
+    from territory.optimize.problem import problem_from_graph
+
+    P = problem_from_graph(lattice(30, 30, seed=3), MEASURES)
+    src = np.random.default_rng(0).choice(P.n, 40, replace=False)
+    D = _graph_distances(P, src, 8)
+    A = P.adjacency().tocoo()
+    G = sp.csr_matrix(
+        (np.hypot(*(P.xy[A.row] - P.xy[A.col]).T) + 1e-3, (A.row, A.col)), shape=A.shape)
+    E = np.hypot(*(P.xy[None, :, :] - P.xy[src][:, None, :]).transpose(2, 0, 1))
+    full = dijkstra(G, directed=False, indices=src) + 0.5 * E
+    near = np.sort(np.argpartition(full, 7, axis=0)[:8], axis=0)
+    assert np.array_equal(near, np.sort(np.argpartition(D, 7, axis=0)[:8], axis=0))
+    rows = np.arange(P.n)
+    assert np.allclose(D[near, rows], full[near, rows])
+    assert np.all(D <= full + 1e-6)
+
+
+def test_lagrangian_bound_is_below_the_lp_optimum():
+    """A column generation cut short still bounds the LP from below."""
+    from territory.optimize.lp import solve_balanced_lp
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 1000, (400, 2))
+    W = rng.uniform(1, 3, (400, 2))
+    centres = xy[:6]
+    mu = W.sum(axis=0) / 6
+    lo, hi = np.tile(0.95 * mu, (6, 1)), np.tile(1.05 * mu, (6, 1))
+    pres = W.mean(axis=1)
+    _, short = solve_balanced_lp(xy, pres, W, centres, lo, hi, candidates=1, max_rounds=1)
+    _, full = solve_balanced_lp(xy, pres, W, centres, lo, hi, candidates=1, max_rounds=50)
+    assert full["converged"]
+    assert short["lagrangian"] is not None
+    assert short["lagrangian"] <= full["result"].value + 1e-6
+    assert full["lagrangian"] == pytest.approx(full["result"].value, rel=1e-6)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from territory.optimize.recom import recombine
+
 BOUNDARY, DISTANCE = 0, 1
 
 # The schedule, in units of a typical move's objective change (temperature) and of the
@@ -215,7 +217,7 @@ def _arrays(P, labels, model, objective, movable, centres):
         indices=np.ascontiguousarray(P.indices, np.int64),
         elen=np.ascontiguousarray(P.elen, np.float64),
         W=np.ascontiguousarray(P.W, np.float64),
-        lo=np.ascontiguousarray(lo, np.float64), hi=np.ascontiguousarray(hi, np.float64),
+        lo=np.array(lo, np.float64), hi=np.array(hi, np.float64),  # writable: one kernel type
         scale=np.ascontiguousarray(model.scale, np.float64),
         movable=np.ascontiguousarray(movable, np.uint8),
         xy=xy, presence=np.ascontiguousarray(P.presence, np.float64), centres=cen,
@@ -278,12 +280,15 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
     segments (the distance objective re-centres its grids between them), each run in
     kernel calls of at most CHUNK proposals, so the deadline is checked every few tens of
     milliseconds. Call j of segment s of epoch e is seeded from (seed, e, s, j): the walk
-    does not depend on the clock, only how far along it gets does.
+    does not depend on the clock, only how far along it gets does. For the boundary
+    objective an epoch e > 0 starts from the best plan with two grids recombined
+    (:mod:`.recom`, seeded from (seed, e)), a jump out of the best plan's basin.
     """
     import time
 
     P, model = search.P, search.model
     distance = search.objective == "distance"
+    recombine_starts = not distance  # its split is chosen by boundary length
     recentre = distance and not search.fixed_centres
     arr = _arrays(P, search.labels, model, search.objective, search.movable, search.centres)
     typ = max(typical_delta(P, search.objective), 1e-12)
@@ -302,6 +307,13 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
             patience is None or best is None or epoch - last_gain < patience):
         if best is not None:
             cur = best.copy()
+            if recombine_starts and epoch > 0:
+                # a later epoch starts from the best plan with two grids recombined: a
+                # jump single moves would need a long detour out of balance to make
+                jump = recombine(P, cur, model, search.movable.astype(bool),
+                                 np.random.default_rng(seed + 7 * epoch))
+                if jump is not None:
+                    cur = jump
         t0 = T_hi * REHEAT[epoch % len(REHEAT)]
         seg_iters = max(epoch_iterations(P.n, epoch) // segments, 1)
         calls = -(-seg_iters // CHUNK)

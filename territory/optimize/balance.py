@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -105,13 +106,22 @@ class BalanceModel:
         return np.maximum(self.mean, 1e-12)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi), each n_grids x m; ±inf for exempt grids and for a lone balanced grid."""
+        """(lo, hi), each n_grids x m; ±inf for exempt grids and for a lone balanced grid.
+
+        Read-only and built once: the search asks for them on every scored move."""
+        return self._bounds
+
+    @cached_property
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
         k, m = self.n_grids, len(self.measures)
         lo = np.tile((1 - self.tolerance) * self.mean, (k, 1))
         hi = np.tile((1 + self.tolerance) * self.mean, (k, 1))
         free = sorted(self.exempt) + ([0] if self.n_balanced == 1 else [])
         lo[free], hi[free] = -np.inf, np.inf
-        return lo.reshape(k, m), hi.reshape(k, m)
+        lo, hi = lo.reshape(k, m), hi.reshape(k, m)
+        lo.setflags(write=False)
+        hi.setflags(write=False)
+        return lo, hi
 
     # -- judging loads -------------------------------------------------------------------
     def excess(self, loads: np.ndarray, grids: np.ndarray | None = None) -> np.ndarray:

@@ -97,10 +97,15 @@ def solve_balanced_lp(
     model.add(rows, cols, cost)
     sol = model.solve(deadline)
     best = sol if sol["optimal"] else None
-    for _ in range(max_rounds - 1):
+    lagrangian = None
+    for _ in range(max_rounds):
         if not sol["optimal"] or time.monotonic() >= deadline:
             break
-        nr, nc = _price(xy, presence, W, centres, sol, locked, D)
+        nr, nc, short = _price(xy, presence, W, centres, sol, locked, D)
+        # Lagrangian bound: the restricted LP's value plus, for every unit, its most
+        # negative reduced cost (each unit's assignments sum to 1), valid every round
+        bound = sol["result"].value + short
+        lagrangian = bound if lagrangian is None else max(lagrangian, bound)
         if len(nr) == 0:
             sol["converged"] = True
             break
@@ -108,7 +113,9 @@ def solve_balanced_lp(
         sol = model.solve(deadline)
         if sol["optimal"]:
             best = sol
-    return (best or sol)["result"], (best or sol)
+    out = best or sol
+    out["lagrangian"] = lagrangian
+    return out["result"], out
 
 
 def _admissible(rows, cols, locked, k):
@@ -124,13 +131,15 @@ def _admissible(rows, cols, locked, k):
 
 def _price(xy, presence, W, centres, sol, locked, D=None, per_unit: int = 3):
     """Columns with negative reduced cost c_ij - y_i - sum_m W_im pi_jm (the most negative
-    few per unit), computed in chunks so the n x k matrix never sits in memory whole."""
+    few per unit), computed in chunks so the n x k matrix never sits in memory whole; and
+    the sum over units of their most negative reduced cost (<= 0)."""
     n, m = W.shape
     k = len(centres)
     y = sol["duals"][:n]
     pi = sol["duals"][n:].reshape(k, m)
     tol = 1e-7 * max(1.0, abs(sol["result"].value) / n)
     out_r, out_c = [], []
+    short = 0.0
     for s in range(0, n, 2048):
         rr = np.arange(s, min(n, s + 2048))
         d = _distance_block(xy, centres, rr, D)
@@ -140,10 +149,11 @@ def _price(xy, presence, W, centres, sol, locked, D=None, per_unit: int = 3):
         t = min(per_unit, k)
         best = np.argpartition(rc, t - 1, axis=1)[:, :t]
         val = np.take_along_axis(rc, best, axis=1)
+        short += float(np.minimum(val.min(axis=1), 0.0).sum())
         r_i, c_i = np.nonzero(val < -tol)
         out_r.append(rr[r_i])
         out_c.append(best[r_i, c_i])
-    return np.concatenate(out_r), np.concatenate(out_c)
+    return np.concatenate(out_r), np.concatenate(out_c), short
 
 
 class _Model:
@@ -231,9 +241,21 @@ def lp_lower_bound(
     *,
     locked: np.ndarray | None = None,
     time_limit: float = 30.0,
-) -> float | None:
-    """LP optimum over all assignments to ``centres``; None when pricing did not finish."""
-    _, sol = solve_balanced_lp(
+) -> tuple[float, str]:
+    """A lower bound on the LP over all assignments to ``centres``, and what it is: the
+    LP optimum when pricing finished, else the best of the Lagrangian bound of the priced
+    rounds and the nearest-centre assignment (weaker, still valid)."""
+    res, sol = solve_balanced_lp(
         xy, presence, W, centres, lo, hi, locked=locked, time_limit=time_limit, max_rounds=50
     )
-    return sol["result"].value if sol["converged"] else None
+    if sol["converged"]:
+        return sol["result"].value, "LP optimum"
+    # balance relaxed altogether (the Lagrangian with zero multipliers): every unit to its
+    # nearest centre; always at hand, used when the LP gave nothing better in its time
+    nearest = float((presence * cKDTree(centres).query(xy)[0]).sum())
+    lagrangian = sol.get("lagrangian")
+    if lagrangian is not None and lagrangian > nearest:
+        return lagrangian, "Lagrangian bound (column generation cut by time)"
+    why = ("column generation cut by time" if lagrangian is not None
+           else f"its first solve ended {res.status} within {time_limit:.1f} s")
+    return nearest, f"nearest-centre bound, balance relaxed (the LP: {why})"

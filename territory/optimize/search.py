@@ -140,8 +140,10 @@ class LocalSearch:
         weighted distance of the grid's units to it)."""
         xy, p = self.P.xy, self.P.presence
         cents = np.zeros((self.k, 2))
-        for j in range(self.k):
-            idx = np.flatnonzero(self.labels == j)
+        # one sort instead of k scans of the labels
+        order = np.argsort(self.labels, kind="stable")
+        members = np.split(order, np.cumsum(np.bincount(self.labels, minlength=self.k))[:-1])
+        for j, idx in enumerate(members):
             w = p[idx] + 1e-12
             c = (xy[idx] * w[:, None]).sum(axis=0) / w.sum()
             # the exact medoid for grids of up to 400 units, else among 64 near the centroid
@@ -242,7 +244,8 @@ class LocalSearch:
         self.lab[i] = b
         self.stats.moves += 1
 
-    def _round(self, score: np.ndarray, i, a, b, limit: float = 0.0, rescore=None) -> int:
+    def _round(self, score: np.ndarray, i, a, b, limit: float = 0.0, rescore=None,
+               deadline: float = np.inf) -> int:
         """Apply the best moves with score < limit, best first; return how many.
 
         With ``rescore`` every move is scored again against the current loads just before it
@@ -253,7 +256,9 @@ class LocalSearch:
         order = order[score[order] < limit]
         touched: set[int] = set()
         applied = 0
-        for t in order.tolist():
+        for n_seen, t in enumerate(order.tolist()):
+            if n_seen % 256 == 255 and time.monotonic() > deadline:
+                break  # a round over 50 000 units can outlast the phase's share of time
             ai, bi, ii = int(a[t]), int(b[t]), int(i[t])
             if self.lab[ii] != ai or not any(self.lab[v] == bi for v in self.nbrs[ii]):
                 continue  # an earlier move of this round changed the unit's surroundings
@@ -285,7 +290,8 @@ class LocalSearch:
                 comp = compact_weight * self._delta_compact(i, a, b) / scale
                 return self._balance_score(self.P.W[i], a, b, comp)
 
-            moved = self._round(score_of(i, a, b), i, a, b, limit=-1e-12, rescore=score_of)
+            moved = self._round(score_of(i, a, b), i, a, b, limit=-1e-12, rescore=score_of,
+                                deadline=deadline)
             moved += self._swap_round(deadline)
             if moved == 0:
                 moved = self._chain_round(deadline)
@@ -427,7 +433,7 @@ class LocalSearch:
             if len(i) == 0:
                 return
             if self._round(self._feasible_compact(i, a, b), i, a, b, limit=-eps,
-                           rescore=self._feasible_compact) == 0:
+                           rescore=self._feasible_compact, deadline=deadline) == 0:
                 return
 
     def clone(self) -> LocalSearch:
