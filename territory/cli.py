@@ -123,6 +123,9 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
         f"{rep.get('outside', 0)} outside, {rep.get('invalid', 0)} invalid; "
         f"islands joined: {len(result.graph.graph['islands'])}"
     )
+    for b, r in result.plan.params.get("main_grids_reduced", {}).items():
+        console.print(f"[yellow]branch {escape(b)}: {r['used']} main grids instead of "
+                      f"{r['requested']}[/] ({escape(r['reason'])})", highlight=False)
     for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
         console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
                       f"{r['requested']}[/] (its load cannot be balanced over "

@@ -86,7 +86,7 @@ def demo_job(
     spec = HierarchySpec(
         measures=dict(DEMO_BALANCE), n_main=size.n_main, n_sub=size.n_sub, sub_size=sub_size,
         time_limit_main=size.time_limit_main, time_limit_sub=size.time_limit_sub,
-        workers=workers, random_state=seed,
+        workers=workers, random_state=seed, fit_main=main_grids is None,
     )
     units = UnitOptions(size.resolution, size.target_per_unit, size.min_resolution)
     return DemoJob(size, data, inputs, units, spec)

@@ -73,6 +73,10 @@ class HierarchySpec:
     # False: a main grid whose load cannot be balanced over n_sub sub-grids gets fewer (the
     # most that work). True: keep n_sub; such a grid is kept flagged and the plan fails.
     strict: bool = False
+    # True: a branch whose unit loads cannot be balanced over its main-grid count (a unit
+    # heavier than a main grid may hold) gets the most main grids the pre-check allows
+    # instead of a refusal (the demo, which picks counts from the customers alone)
+    fit_main: bool = False
     size_measure: str | None = None
 
     def sizing(self) -> str:
@@ -252,6 +256,7 @@ def build_plan(
     # ---- pre-check: refuse, before any search, targets the unit loads cannot meet ----
     # (not a main grid's sub-grid count: by default it gets the most sub-grids its load
     # allows; when strict the grid is kept flagged in the saved plan, below)
+    main_reduced = _fit_main_counts(units, spec, counts) if spec.fit_main else {}
     refuse_infeasible(units, spec, counts)
     # ---------------------------------------------------------------------------------
     # many jobs: the annealing stops after 3 epochs without a better plan instead of
@@ -338,6 +343,7 @@ def build_plan(
         "measures": spec.measures, "objective": spec.objective, "strict": spec.strict,
         "main_grids_per_branch": {str(b): int(k) for b, k in counts.items()},
         "own_grid_islands": {str(b): n for b, n in islands.items() if n},
+        "main_grids_reduced": main_reduced,
         "sub_grids_reduced": reduced,
         "failures": failures,
         "balance_exempt_grids": sorted(island_grids),
@@ -424,6 +430,25 @@ def refuse_infeasible(units: pd.DataFrame, spec: HierarchySpec,
         err = InfeasibleError("; ".join(s.message() for s in short))
         err.shortfalls = short
         raise err
+
+
+def _fit_main_counts(units: pd.DataFrame, spec: HierarchySpec, counts: pd.Series) -> dict:
+    """Lower, in place, each branch's main-grid count to the most its unit loads allow (the
+    pre-check's ``max_grids``, over every measure); returns ``{branch: {requested, used,
+    reason}}`` for the branches changed."""
+    out: dict = {}
+    while True:
+        short = [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+        lower = {s.key: s.shortfall.max_grids for s in short
+                 if 1 <= s.shortfall.max_grids < counts[s.key]}
+        if not lower:
+            return out
+        for b, k in lower.items():
+            reason = next(s.shortfall.reason for s in short if s.key == b)
+            out.setdefault(str(b), {"requested": int(counts[b]), "reason": reason})
+            out[str(b)]["used"] = int(k)
+            log.warning("branch %s: %d main grids instead of %d (%s)", b, k, counts[b], reason)
+            counts[b] = k
 
 
 def _contracted_loads(units: pd.DataFrame, measures: list[str], together) -> pd.DataFrame:

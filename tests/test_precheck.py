@@ -135,3 +135,30 @@ def test_a_unit_that_fits_in_no_contiguous_grid_is_refused_as_proven():
     assert time.monotonic() - t0 < 5 and "Proven" in str(err.value)
     assert "unit 1 holds 10" in str(err.value)
     assert "tolerance of at least 6.45%" in str(err.value)  # 110 / (310 / 3) - 1
+
+
+def test_fit_main_lowers_each_branch_to_the_count_its_loads_allow():
+    """The demo picks main-grid counts from the customers alone; with ``fit_main`` a branch
+    whose heaviest unit outweighs a main grid gets the most main grids the loads allow,
+    recorded with the reason, instead of a refusal."""
+    from territory.hierarchy import _branch_counts, _fit_main_counts, precheck_plan
+    from territory.pipeline import build_unit_table
+
+    areas = load_city("xiamen")
+    city = generate_city(areas, n_customers=20_000, seed=3)
+    units, _ = build_unit_table(Inputs(areas, "adcode", city.customers),
+                                UnitOptions(resolution=7, target_per_unit=400,
+                                            min_resolution=7))
+    spec = HierarchySpec(measures={"subscribers": 0.05}, n_main=60, n_sub=1, fit_main=True)
+    counts = _branch_counts(units, spec)
+    asked = counts.copy()
+    reduced = _fit_main_counts(units, spec, counts)
+    assert reduced and all(r["used"] < r["requested"] for r in reduced.values())
+    assert {b: int(asked[b]) for b in asked.index if counts[b] != asked[b]} == {
+        b: r["requested"] for b, r in reduced.items()}
+    assert not [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+    # the most: one more main grid in a reduced branch is refused again
+    for b, r in reduced.items():
+        more = counts.copy()
+        more[b] = r["used"] + 1
+        assert [s for s in precheck_plan(units, spec, more) if s.key == b]
