@@ -124,7 +124,13 @@ def test_demo_plan_is_valid(city, n):
     per_main = units.groupby("main_grid_id").agg(subs=("subscribers", "sum"),
                                                  n=("sub_grid_id", "nunique"))
     expected = (per_main["subs"] / job.spec.sub_size).round().clip(lower=1)
-    assert (per_main["n"] == expected).all()
+    # a main grid the search could not split in its time limit (a busy machine) gets fewer
+    # sub-grids, and the plan says so: never silently
+    reduced = result.plan.params["sub_grids_reduced"]
+    for mg in per_main.index[per_main["n"] != expected]:
+        r = reduced[mg]
+        assert (r["requested"], r["used"]) == (expected[mg], per_main.at[mg, "n"])
+    assert len(reduced) <= len(per_main) // 4  # the exception, not the rule
 
 
 def test_stores_as_centres_every_main_grid_holds_exactly_its_store():
