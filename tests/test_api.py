@@ -42,8 +42,8 @@ from territory.plan import Plan
 KEYS = {"planner": "k-planner-0001", "operations": "k-ops-0002", "viewer": "k-viewer-0003"}
 SMALL_PARAMETERS: dict[str, Any] = {
     "main_grids": 12, "sub_grids": 2, "resolution": 8, "target_per_unit": 30,
-    "min_resolution": 6, "time_limit_main": 2, "time_limit_sub": 1,
-    "balance": {"subscribers": 0.1, "workload": 0.1},
+    "min_resolution": 6, "time_limit_main": 3, "time_limit_sub": 2,
+    "balance": {"subscribers": 0.25, "workload": 0.25},
 }
 DEMO_REQUEST = {"service_area": "xiamen", "parameters": SMALL_PARAMETERS,
                 "source": {"kind": "demo", "city": "xiamen", "customers": 5000, "seed": 0}}

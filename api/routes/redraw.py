@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api.assignment import write_index
 from api.auth import Planner, Reader
 from api.deps import PlanDep, StoreDep
-from api.problems import ProblemError, territory_problem
+from api.problems import ERRORS, ProblemError, territory_problem
 from api.store import PlanRecord, PlanStore
 from territory.errors import TerritoryError
 from territory.plan import Plan
@@ -121,7 +121,7 @@ def _apply_edit(plan: Plan, body: Edit, author: str) -> Plan:
     return edits.set_tolerance(plan, graph, body.measure or "", body.tolerance or 0.0, **kw)
 
 
-@router.get("/{plan_id}/history", response_model=list[Version])
+@router.get("/{plan_id}/history", response_model=list[Version], responses=ERRORS)
 async def history(record: PlanDep, store: StoreDep, user: Reader) -> list[Version]:
     """The versions the plan descends from, oldest first, then the plan itself."""
     plan = await run_in_threadpool(Plan.load, store.plan_path(record.plan_id))
@@ -130,7 +130,7 @@ async def history(record: PlanDep, store: StoreDep, user: Reader) -> list[Versio
             for h in (*plan.history, plan.record())]
 
 
-@router.get("/{plan_id}/diff/{other_id}")
+@router.get("/{plan_id}/diff/{other_id}", responses=ERRORS)
 async def diff(record: PlanDep, other_id: str, store: StoreDep, user: Reader,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000) -> dict[str, Any]:
     """Units that change grid from this plan to ``other_id``, grids touched, balance."""
@@ -154,7 +154,7 @@ async def diff(record: PlanDep, other_id: str, store: StoreDep, user: Reader,
         raise ProblemError(422, str(exc), kind="invalid-input") from None
 
 
-@router.post("/{plan_id}/edits", status_code=status.HTTP_201_CREATED)
+@router.post("/{plan_id}/edits", status_code=status.HTTP_201_CREATED, responses=ERRORS)
 async def edit(record: PlanDep, body: Edit, store: StoreDep, user: Planner) -> Saved:
     """Apply one edit to the current version: 201 with the new version, 409 when ``base``
     is stale, 422 with the broken rule and the fix when the edit is refused."""
@@ -171,7 +171,7 @@ async def edit(record: PlanDep, body: Edit, store: StoreDep, user: Planner) -> S
                            title="Edit refused") from None
 
 
-@router.post("/{plan_id}/rebalance", status_code=status.HTTP_201_CREATED)
+@router.post("/{plan_id}/rebalance", status_code=status.HTTP_201_CREATED, responses=ERRORS)
 async def rebalance(record: PlanDep, body: RebalanceRequest, store: StoreDep,
                     user: Planner) -> Saved:
     """Rebalance the current version within a disruption budget (a new version)."""

@@ -22,19 +22,15 @@ from fastapi.responses import FileResponse
 from api.auth import Planner, Reader
 from api.deps import PlanDep, RunnerDep, StoreDep
 from api.jobs import save_upload
-from api.problems import ProblemError, field_problem, make_problem, territory_problem
+from api.problems import ERRORS, ProblemError, field_problem, make_problem, territory_problem
 from api.routes.jobs import public_job
-from api.schemas import JobPublic, Problem
+from api.schemas import JobPublic
 from api.store import PlanStore, now
 from territory.errors import TerritoryError
 
 router = APIRouter(prefix="/plans/{plan_id}/staffing", tags=["staffing"])
 
 KIND = "staffing"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 403, 404, 413, 415, 422)
-}
 
 
 def result_dir(store: PlanStore, plan_id: str, job_id: str) -> Path:
@@ -88,7 +84,7 @@ def _done_dir(store: PlanStore, plan_id: str, job_id: str) -> Path:
     return folder
 
 
-@router.get("/{job_id}", summary="The staffing's summary per role")
+@router.get("/{job_id}", summary="The staffing's summary per role", responses=ERRORS)
 def get_staffing(record: PlanDep, job_id: str, user: Reader, store: StoreDep) -> dict:
     """Per role: staff, workload, mean and highest workload per person, the worst grid and
     the branch headcount that would bring it within the band."""
