@@ -397,7 +397,8 @@ def test_plan_requests_need_points_crs_unless_configured(data_dir, city, tmp_pat
     datasets = data_dir / "datasets"
     datasets.mkdir(exist_ok=True)
     city[0].to_file(datasets / "b.geojson")
-    pd.DataFrame({"lng": city[3], "lat": city[4]}).to_csv(datasets / "c.csv", index=False)
+    pd.DataFrame({"lng": city[3], "lat": city[4], "subscribers": 1}).to_csv(
+        datasets / "c.csv", index=False)  # the measures a plan balances by default
     request = {"source": {"kind": "datasets", "boundaries": "b.geojson", "customers": "c.csv"},
                "parameters": {"main_grids": 2}}
     h = {"X-API-Key": KEY}
