@@ -281,7 +281,8 @@ def no_unit_building(monkeypatch):
     (["--sub-grids", "0"], "--sub-grids 0"),
     (["--time-limit-main", "0"], "--time-limit-main 0"),
     (["--objective", "round"], "--objective 'round'"),
-    (["--balance", "revenue"], "the tables given provide ['customers', 'subscribers']"),
+    (["--balance", "revenue"], "the tables given provide ['customer_manager_hours', "
+                               "'customers', 'subscribers', 'workload', 'workload_customers']"),
 ])
 def test_plan_cheap_checks_fail_before_building_units(tmp_path, no_unit_building, args, match):
     src, cust = small_city(tmp_path)

@@ -190,11 +190,14 @@ def test_a_sub_square_metre_sliver_goes_to_the_area_it_touches(base, height, at,
     assert overlap < REL and gap < REL and outside < REL
     # every area is one piece: no stranded unit of A inside B
     assert area_contiguity(units) == {"A": True, "B": True}
-    (sliver,) = units.attrs["slivers"]
-    assert (sliver["area_id"], sliver["into_area"]) == ("A", "B")
-    assert sliver["area_m2"] == pytest.approx(base * height / 2, rel=0.02)
-    assert sliver["into"] in units.index and units.at[sliver["into"], "area_id"] == "B"
-    assert not set(sliver["units"]) & set(units.index)
+    # the notch is one sliver, or one per H3 cell it straddles; together they are the notch
+    # (to the 1 mm vertex snap, a few % of a triangle this small)
+    slivers = units.attrs["slivers"]
+    assert slivers and all((s["area_id"], s["into_area"]) == ("A", "B") for s in slivers)
+    assert sum(s["area_m2"] for s in slivers) == pytest.approx(base * height / 2, rel=0.05)
+    for sliver in slivers:
+        assert sliver["into"] in units.index and units.at[sliver["into"], "area_id"] == "B"
+        assert not set(sliver["units"]) & set(units.index)
     # B's units now cover the whole of B's square, notch included
     b_union = shapely.union_all(units.geometry[units["area_id"] == "B"].values)
     full_b = shapely.union_all(areas.geometry.values).difference(areas.geometry[0].geoms[0])
