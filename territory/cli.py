@@ -285,6 +285,7 @@ def demo(
     (territory.sizing.demo_sizing); every option given overrides its rule.
     """
     from territory.demo import demo_job, store_units_by_main_grid
+    from territory.reports import read_staff
     from territory.synth import write_city
     from territory.synth_roster import demo_staffing
 
@@ -301,16 +302,18 @@ def demo(
         console.print(f"main grids containing a store: {int((held > 0).sum())} of {len(held)} "
                       f"({len(job.data.stores)} stores; a grid without one is served by the "
                       "nearest)")
-        _demo_outputs(result.plan, out, job.data)
+        # staff first: every field map and grid analysis then shows its grid's people
         with stage(err_console, "synthetic roster allocated to the grids (out/staff)"):
-            demo_staffing(result.plan, job.data.stores, out, seed=seed)
+            staffed = demo_staffing(result.plan, job.data.stores, out, seed=seed)
+        _demo_outputs(result.plan, out, job.data, read_staff(staffed["staff"]))
         from territory.cli_addresses import demo_addresses
 
         demo_addresses(job.inputs.areas, job.data, out, seed=seed)
 
 
-def _demo_outputs(plan, out: Path, data) -> None:
-    """After the plan: assign every customer, write the per-grid reports and the maps."""
+def _demo_outputs(plan, out: Path, data, staff: pd.DataFrame) -> None:
+    """After the plan and its staffing: assign every customer, write the per-grid reports,
+    the maps (each field map lists its grid's ``staff``) and the grid analyses."""
     from territory.assign import Columns, assign_frame, open_index
     from territory.exports import export_plan
     from territory.mapdata import PlanLayers
@@ -332,12 +335,12 @@ def _demo_outputs(plan, out: Path, data) -> None:
     with stage(err_console, "maps written"):
         from territory.maps import write_demo_maps  # seconds to import: part of the stage
 
-        maps = write_demo_maps(layers, out / "maps", data.tables())
+        maps = write_demo_maps(layers, out / "maps", {**data.tables(), "staff": staff})
     console.print(f"{len(maps)} maps → {out / 'maps'} (overview.html opens offline)")
     with stage(err_console, "grid analyses written"):
         from territory.reports import write_reports
 
-        analyses = write_reports(layers, out / "reports" / "grids", data.tables())
+        analyses = write_reports(layers, out / "reports" / "grids", data.tables(), staff)
     console.print(f"{len(analyses) - 1} grid analyses → {out / 'reports' / 'grids'}")
 
 

@@ -63,7 +63,7 @@ TIERS = ("big", "business", "ordinary")
 ROLES = ("grid_manager", "customer_manager", "key_account_manager", "installer")
 #: Columns a staff file (``staff.csv`` of ``territory staff``) must have, and may have.
 STAFF_REQUIRED = ("person_id", "role", "main_grid_id")
-STAFF_OPTIONAL = ("sub_grid_id", "hours", "workload_hours", "travel_km", "moved")
+STAFF_OPTIONAL = ("name", "sub_grid_id", "hours", "workload_hours", "travel_km", "moved")
 #: Communities listed on a printed page (the HTML page lists them all).
 PRINTED_COMMUNITIES = 15
 #: Staff rows on a printed page (the HTML page lists them all).
@@ -145,7 +145,7 @@ def read_staff(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         if not path.is_file():
             raise InvalidInputError(f"`staff`: {path} is not a file; give staff.csv written by "
                                     "territory staff, or its folder")
-        df = pd.read_csv(path, dtype={c: str for c in (*STAFF_REQUIRED, "sub_grid_id")},
+        df = pd.read_csv(path, dtype={c: str for c in (*STAFF_REQUIRED, "name", "sub_grid_id")},
                          keep_default_na=False, na_values=[""])
         where = str(path)
     missing = [c for c in STAFF_REQUIRED if c not in df.columns]
@@ -414,7 +414,8 @@ COMMUNITY_COLUMNS = (
 )
 #: Columns of the staff table.
 STAFF_COLUMNS = (
-    ("Person", "person_id", ""), ("Role", "role", ""), ("Sub-grid", "sub_grid_id", ""),
+    ("Person", "person_id", ""), ("Name", "name", ""), ("Role", "role", ""),
+    ("Sub-grid", "sub_grid_id", ""),
     ("Hours (h/month)", "hours", ",.0f"), ("Workload (h/month)", "workload_hours", ",.1f"),
     ("Travel (km)", "travel_km", ",.1f"), ("Moved", "moved", ""),
 )

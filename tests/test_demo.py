@@ -8,8 +8,10 @@ sizes run in ``bench/demo_sizes.py``.
 
 from __future__ import annotations
 
+import html
 import json
 
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,9 +20,11 @@ from typer.testing import CliRunner
 from territory.cli import app
 from territory.demo import DEMO_BALANCE, demo_job, store_units_by_main_grid
 from territory.errors import InvalidInputError
+from territory.filenames import safe_filename
 from territory.metrics import nesting_ok
 from territory.pipeline import run
 from territory.plan import Plan
+from territory.reports import page_name
 from territory.sizing import (
     CUSTOMERS_PER_MAIN,
     PEAK_SHARE,
@@ -161,3 +165,14 @@ def test_demo_command_sizes_itself(tmp_path):
     said = " ".join(res.output.split())
     assert f"{size.n_main} main grids x {size.n_sub} sub-grids" in said
     assert "main grids containing a store: " in said and f"of {size.n_main} " in said
+    # staff are allocated before the maps: every field map names its grid manager and team
+    staff = pd.read_csv(out / "staff" / "staff.csv", dtype=str)
+    for grid, people in staff.groupby("main_grid_id"):
+        page = (out / "maps" / "field" / f"{safe_filename(grid)}.html").read_text("utf-8")
+        assert f"Staff ({len(people)})" in page
+        boss = people.loc[people["role"] == "grid_manager", "name"]
+        assert len(boss) == 1 and html.escape(boss.iloc[0]) in page
+        for name in people["name"].head(30):  # the info box lists up to 30
+            assert html.escape(name) in page
+        report = (out / "reports" / "grids" / page_name(grid, "html")).read_text("utf-8")
+        assert html.escape(boss.iloc[0]) in report
