@@ -126,6 +126,16 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     for b, r in result.plan.params.get("main_grids_reduced", {}).items():
         console.print(f"[yellow]branch {escape(b)}: {r['used']} main grids instead of "
                       f"{r['requested']}[/] ({escape(r['reason'])})", highlight=False)
+    for b, r in result.plan.params.get("main_grids_for_staff", {}).items():
+        console.print(f"branch {escape(b)}: {r['used']} main grids instead of "
+                      f"{r['requested']} ({escape(r['reason'])})", highlight=False)
+    staff = result.plan.params.get("staff_balance")
+    if staff:
+        console.print(f"{staff['sub_grids']} sub-grids (one person each) in "
+                      f"{staff['main_grids']} main grids: workload per staff "
+                      f"{staff['city_workload_per_staff']:,.1f} h in the city, every main grid "
+                      f"within {staff['max_abs_deviation']:.1%} of it (tolerance "
+                      f"±{staff['tolerance']:.0%})", highlight=False)
     for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
         console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
                       f"{r['requested']}[/] (its load cannot be balanced over "
@@ -186,6 +196,10 @@ def plan(
                                                            "person's workload (the number of "
                                                            "sub-grids follows the staff) and "
                                                            "workload is balanced")] = None,
+    staff_tolerance: Annotated[float, typer.Option(help="With --staff-hours: every main "
+                                                        "grid's workload per staff member "
+                                                        "(per sub-grid) within this share of "
+                                                        "the city's")] = 0.10,
     balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
     tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
     objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
@@ -237,7 +251,8 @@ def plan(
         spec = HierarchySpec(
             measures=measures, size_measure=size_measure,
             n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
-            objective=objective, time_limit_main=time_limit_main,
+            staff_measure=TOTAL if staff_hours is not None else None,
+            staff_tolerance=staff_tolerance, objective=objective, time_limit_main=time_limit_main,
             time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
             workers=workers, random_state=seed, strict=strict,
         )

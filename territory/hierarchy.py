@@ -23,9 +23,15 @@ import pandas as pd
 from territory.errors import InfeasibleError, InvalidInputError, PartialPlanError
 from territory.graph import induced_subgraph, join_components
 from territory.optimize import OBJECTIVES, Partitioner
-from territory.optimize.balance import Shortfall, parse_tolerances, precheck
+from territory.optimize.balance import (
+    Shortfall,
+    max_feasible_grids,
+    parse_tolerances,
+    precheck,
+)
 from territory.plan import Plan
 from territory.progress import BRANCHES, MAIN_GRIDS, Progress, silent
+from territory.staff_grids import branch_counts, count_range, staff_balance, sub_counts
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,16 @@ class HierarchySpec:
     # instead of a refusal (the demo, which picks counts from the customers alone)
     fit_main: bool = False
     size_measure: str | None = None
+    # with sub_size (sub-grids follow the staff): the measure (workload) whose figure per
+    # staff member (per sub-grid) every main grid keeps within ±staff_tolerance of the
+    # city's; the counts are chosen by territory.staff_grids
+    staff_measure: str | None = None
+    staff_tolerance: float = 0.10
+
+    @property
+    def joint(self) -> bool:
+        """Sub-grids follow the staff and each main grid's workload per staff is held."""
+        return self.sub_size is not None and self.staff_measure is not None
 
     def sizing(self) -> str:
         """The unit column sizes are measured in."""
@@ -116,6 +132,11 @@ class HierarchySpec:
             value = getattr(self, name)
             if not (_number(value) and value > 0):
                 raise InvalidInputError(f"`{name}` {value!r}: give seconds > 0")
+        if isinstance(self.staff_tolerance, bool) or not (
+                _number(self.staff_tolerance) and 0 < self.staff_tolerance < 1):
+            raise InvalidInputError(f"`staff_tolerance` {self.staff_tolerance!r}: give a "
+                                    "fraction between 0 and 1 (0.1 = ±10 % of the city's "
+                                    "workload per staff)")
         if not _whole(self.workers, 1):
             raise InvalidInputError(f"`workers` {self.workers!r}: give a whole number >= 1")
 
@@ -257,6 +278,7 @@ def build_plan(
     # (not a main grid's sub-grid count: by default it gets the most sub-grids its load
     # allows; when strict the grid is kept flagged in the saved plan, below)
     main_reduced = _fit_main_counts(units, spec, counts) if spec.fit_main else {}
+    staff_counts = _staff_branch_counts(units, spec, counts) if spec.joint else {}
     refuse_infeasible(units, spec, counts)
     # ---------------------------------------------------------------------------------
     # many jobs: the annealing stops after 3 epochs without a better plan instead of
@@ -305,16 +327,19 @@ def build_plan(
     units["main_grid_id"] = pd.Series(main_id)
     sub_jobs = []
     first = spec.sizing()
+    joint = _staff_sub_counts(units, spec, island_grids) if spec.joint else None
     for mg, nodes in units.groupby("main_grid_id").groups.items():
         n_sub = spec.n_sub
         if spec.sub_size:
             n_sub = max(1, round(units.loc[nodes, first].sum() / spec.sub_size))
         n_sub = max(1, min(int(n_sub or 1), len(nodes)))
+        if joint is not None and mg in joint.index:
+            n_sub = int(joint[mg])  # whole people, within the staff tolerance: kept
         if mg in island_grids:
             n_sub = 1  # an island is one beat
         sub_jobs.append({
             "key": mg, "graph": part_graph(graph, nodes), "k": n_sub,
-            "min_k": n_sub if spec.strict else 1,
+            "min_k": n_sub if spec.strict or joint is not None else 1,
             "params": {**base, "time_limit": spec.time_limit_sub,
                        "together": _groups_by(units.loc[nodes, "main_grid_id"],
                                               spec.together).get(mg)},
@@ -349,10 +374,60 @@ def build_plan(
         "balance_exempt_grids": sorted(island_grids),
         "solver_figures": figures,
     })
+    if joint is not None:
+        p["staff_balance"] = staff_balance(
+            units.groupby("main_grid_id")[spec.staff_measure].sum().loc[joint.index], joint,
+            spec.staff_tolerance)
+        p["main_grids_for_staff"] = staff_counts
     plan = Plan(units=units, measures=list(spec.measures), params=p)
     if failures:
         raise PartialPlanError(_failure_message(failures, spec.strict), plan, failures)
     return plan
+
+
+def _staff_branch_counts(units: pd.DataFrame, spec: HierarchySpec, counts: pd.Series
+                         ) -> dict:
+    """Joint planning, before the draw: where the main-grid counts are ours to choose (not
+    given per branch, not one per store), change them, in place, to counts whose balanced
+    main grids can each hold a whole number of people within the staff tolerance (the city
+    total of ``n_main`` kept). Returns ``{branch: {requested, used, reason}}`` changed."""
+    if spec.centres or isinstance(spec.n_main, dict):
+        return {}
+    m = spec.staff_measure
+    tol = dict(spec.measures)
+    loads = _contracted_loads(units, list(tol), spec.together)
+    most = {}
+    for b, k in counts.items():
+        Wb = loads[loads["branch_id"] == b][list(tol)].to_numpy(dtype=float)
+        top = count_range(int(k))[-1]
+        most[b] = min([len(Wb), *(max_feasible_grids(Wb[:, t], top, tol[x])
+                                  for t, x in enumerate(tol))])
+    by_branch = units.groupby("branch_id")
+    chosen = branch_counts(
+        by_branch[m].sum(), by_branch[spec.sizing()].sum() / spec.sub_size, counts.copy(),
+        pd.Series(most), tolerance=spec.staff_tolerance,
+        main_tolerance=tol.get(m, math.inf),
+        city_total=int(counts.sum()) if spec.n_main is not None else None)
+    out = {}
+    for b in counts.index:
+        if chosen[b] != counts[b]:
+            out[str(b)] = {"requested": int(counts[b]), "used": int(chosen[b]),
+                           "reason": f"{chosen[b]} main grids hold whole teams within "
+                                     f"±{spec.staff_tolerance:.0%} of the city's {m} per "
+                                     "staff"}
+            log.info("branch %s: %d main grids instead of %d (%s)", b, chosen[b], counts[b],
+                     out[str(b)]["reason"])
+            counts[b] = chosen[b]
+    return out
+
+
+def _staff_sub_counts(units: pd.DataFrame, spec: HierarchySpec, island_grids: set
+                      ) -> pd.Series:
+    """Joint planning, after the draw: each balanced main grid's sub-grids (people), every
+    one within the staff tolerance of the city's workload per staff (or a refusal)."""
+    g = units[~units["main_grid_id"].isin(island_grids)].groupby("main_grid_id")
+    return sub_counts(g[spec.staff_measure].sum(), g[spec.sizing()].sum() / spec.sub_size,
+                      g.size(), spec.staff_tolerance)
 
 
 def _failure_message(failures: list[dict], strict: bool) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from territory.cli import app
@@ -70,6 +71,7 @@ def test_plan_with_staff_hours_then_staff(tmp_path):
     """Joint planning: sub-grids sized to one person's hours, then the staff allocated."""
     from territory.boundaries import DATA_DIR, load_city
     from territory.plan import Plan
+    from territory.staff_grids import staff_range
     from territory.synth import generate_city, write_city
     from territory.workload import BEAT, beat_size, load_model
 
@@ -77,21 +79,38 @@ def test_plan_with_staff_hours_then_staff(tmp_path):
     data = generate_city(areas, n_customers=4000, seed=3)
     write_city(data, tmp_path / "data")
     d = tmp_path / "data"
-    res = runner.invoke(app, [
+    plan_args = [
         "plan", str(DATA_DIR / "xiamen_districts_gcj02.geojson"), "--boundaries-crs", "gcj02",
         "--customers", str(d / "customers.csv"), "--communities", str(d / "communities.csv"),
         "--key-accounts", str(d / "key_accounts.csv"), "--points-crs", "wgs84",
-        "--resolution", "8", "--main-grids", "6",
-        "--staff-hours", "60", "--balance", "workload=0.5", "--out", str(tmp_path / "p"),
-        "--workers", "1", "--time-limit-main", "5", "--time-limit-sub", "2"])
+        "--resolution", "8", "--workers", "1", "--time-limit-main", "5",
+        "--time-limit-sub", "2"]
+    res = runner.invoke(app, [*plan_args, "--main-grids", "6", "--staff-hours", "20",
+                              "--balance", "workload=0.5", "--out", str(tmp_path / "p")])
     assert res.exit_code == 0, res.output
     plan = Plan.load(tmp_path / "p" / "plan.gpkg")
-    size = beat_size(load_model(), 60)
+    people = plan.units.groupby("main_grid_id")[BEAT].sum() / beat_size(load_model(), 20)
     per_main = plan.units.groupby("main_grid_id").agg(
-        beat=(BEAT, "sum"), n_sub=("sub_grid_id", "nunique"))
-    expected = (per_main["beat"] / size).round().clip(lower=1)
-    assert (per_main["n_sub"] == expected).all()  # the sub-grids follow the staff
-    assert per_main["n_sub"].nunique() > 1 or per_main["n_sub"].iloc[0] != 4
+        workload=("workload", "sum"), n_sub=("sub_grid_id", "nunique"))
+    # every main grid's workload per staff (one person a sub-grid) within ±10 % of the city's
+    city = per_main["workload"].sum() / per_main["n_sub"].sum()
+    per_staff = per_main["workload"] / per_main["n_sub"] / city - 1
+    assert per_staff.abs().max() <= 0.10, per_staff
+    assert plan.params["staff_balance"]["max_abs_deviation"] == pytest.approx(
+        per_staff.abs().max())
+    # rounding each grid's people on its own would not hold it on this city
+    rounded = people.round().clip(lower=1)
+    assert (per_main["workload"] / rounded / (per_main["workload"].sum() / rounded.sum())
+            - 1).abs().max() > 0.10
+    lo, hi = staff_range(float(people.sum()), 0.10)  # the sub-grids follow the staff
+    assert lo <= per_main["n_sub"].sum() <= hi
+    # a city whose branches hold 1.7 people's months cannot: refused with the numbers
+    res = runner.invoke(app, [*plan_args, "--main-size", "120", "--staff-hours", "25",
+                              "--balance", "workload=0.3", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 3, res.output
+    said = " ".join(res.output.split())
+    assert "within ±10% of the city's" in said and "people's months" in said
+    assert "a larger --staff-tolerance" in said
     synthetic_roster(plan, seed=3).to_csv(tmp_path / "roster.csv", index=False)
     res = runner.invoke(app, ["staff", str(tmp_path / "p" / "plan.gpkg"), "--roster",
                               str(tmp_path / "roster.csv"), "--out", str(tmp_path / "s")])
