@@ -215,7 +215,8 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
         progress("saving the plan and its assignment index")
         record = store.add_plan(result.plan, service_area=job.service_area,
                                 created_by=job.created_by, job_id=job_id,
-                                parameters=request["parameters"], index_writer=write_index)
+                                parameters=request["parameters"], index_writer=write_index,
+                                tables=inputs.tables())
         store.update_job(job_id, status="done", stage="done", plan_id=record.plan_id,
                          finished=now())
     except _Interrupted:

@@ -5,6 +5,10 @@ Layout of the data directory::
     catalogue.sqlite        plans, their effective dates (activations) and plan jobs
     plans/<plan_id>/plan.gpkg     the core library's GeoPackage (Plan.save / Plan.load)
     plans/<plan_id>/<index file>  the assignment index built from it
+    plans/<plan_id>/tables/<name>.parquet  the point tables its job read (customers,
+                            communities, stores, key accounts; WGS84 lng/lat), for the
+                            grid analyses' tiers and community lists
+    plans/<plan_id>/staffing/<job_id>/     its staffing jobs' tables (api.routes.staff)
     datasets/               files a plan job may name (POST /plans with a "datasets" source)
     uploads/<job_id>/       files uploaded for a job, removed when it ends
     scratch/                files of batch assignments in flight
@@ -30,7 +34,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -38,12 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import pandas as pd
 
 from territory.atomic import STARTED, atomic_dir, sweep
 from territory.plan import LEVELS, PLAN_FILE, Plan, read_grids
 
 log = logging.getLogger(__name__)
 
+#: The plan folder's subfolder of point tables (:meth:`PlanStore.read_tables`).
+TABLES_DIR = "tables"
 _PLAN_ID = re.compile(r"[0-9a-f]{12}")  # Plan's default ids: uuid4().hex[:12]
 
 _SCHEMA = """
@@ -79,6 +86,20 @@ SELECT a.service_area, a.plan_id, p.version, a.effective_from,
        a.activated_at, a.activated_by
   FROM activations a JOIN plans p USING (plan_id)
 """
+
+
+def _write_tables(folder: Path, tables: Mapping[str, pd.DataFrame | None]) -> None:
+    """Each point table as ``<name>.parquet`` without its geometry (its ``lng``/``lat``
+    say where it is); text columns as strings, so that mixed cells never fail the write."""
+    folder.mkdir(exist_ok=True)
+    for name, table in tables.items():
+        if table is None:
+            continue
+        frame = pd.DataFrame(table.drop(columns=table.geometry.name)
+                             if isinstance(table, gpd.GeoDataFrame) else table)
+        text = frame.select_dtypes(include="object").columns
+        frame[text] = frame[text].astype("string")
+        frame.to_parquet(folder / f"{name}.parquet")
 
 
 def now() -> str:
@@ -159,6 +180,15 @@ class PlanStore:
 
     def plan_path(self, plan_id: str) -> Path:
         return self.plan_dir(plan_id) / PLAN_FILE
+
+    def tables_dir(self, plan_id: str) -> Path:
+        return self.plan_dir(plan_id) / TABLES_DIR
+
+    def read_tables(self, plan_id: str) -> dict[str, pd.DataFrame]:
+        """The point tables kept with the plan by :meth:`add_plan` (none for a plan made
+        without them: an import, an edit, a redraw)."""
+        folder = self.tables_dir(plan_id)
+        return {path.stem: pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))}
 
     def upload_dir(self, job_id: str) -> Path:
         return self.root / "uploads" / job_id
@@ -246,17 +276,21 @@ class PlanStore:
     # -- plans -----------------------------------------------------------------------------
     def add_plan(self, plan: Plan, *, service_area: str, created_by: str,
                  job_id: str | None = None, parameters: dict[str, Any] | None = None,
-                 index_writer: Callable[[Plan, Path], object]) -> PlanRecord:
+                 index_writer: Callable[[Plan, Path], object],
+                 tables: Mapping[str, pd.DataFrame | None] | None = None) -> PlanRecord:
         """Write the plan's files, then list it as the next version of ``service_area``.
 
         ``index_writer(plan, folder)`` writes the assignment index beside the plan; it runs
         before the catalogue row exists, so a plan is never listed without its index.
+        ``tables``: the point tables the plan was computed from, kept beside it as Parquet
+        (:meth:`read_tables`) so that its grid analyses show what the command's do.
         """
         # the files appear together or not at all; plan ids are fresh, and an existing
         # folder (a bug) makes the final rename fail
         with atomic_dir(self.plan_dir(plan.plan_id)) as folder:
             plan.save(folder / PLAN_FILE)
             index_writer(plan, folder)
+            _write_tables(folder / TABLES_DIR, tables or {})
         units = plan.units
         summary = {
             "measures": list(plan.measures),

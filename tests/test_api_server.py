@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from territory.boundaries import load_city
+from territory.reports import page_name
 from territory.synth import generate_city
 from tests.test_api import (
     INSIDE,
@@ -200,3 +201,61 @@ def test_restart_keeps_plans_and_schedule(server: Server) -> None:
         assert plans_by_version(http).keys() == versions.keys()
         after = http.get("/assign", params=point, headers=headers("operations")).json()
     assert after == before and after["plan"]["plan_id"] == versions[2]["plan_id"]
+
+
+def test_report_pages_show_tiers_communities_and_staff(server: Server) -> None:
+    """A plan job keeps the point tables it read beside the plan, so its grid pages are the
+    command's: value tiers, key accounts by type, the ranked community list; and the staff
+    of its latest staffing job once one has run. The same figures as write_reports draws
+    from the same tables and staff."""
+    from territory.mapdata import PlanLayers
+    from territory.plan import Plan
+    from territory.reports import grid_figures, grid_page, read_staff
+    from territory.synth_roster import synthetic_roster
+    from tests.test_reports import Page
+
+    with server.client() as http:
+        data = http.get("/plans", params={"service_area": "xiamen"},
+                        headers=headers("viewer")).json()["data"]
+        plan_id = next(p["plan_id"] for p in data if p["version"] == 1)  # made by a job
+        base = f"/plans/{plan_id}/reports"
+        plan = Plan.load(server.data_dir / "plans" / plan_id / "plan.gpkg")
+        grid_id = sorted(plan.units["main_grid_id"].unique())[0]
+        name = page_name(grid_id, "html")
+
+        def page() -> tuple[str, Page]:
+            r = http.get(f"{base}/{name}", headers=headers("viewer"))
+            assert r.status_code == 200, r.text
+            return r.text, Page(r.text)
+
+        _, before = page()
+        assert {f"customers_segment_{t}" for t in ("big", "business", "ordinary")} <= set(
+            before.kpis)
+        assert any(k.startswith("key_accounts_kind_") for k in before.kpis)
+        assert len(before.tables["communities"]) > 1  # header and ranked rows
+        assert "staff" not in before.tables
+        roster = synthetic_roster(plan, seed=5)
+        boss = roster.loc[roster["role"] == "grid_manager", "name"].iloc[0]
+        roster.loc[roster["role"] == "grid_manager", "name"] = [
+            f"<i>{n}</i>" for n in roster.loc[roster["role"] == "grid_manager", "name"]]
+        r = http.post(f"/plans/{plan_id}/staffing", headers=headers("planner"), files={
+            "roster": ("roster.csv", roster.to_csv(index=False).encode(), "text/csv")})
+        assert r.status_code == 202, r.text
+        job = wait_for_job(http, r.headers["location"])
+        assert job["status"] == "done", job
+        html, after = page()
+        staff = read_staff(server.data_dir / "plans" / plan_id / "staffing" / job["job_id"])
+        mine = staff[staff["main_grid_id"] == grid_id]
+        rows = after.tables["staff"][1:]
+        assert sorted(r[0] for r in rows) == sorted(mine["person_id"])
+        assert any(f"<i>{boss}</i>" in cell for r in rows for cell in r)  # shown as text
+        assert f"&lt;i&gt;{boss}" in html and f"<i>{boss}" not in html  # never markup
+        # the command's page from the job's source tables (DEMO_REQUEST's synthetic city)
+        # and the same staff: the same figures and lists
+        layers = PlanLayers(plan)
+        tables = generate_city(load_city("xiamen"), n_customers=5000, seed=0).tables()
+        figures = grid_figures(layers, tables, staff)
+        expected = grid_page(layers, figures, grid_id, tables, staff)
+        assert after.kpis == {row["key"]: row["grid"] for row in expected.kpis}
+        assert after.tables["communities"][1:] == expected.communities["rows"]
+        assert after.tables["staff"][1:] == expected.staff["rows"]

@@ -1,8 +1,9 @@
 """Each main grid's own analysis over the service: the city page and a page or PDF per grid.
 
-The pages are the core library's (:mod:`territory.reports`) drawn from the plan alone (a
-stored plan keeps its units' sums: subscribers, households, revenue, counts of communities,
-stores and key accounts; not the point tables, so no tiers or community list). Links on the
+The pages are the core library's (:mod:`territory.reports`), drawn as ``territory report``
+draws them: from the plan, the point tables its job read (kept beside it in the store:
+value tiers, key accounts by type, the ranked community list) and the staff of its latest
+finished staffing job (``POST /plans/{id}/staffing``), when it has them. Links on the
 city page are the grids' safe file names (:func:`territory.filenames.safe_filename`), which
 these routes map back to the grid ids, so an id holding ``/`` or ``..`` still has a page.
 """
@@ -10,9 +11,12 @@ these routes map back to the grid ids, so an id holding ``/`` or ``..`` still ha
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path as FsPath
 from typing import Annotated
 
+import pandas as pd
 from fastapi import APIRouter, Depends, Path, Response
 from fastapi.responses import HTMLResponse
 
@@ -25,14 +29,25 @@ from api.routes.maps import (
     LAYERS_CACHE_SIZE,
     PRINT_MEDIA,
     PRINT_RESPONSES,
+    LayerCache,
     LayerCacheDep,
     content_disposition,
     file_stem,
 )
+from api.routes.staff import latest_staff
 from api.settings import Role
+from api.store import PlanStore
 from territory.filenames import safe_filename
-from territory.mapdata import PlanLayers
-from territory.reports import Figures, grid_figures, grid_html, grid_page, index_html, write_pdf
+from territory.mapdata import PlanLayers, Tables
+from territory.reports import (
+    Figures,
+    grid_figures,
+    grid_html,
+    grid_page,
+    index_html,
+    read_staff,
+    write_pdf,
+)
 
 router = APIRouter(prefix="/plans/{plan_id}/reports", tags=["reports"])
 
@@ -43,10 +58,29 @@ PageName = Annotated[str, Path(max_length=200, description="A main grid's page n
                                                             "city page links it")]
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What a plan's pages are drawn from."""
+
+    figures: Figures
+    tables: Tables
+    staff: pd.DataFrame | None
+
+
 @lru_cache(maxsize=LAYERS_CACHE_SIZE)
-def _figures(layers: PlanLayers) -> Figures:
-    """The city's figures, once per cached plan (a few seconds for a city)."""
-    return grid_figures(layers)
+def _analysis(store: PlanStore, layers: PlanLayers, plan_id: str, staff_csv: FsPath | None
+              ) -> Analysis:
+    """The city's figures, once per cached plan and staffing (a few seconds for a city):
+    a plan's tables never change, and each staffing job has its own ``staff.csv``."""
+    tables = store.read_tables(plan_id)
+    staff = read_staff(staff_csv) if staff_csv is not None else None
+    return Analysis(grid_figures(layers, tables, staff), tables, staff)
+
+
+def analysis(store: PlanStore, cache: LayerCache, plan_id: str) -> tuple[PlanLayers, Analysis]:
+    """The plan's layers and what its pages are drawn from."""
+    layers = cache.layers(plan_id)
+    return layers, _analysis(store, layers, plan_id, latest_staff(store, plan_id))
 
 
 def _grid(figures: Figures, plan_id: str, name: str) -> str:
@@ -62,25 +96,25 @@ def _grid(figures: Figures, plan_id: str, name: str) -> str:
 
 @router.get("/index.html", response_class=HTMLResponse, responses=HTML_RESPONSES,
             summary="The city's page: its figures and every main grid's, linked")
-def report_index(user: ReportReader, plan: PlanDep, cache: LayerCacheDep) -> HTMLResponse:
-    layers = cache.layers(plan.plan_id)
-    return HTMLResponse(index_html(layers, _figures(layers)), headers={
+def report_index(user: ReportReader, plan: PlanDep, store: StoreDep,
+                 cache: LayerCacheDep) -> HTMLResponse:
+    layers, a = analysis(store, cache, plan.plan_id)
+    return HTMLResponse(index_html(layers, a.figures), headers={
         "Content-Disposition": content_disposition(f"{file_stem(plan)}-reports.html",
                                                    "inline")})
 
 
 @router.get("/{name}.html", response_class=HTMLResponse, responses=HTML_RESPONSES,
             summary="One main grid's analysis: map, KPIs, comparison with branch and city")
-def report_page(user: ReportReader, plan: PlanDep, cache: LayerCacheDep,
+def report_page(user: ReportReader, plan: PlanDep, store: StoreDep, cache: LayerCacheDep,
                 name: PageName) -> HTMLResponse:
     """A self-contained page (its field map embedded with Leaflet inlined): it works
     offline."""
-    layers = cache.layers(plan.plan_id)
-    figures = _figures(layers)
-    grid_id = _grid(figures, plan.plan_id, name)
-    page = grid_page(layers, figures, grid_id, None, None)
+    layers, a = analysis(store, cache, plan.plan_id)
+    grid_id = _grid(a.figures, plan.plan_id, name)
+    page = grid_page(layers, a.figures, grid_id, a.tables, a.staff)
     with _PRINTING:  # its charts are drawn with matplotlib's process-wide settings
-        html = grid_html(layers, figures, page, None)
+        html = grid_html(layers, a.figures, page, a.tables)
     return HTMLResponse(html, headers={
         "Content-Disposition": content_disposition(f"{file_stem(plan)}-{name}.html",
                                                    "inline")})
@@ -90,14 +124,14 @@ def report_page(user: ReportReader, plan: PlanDep, cache: LayerCacheDep,
             summary="One main grid's analysis, printable (landscape A4)")
 def report_pdf(user: ReportReader, plan: PlanDep, store: StoreDep, cache: LayerCacheDep,
                name: PageName) -> Response:
-    layers = cache.layers(plan.plan_id)
-    figures = _figures(layers)
-    grid_id = _grid(figures, plan.plan_id, name)
-    page = grid_page(layers, figures, grid_id, None, None)
+    layers, a = analysis(store, cache, plan.plan_id)
+    grid_id = _grid(a.figures, plan.plan_id, name)
+    page = grid_page(layers, a.figures, grid_id, a.tables, a.staff)
     folder = store.scratch_dir()
     try:
         with _PRINTING:
-            pdf = write_pdf(layers, figures, page, None, folder / "report.pdf").read_bytes()
+            pdf = write_pdf(layers, a.figures, page, a.tables,
+                            folder / "report.pdf").read_bytes()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return Response(pdf, media_type=PRINT_MEDIA["pdf"], headers={

@@ -75,6 +75,15 @@ def create_staffing(
     return public_job(job)
 
 
+def latest_staff(store: PlanStore, plan_id: str) -> Path | None:
+    """``staff.csv`` of the plan's most recently finished staffing job (its
+    ``staffing.json`` is written last), or None when none has finished."""
+    done = list((store.plan_dir(plan_id) / "staffing").glob("*/staffing.json"))
+    if not done:
+        return None
+    return max(done, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)).parent / "staff.csv"
+
+
 def _done_dir(store: PlanStore, plan_id: str, job_id: str) -> Path:
     folder = result_dir(store, plan_id, job_id)
     if not (folder / "staffing.json").exists():
