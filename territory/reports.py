@@ -204,6 +204,7 @@ def _ratios(frame: pd.DataFrame) -> pd.DataFrame:
     out["penetration"] = ratio("subscribers", "households")
     out["arpu_cny"] = ratio("revenue_cny", "customers")
     out["workload_per_staff_h"] = ratio("workload_h", "staff")
+    out["staff_workload_per_person_h"] = ratio("staff_workload_h", "staff")
     out["density_per_km2"] = ratio("subscribers", "area_km2")
     return out
 
@@ -271,6 +272,17 @@ def grid_figures(plan: Plan | PlanLayers, tables: Tables | None = None,
             city[f"staff_role_{role}"] = float(whole[role])
             after.setdefault("staff", []).append(
                 Kpi(f"staff_role_{role}", f"Staff: {role.replace('_', ' ')} (people)"))
+        if "workload_hours" in assigned:
+            # what the staffing gives its people: their share of the grid's hours plus the
+            # roles' fixed hours and field travel (grids_staffing.csv's workload per staff),
+            # beside the units' workload above, which has neither
+            hours = pd.to_numeric(assigned["workload_hours"], errors="coerce")
+            grids["staff_workload_h"] = hours.groupby(assigned["main_grid_id"]).sum().reindex(
+                grids.index, fill_value=0.0)
+            city["staff_workload_h"] = float(hours.sum())
+            after.setdefault("staff", []).append(Kpi(
+                "staff_workload_per_person_h", "Staff hours per person, with fixed hours and "
+                "travel (h/month)", 1, False))
 
     if "households" in grids and "subscribers" in grids:
         grids["headroom"] = (target_penetration * grids["households"]

@@ -281,6 +281,9 @@ def test_staff_table_and_workload_per_staff(written, layers):
         workload = layers.kpis("main_grid").set_index("grid_id").at[grid_id, "workload"]
         assert number(page.kpis["workload_per_staff_h"]) == pytest.approx(
             workload / len(mine), abs=0.05)
+        # the staffing's own figure (fixed hours and travel included), as grids_staffing.csv
+        assert number(page.kpis["staff_workload_per_person_h"]) == pytest.approx(
+            mine["workload_hours"].mean(), abs=0.05)
 
 
 def test_community_list_is_ranked_and_explained(written, layers, city):
