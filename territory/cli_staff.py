@@ -67,5 +67,6 @@ def staff(
         console.print(_table(pd.DataFrame(rows), f"staffing → {paths['staff'].parent}"))
         moved = int(result.staff_["moved"].sum())
         vac = int(result.grids_.query("level == 'main_grid'")["vacancies"].sum())
-        console.print(f"{len(result.staff_)} positions; {moved} people change grid; "
+        console.print(f"{len(result.staff_)} positions; {moved} "
+                      f"{'person changes' if moved == 1 else 'people change'} grid; "
                       f"{vac} vacancies")
