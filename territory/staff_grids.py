@@ -46,12 +46,16 @@ from territory.optimize.highs import pulp_solver
 
 #: Each HiGHS solve here is a few hundred binaries at most.
 TIME_LIMIT_S = 20.0
+#: Main grids a refusal lists (those furthest from a whole number of people's months).
+MAX_LISTED = 10
 #: The main-grid counts tried per branch: the asked count ± this share (at least ± 2).
 COUNT_SPAN = 0.25
 
 
-def _solved(prob: pulp.LpProblem) -> bool:
-    prob.solve(pulp_solver(TIME_LIMIT_S))
+def _solved(prob: pulp.LpProblem, start: dict | None = None) -> bool:
+    """Solve (from ``start`` when given); whether a solution was found (a proof of none is
+    ``prob.status`` Infeasible)."""
+    prob.solve(pulp_solver(TIME_LIMIT_S, start))
     return prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
 
 
@@ -75,31 +79,46 @@ def sub_counts(workload: pd.Series, beats: pd.Series, max_sub: pd.Series,
         return pd.Series(1, index=W.index, dtype=int)
     share = W / total
     t = beats.reindex(W.index).astype(float).clip(lower=0)
-    ub = max_sub.reindex(W.index).to_numpy(int).clip(min=1)
+    tol = tolerance * (1 - 1e-6)  # a margin the solver's feasibility tolerance respects
+    lo, hi = staff_range(float(t.sum()), tolerance)
+    # the bounds the constraints imply for N in lo..hi: a grid has one or two counts left
+    s_ = share.to_numpy()
+    lb = np.maximum(1, np.ceil(s_ * lo / (1 + tol) - 1e-9)).astype(int)
+    ub = np.minimum(max_sub.reindex(W.index).to_numpy(int),
+                    np.floor(s_ * hi / (1 - tol) + 1e-9)).astype(int)
     prob = pulp.LpProblem("sub_counts", pulp.LpMinimize)
-    n = [pulp.LpVariable(f"n_{i}", lowBound=1, upBound=int(u), cat="Integer")
-         for i, u in enumerate(ub)]
+    n = [pulp.LpVariable(f"n_{i}", lowBound=int(a), upBound=int(max(a, b)), cat="Integer")
+         for i, (a, b) in enumerate(zip(lb, ub, strict=True))]
     d = [pulp.LpVariable(f"d_{i}", lowBound=0) for i in range(len(n))]
     N = pulp.lpSum(n)
-    tol = tolerance * (1 - 1e-6)  # a margin the solver's feasibility tolerance respects
     for i, (s, ti) in enumerate(zip(share.to_numpy(), t.to_numpy(), strict=True)):
         prob += s * N <= (1 + tol) * n[i]
         prob += s * N >= (1 - tol) * n[i]
         prob += d[i] >= n[i] - ti
         prob += d[i] >= ti - n[i]
-    lo, hi = staff_range(float(t.sum()), tolerance)
     prob += N >= lo
     prob += N <= hi
     prob += pulp.lpSum(d)
-    if not _solved(prob):
+    rounded = np.clip(np.round(t.to_numpy()), lb, np.maximum(lb, ub))
+    start = {v: float(r) for v, r in zip(n, rounded, strict=True)} if (ub >= lb).all() \
+        else None
+    if (ub < lb).any() or not _solved(prob, start):
         people = W / (total / max(float(t.sum()), 1e-9))
-        rows = "; ".join(f"{g}: {w:,.0f} h, {p:.2f} people's months"
-                         for g, w, p in zip(W.index, W, people, strict=True))
+        # the grids furthest from a whole team first (a city has hundreds)
+        off = (people - people.round()).abs() / people.round().clip(lower=1)
+        worst = off.sort_values(ascending=False, kind="stable").index[:MAX_LISTED]
+        rows = "; ".join(f"{g}: {W[g]:,.0f} h, {people[g]:.2f} people's months"
+                         for g in worst)
+        if len(W) > MAX_LISTED:
+            rows += f"; … and {len(W) - MAX_LISTED} more"
+        proven = ("" if (ub < lb).any() or prob.status == pulp.LpStatusInfeasible else
+                  f" (not proven: HiGHS found none within {TIME_LIMIT_S:g} s)")
         raise InfeasibleError(
-            f"no whole number of sub-grids per main grid keeps every main grid's workload per "
-            f"staff within ±{tolerance:.0%} of the city's with {lo}..{hi} people in all "
-            f"(the city's {total:,.0f} h are {t.sum():.1f} people's months): a main grid "
-            f"needs a workload near a whole number of people's months. Main grids: {rows}. "
+            f"no whole number of sub-grids per main grid{proven} keeps every main grid's "
+            f"workload per staff within ±{tolerance:.0%} of the city's with {lo}..{hi} people "
+            f"in all (the city's {total:,.0f} h are {t.sum():.1f} people's months): a main grid "
+            f"needs a workload near a whole number of people's months. Main grids "
+            f"furthest from one: {rows}. "
             f"Fix: fewer, larger main grids (at most {hi}: each needs a person), fewer "
             "staff hours (more people per main grid), a larger `staff_tolerance`, or a "
             "tighter workload balance of the main grids")
