@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from territory.errors import InfeasibleError
-from territory.staff_grids import per_staff_deviation, staff_range, sub_counts
+from territory.staff_grids import branch_counts, per_staff_deviation, staff_range, sub_counts
 
 
 def _brute(W, t, most, tol):
@@ -70,3 +70,36 @@ def test_impossible_is_refused_with_the_numbers():
     text = str(err.value)
     assert "North: 100 h, 1.00 people's months" in text and "South: 150 h" in text
     assert "±10%" in text and "2..2 people" in text and "`staff_tolerance`" in text
+
+
+def _branches_fit(W: pd.Series, k: pd.Series, room: float) -> bool:
+    """Whether some whole team per branch puts every branch's main grids (each its branch's
+    mean) within ``room`` of the city's workload per staff, with the city's headcount in its
+    range (one person's month = 100 h; brute force over teams 1..12)."""
+    lo, hi = staff_range(float(W.sum()) / 100, 0.10)
+    for teams in itertools.product(range(1, 13), repeat=len(W)):
+        n = k.to_numpy() * np.array(teams)
+        dev = np.abs(per_staff_deviation(W.to_numpy(), n)).max()
+        if lo <= n.sum() <= hi and dev <= room + 1e-9:
+            return True
+    return False
+
+
+def test_branch_counts_make_whole_teams_before_the_draw():
+    """Branches of 5 and 3 people's months asked for two main grids each (2.5 and 1.5 people
+    a main grid: no whole teams come within the band): with the city's four main grids kept,
+    1 and 3 main grids of 5 and 1 people; where the units allow B only two, nothing fits and
+    the asked counts stay (the counts after the draw then decide or refuse)."""
+    W = pd.Series({"A": 500.0, "B": 300.0})
+    asked = pd.Series({"A": 2, "B": 2})
+    room = 1.10 / 1.05 - 1  # what ±10 % per staff leaves main grids balanced to ±5 %
+    assert not _branches_fit(W, asked, room)
+    k = branch_counts(W, W / 100, asked, pd.Series({"A": 50, "B": 50}), tolerance=0.10,
+                      main_tolerance=0.05, city_total=4)
+    assert k.to_dict() == {"A": 1, "B": 3} and _branches_fit(W, k, room)
+    free = branch_counts(W, W / 100, asked, pd.Series({"A": 50, "B": 50}), tolerance=0.10,
+                         main_tolerance=0.05, city_total=None)
+    assert _branches_fit(W, free, room)
+    stuck = branch_counts(W, W / 100, asked, pd.Series({"A": 50, "B": 2}), tolerance=0.10,
+                          main_tolerance=0.05, city_total=4)
+    assert stuck.to_dict() == asked.to_dict()
