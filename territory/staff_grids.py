@@ -44,7 +44,8 @@ import pulp
 from territory.errors import InfeasibleError
 from territory.optimize.highs import pulp_solver
 
-#: Each HiGHS solve here is a few hundred binaries at most.
+#: Seconds per HiGHS solve (1 000 main grids' counts take about 3 CPU-seconds; see
+#: bench/staff_grids.py).
 TIME_LIMIT_S = 20.0
 #: Main grids a refusal lists (those furthest from a whole number of people's months).
 MAX_LISTED = 10
@@ -126,9 +127,9 @@ def sub_counts(workload: pd.Series, beats: pd.Series, max_sub: pd.Series,
 
 
 def staff_range(people: float, tolerance: float) -> tuple[int, int]:
-    """The city's whole headcount (sub-grids): its workload per staff within ``±tolerance``
-    of one person's month, ``people`` being the city's load in people's months; the nearest
-    whole number when no whole number is that close."""
+    """The city's whole headcount (sub-grids) whose load per person is within ``±tolerance``
+    of one person's month, ``people`` being the city's load in people's months (the sizing
+    load over one beat); the nearest whole number when no whole number is that close."""
     lo, hi = math.ceil(people / (1 + tolerance)), math.floor(people / (1 - tolerance))
     lo = max(lo, 1)
     return (lo, hi) if lo <= hi else (max(1, round(people)),) * 2
