@@ -38,7 +38,7 @@ from territory.boundaries import load_city, read_boundaries
 from territory.crs_check import Warn
 from territory.errors import TerritoryError
 from territory.hierarchy import HierarchySpec
-from territory.pipeline import Inputs, UnitOptions, precheck_units, read_points, run
+from territory.pipeline import Inputs, precheck_units, read_points, run
 from territory.synth import generate_city
 
 log = logging.getLogger(__name__)
@@ -89,16 +89,7 @@ def _inputs(source: dict[str, Any], on_warning: Warn) -> Inputs:
 
 def plan_spec(p: PlanParameters, solver_workers: int) -> HierarchySpec:
     """The library's hierarchy options from a request's plan parameters."""
-    return HierarchySpec(
-        measures=dict(p.balance), n_main=p.main_grids, main_size=p.main_size,
-        n_sub=p.sub_grids, sub_size=p.sub_size, objective=p.objective,
-        time_limit_main=p.time_limit_main, time_limit_sub=p.time_limit_sub,
-        own_grid_islands=p.own_grid_islands, workers=solver_workers, random_state=p.seed,
-    )
-
-
-def _unit_options(p: PlanParameters) -> UnitOptions:
-    return UnitOptions(p.resolution, p.target_per_unit, p.min_resolution)
+    return p.spec(workers=solver_workers)
 
 
 @dataclass
@@ -132,7 +123,7 @@ def prepare(source: dict[str, Any], parameters: PlanParameters, solver_workers: 
         log.info("pre-check left to the job: inputs not read (%s)", exc)
         return None
     try:
-        built = precheck_units(inputs, _unit_options(parameters),
+        built = precheck_units(inputs, parameters.unit_options(),
                                plan_spec(parameters, solver_workers),
                                stores_as_centres=parameters.stores_as_centres)
     except TerritoryError:
@@ -209,7 +200,7 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
                 warn(message)
         p = PlanParameters.model_validate(request["parameters"])
         progress = _Progress(store, job_id)
-        result = run(inputs, _unit_options(p), plan_spec(p, solver_workers),
+        result = run(inputs, p.unit_options(), plan_spec(p, solver_workers),
                      stores_as_centres=p.stores_as_centres, progress=progress,
                      built=prepared.built if prepared else None)
         progress("saving the plan and its assignment index")

@@ -77,11 +77,13 @@ class Inputs:
 
 @dataclass
 class UnitOptions:
-    """H3 units (resolution, adaptive target) or the planner's own polygons (``layer``)."""
+    """H3 units (resolution, adaptive target) or the planner's own polygons (``layer``).
 
-    resolution: int = 9
-    target_per_unit: float | None = None
-    min_resolution: int = 6
+    The defaults are :class:`territory.request.PlanRequest`'s (tests/test_request.py)."""
+
+    resolution: int = 10
+    target_per_unit: float | None = 30.0
+    min_resolution: int = 7
     layer: gpd.GeoDataFrame | None = None  # planner-supplied units: communities, villages
     id_column: str | None = None
 
