@@ -11,6 +11,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from territory.atomic import write_json
 from territory.cli_common import (
@@ -192,6 +193,9 @@ def diff(
         console.print(f"{len(d.changes):,} units change grid → {out / 'changes.csv'}")
         if len(d.grids):
             console.print(_table(d.grids.round(0), "grids created, removed, reshaped"))
+        if len(d.stores):
+            write_csv(d.stores, out / "stores.csv")
+            console.print(_table(d.stores.fillna(""), "stores opened, moved, closed"))
         console.print(_table(d.balance.round(4), "balance before and after"))
 
 
@@ -205,18 +209,63 @@ AuthorOpt = Annotated[str, typer.Option(help="Who edits (recorded)")]
 MessageOpt = Annotated[str, typer.Option(help="Why (recorded)")]
 
 
-def _edit(plan: Path, out: Path, fn) -> None:
-    """Load the plan and its unit graph, apply ``fn(plan, graph)``, save the new version."""
+def _edit(plan: Path, out: Path, fn, *, graph: bool = True) -> None:
+    """Load the plan (and its unit graph unless ``graph`` is False: the edit moves no
+    unit), apply ``fn(plan, graph)``, save the new version."""
     from territory.graph import build_graph
     from territory.plan import Plan
 
     with _errors():
         p = Plan.load(plan)
-        with console.status("building the unit graph"):
-            graph = build_graph(p.units)
-        new = fn(p, graph)
+        g = None
+        if graph:
+            with console.status("building the unit graph"):
+                g = build_graph(p.units)
+        new = fn(p, g)
         new.save(out)
-        console.print(f"v{new.version} {new.plan_id} ({new.message}) → {out}")
+        console.print(f"v{new.version} {new.plan_id} ({escape(new.message)}) → {out}",
+                      highlight=False)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Open, move or close a store: each a new "
+                        "version; the grids keep their units.")
+edit_app.add_typer(store_app, name="store")
+StoreId = Annotated[str, typer.Option("--id", help="Store id")]
+Lng = Annotated[float, typer.Option(help="Longitude (or easting in a projected --crs)")]
+Lat = Annotated[float, typer.Option(help="Latitude (or northing in a projected --crs)")]
+Crs = Annotated[str, typer.Option(help="System of --lng/--lat: wgs84, cgcs2000, gcj02, bd09 "
+                                       "or EPSG:N (required: never assumed)")]
+
+
+@store_app.command("add")
+def store_add(plan: PlanArg, out: OutOpt, store_id: StoreId, lng: Lng, lat: Lat, crs: Crs,
+              name: Annotated[str, typer.Option(help="Store name")] = "",
+              author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Open a store (reports and maps count it in its grid)."""
+    from territory.stores import add_store
+
+    _edit(plan, out, lambda p, g: add_store(p, store_id, lng, lat, crs=crs, name=name,
+                                            author=author, message=message), graph=False)
+
+
+@store_app.command("move")
+def store_move(plan: PlanArg, out: OutOpt, store_id: StoreId, lng: Lng, lat: Lat, crs: Crs,
+               author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Move a store; a main grid centred on it that it leaves is flagged without a store."""
+    from territory.stores import move_store
+
+    _edit(plan, out, lambda p, g: move_store(p, store_id, lng, lat, crs=crs, author=author,
+                                             message=message), graph=False)
+
+
+@store_app.command("close")
+def store_close(plan: PlanArg, out: OutOpt, store_id: StoreId,
+                author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Close a store; a main grid centred on it keeps its units, flagged without a store."""
+    from territory.stores import close_store
+
+    _edit(plan, out, lambda p, g: close_store(p, store_id, author=author, message=message),
+          graph=False)
 
 
 @edit_app.command("move")

@@ -19,6 +19,7 @@ from territory.pipeline import Inputs, build_unit_table
 from territory.plan import Plan
 from territory.progress import DIAGNOSIS, GRAPH, METRICS, SNAP, UNITS, Progress, silent
 from territory.request import ImportRequest
+from territory.stores import store_records
 
 
 @dataclass
@@ -56,5 +57,7 @@ def import_map(inputs: Inputs, main: GridLayer, sub: GridLayer | None,
     progress(METRICS, 0, 1)
     metrics = plan_metrics(plan, graph, inputs.areas)
     progress(METRICS, 1, 1)
+    if inputs.stores is not None:  # the stores as they stand (store edits)
+        plan.params["stores"] = store_records(plan.units, inputs.stores, centred=False)
     plan = Plan(**{**plan.__dict__, "metrics": metrics, "author": author, "message": message})
     return Imported(plan, diag)
