@@ -9,7 +9,7 @@ builds what it needs (the unit graph, the locks, the budget) and reports each st
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
@@ -26,7 +26,7 @@ class Rebalanced:
     result: Result
     budget: Budget
     graph: nx.Graph
-    #: the plan the budget was applied to (the given one, or its version with the new locks)
+    #: the plan the budget was applied to (the given one, with the new locks)
     base: Plan
 
     def figures(self) -> dict:
@@ -44,8 +44,9 @@ def rebalance_plan(plan: Plan, budget: str, *, tolerance: float | None = None,
                    depth: int = 2, time_limit: float = 30.0, lock: Iterable[str] = (),
                    author: str = "", message: str = "",
                    progress: Progress | None = None) -> Rebalanced:
-    """Build the unit graph, lock ``lock`` (a version of its own, recorded), parse the
-    budget (``MEASURE=VALUE[%]``) and rebalance, reporting each stage."""
+    """Build the unit graph, lock the units ``lock`` (kept locked in the result, whose
+    parent is ``plan``), parse the budget (``MEASURE=VALUE[%]``) and rebalance, reporting
+    each stage."""
     from territory.edits import locked, set_lock
 
     progress = progress or silent
@@ -53,9 +54,9 @@ def rebalance_plan(plan: Plan, budget: str, *, tolerance: float | None = None,
     graph = build_graph(plan.units)
     progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
     held = [u for u in dict.fromkeys(lock) if not locked(plan).get(u, False)]
-    if held:
-        plan = set_lock(plan, graph, unit_ids=held, author=author,
-                        message="locks for rebalance")
+    if held:  # held in the result, which stays a child of ``plan`` (no version between)
+        with_locks = set_lock(plan, graph, unit_ids=held, author=author, message="")
+        plan = replace(plan, units=with_locks.units)
     parsed = Budget.parse(budget, plan)
     progress(REBALANCE, 0, 1)
     res = rebalance(plan, graph, parsed, tolerance=tolerance, depth=depth,

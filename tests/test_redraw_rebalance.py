@@ -93,7 +93,7 @@ def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
     for stage in (GRAPH, REBALANCE):  # the stages are shown as they run
         assert stage in res.output
     new = Plan.load(tmp_path / "r" / "plan.gpkg")
-    assert new.parent is not None and new.author == "ann"
+    assert new.parent == plan.plan_id and new.author == "ann"
     assert [h["plan_id"] for h in new.history][0] == plan.plan_id
     assert (new.units.loc[["u3_3", "u4_3"], "main_grid_id"]
             == plan.units.loc[["u3_3", "u4_3"], "main_grid_id"]).all()
