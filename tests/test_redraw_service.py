@@ -181,7 +181,7 @@ def test_store_edits_over_http(server: Server) -> None:
                "lng": 114.005, "lat": 22.605, "crs": "wgs84", "message": "new hall"}
         missing = assert_problem(http.post(f"/plans/{base}/edits", headers=p, json={
             "base": base, "kind": "add_store", "store_id": "N1"}), 422)
-        assert {e["field"] for e in missing["errors"]} == {"body.lng", "body.lat", "body.crs"}
+        assert {e["field"] for e in missing["errors"]} == {"lng", "lat", "crs"}
         r = http.post(f"/plans/{base}/edits", json=add, headers=p)
         assert r.status_code == 201, r.text
         v2 = r.json()

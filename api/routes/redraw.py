@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 import pyogrio
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.assignment import write_index
@@ -34,13 +34,18 @@ from api.jobs import SAVING, read_inputs, save_upload
 from api.problems import (
     ERRORS,
     ProblemError,
-    field_errors,
     field_problem,
     territory_problem,
     too_large,
 )
 from api.routes.jobs import public_job
-from api.routes.plans import BOUNDARY_SUFFIXES, POINT_SUFFIXES, _check_capacity, _suffix
+from api.routes.plans import (
+    BOUNDARY_SUFFIXES,
+    POINT_SUFFIXES,
+    check_capacity,
+    form_request,
+    upload_suffix,
+)
 from api.schemas import SERVICE_AREA, FieldError, JobPublic, TableOptions
 from api.store import JobRecord, PlanRecord, PlanStore
 from territory.atomic import write_json
@@ -166,7 +171,7 @@ def _store_fields(body: Edit) -> None:
     if missing:
         raise ProblemError(422, f"{body.kind} needs {', '.join(missing)}",
                            kind="validation-error", title="Invalid request",
-                           errors=[FieldError(field=f"body.{f}", message="required for "
+                           errors=[FieldError(field=f, message="required for "
                                               f"{body.kind}", fix=f"give {f}")
                                    for f in missing])
 
@@ -287,24 +292,13 @@ def rebalance(record: PlanDep, body: RebalanceRequest, store: StoreDep, user: Pl
     worst excess, the smallest budget that works when the given one does not). 409 when
     ``base`` is stale, now or when the job ends."""
     _check_base(store, record, body.base)
-    _check_capacity(store, settings)
+    check_capacity(store, settings)
     return _queue(store, runner, response, service_area=record.service_area,
                   user=user.name, request={"kind": "rebalance", "plan_id": record.plan_id,
                                            **body.model_dump()})
 
 
 GRID_SUFFIXES = (".geojson", ".json", ".gpkg", ".kml", ".zip")
-
-
-def _import_request(text: str) -> ImportUpload:
-    try:
-        return ImportUpload.model_validate_json(text)
-    except ValidationError as exc:
-        errors = [FieldError(field=f"request.{e.field}", message=e.message, fix=e.fix)
-                  for e in field_errors(exc.errors())]
-        raise ProblemError(422, "the `request` part is not a valid import request",
-                           kind="validation-error", title="Invalid request",
-                           errors=errors) from None
 
 
 def _check_grids(path: Path, field: str, params: ImportRequest) -> None:
@@ -351,22 +345,22 @@ def import_plan(
     """Queue the import; poll the job at ``Location``; once done its ``plan_id`` is the
     snapped plan (a version of the service area) and ``GET /plans/{plan_id}/diagnosis`` the
     audit of the map as drawn (the keys of ``territory import``'s ``diagnosis.json``)."""
-    _check_capacity(store, settings)
-    body = _import_request(request)
+    check_capacity(store, settings)
+    body = form_request(request, ImportUpload, "import request")
     area = body.service_area or Path(boundaries.filename or "import").stem
     points_crs = resolve_crs(body.points_crs, settings, area, "request.points_crs")
-    files = {"boundaries": (boundaries, _suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
+    files = {"boundaries": (boundaries, upload_suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
     for name, upload in (("grids", grids), ("sub_grids", sub_grids)):
         if upload is not None:
             if (upload.size or 0) > settings.max_grid_layer_bytes:
                 raise too_large(f"the {name} file is {upload.size} bytes, over the "
                                 f"{settings.max_grid_layer_bytes} a drawn layer may have",
                                 name, "simplify the drawing or split the service area")
-            files[name] = (upload, _suffix(upload, name, GRID_SUFFIXES))
+            files[name] = (upload, upload_suffix(upload, name, GRID_SUFFIXES))
     for name, upload in (("customers", customers), ("communities", communities),
                          ("stores", stores), ("key_accounts", key_accounts)):
         if upload is not None:
-            files[name] = (upload, _suffix(upload, name, POINT_SUFFIXES))
+            files[name] = (upload, upload_suffix(upload, name, POINT_SUFFIXES))
     job_id = store.new_job_id()
     source: dict[str, Any] = body.model_dump(exclude={"service_area", "parameters",
                                                       "message"})
