@@ -50,12 +50,12 @@ class _Request(BaseModel):
 class UnitRequest(_Request):
     """What the units are: H3 cells at a resolution, finer where customers are dense."""
 
-    resolution: int = Field(10, ge=4, le=12, description="Finest H3 resolution of units")
+    resolution: int = Field(10, ge=4, le=15, description="Finest H3 resolution of units")
     target_per_unit: float | None = Field(30.0, gt=0, description="Customers per unit "
                                                                   "(adaptive resolution); "
                                                                   "null: every unit at "
                                                                   "`resolution`")
-    min_resolution: int = Field(7, ge=4, le=12, description="Coarsest adaptive resolution")
+    min_resolution: int = Field(7, ge=4, le=15, description="Coarsest adaptive resolution")
 
     @model_validator(mode="after")
     def _resolutions(self) -> UnitRequest:
