@@ -155,7 +155,7 @@ def test_import_route_audits_and_snaps_a_drawn_map(server: Server, tmp_path: Pat
         wrong = {**request, "parameters": {**request["parameters"], "grid_column": "name"}}
         body = assert_problem(http.post("/plans/import", headers=p, files=_upload(files),
                                         data={"request": json.dumps(wrong)}), 422)
-        assert "'name' is not a column of the grids file" in body["detail"]
+        assert "`grid_column` 'name' is not a column of the grids file" in body["detail"]
         assert http.get("/jobs", headers=p).json()["count"] == jobs  # none queued by these
 
         r = http.post("/plans/import", headers=p, files=_upload(files), data=form)
