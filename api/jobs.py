@@ -30,20 +30,27 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from api.assignment import write_index
-from api.problems import make_problem, territory_problem
+from api.problems import ProblemError, make_problem, territory_problem
 from api.schemas import PlanParameters, TableOptions
-from api.store import PlanStore, now
+from api.store import JobRecord, PlanStore, now
 from territory.atomic import atomic_path
 from territory.boundaries import load_city, read_boundaries
 from territory.crs_check import Warn
 from territory.errors import TerritoryError
 from territory.hierarchy import HierarchySpec
-from territory.pipeline import Inputs, UnitOptions, precheck_units, read_points, run
+from territory.pipeline import Inputs, precheck_units, read_points, run
+from territory.progress import Progress
 from territory.synth import generate_city
 
 log = logging.getLogger(__name__)
 
 POINT_TABLES = ("customers", "communities", "stores", "key_accounts")
+#: every file a job's source may name (an import's drawn grids besides a plan's tables)
+FILE_FIELDS = ("boundaries", *POINT_TABLES, "grids", "sub_grids")
+#: jobs that store a new version of a plan (run by :func:`api.routes.redraw.run_redraw`)
+REDRAW_KINDS = ("rebalance", "import")
+#: the last stage of a job: the new plan written with its assignment index
+SAVING = "saving the plan and its assignment index"
 
 INTERRUPTED = make_problem(503, "the service stopped before this job finished; submit it again",
                            kind="interrupted", title="Job interrupted")
@@ -89,16 +96,7 @@ def _inputs(source: dict[str, Any], on_warning: Warn) -> Inputs:
 
 def plan_spec(p: PlanParameters, solver_workers: int) -> HierarchySpec:
     """The library's hierarchy options from a request's plan parameters."""
-    return HierarchySpec(
-        measures=dict(p.balance), n_main=p.main_grids, main_size=p.main_size,
-        n_sub=p.sub_grids, sub_size=p.sub_size, objective=p.objective,
-        time_limit_main=p.time_limit_main, time_limit_sub=p.time_limit_sub,
-        own_grid_islands=p.own_grid_islands, workers=solver_workers, random_state=p.seed,
-    )
-
-
-def _unit_options(p: PlanParameters) -> UnitOptions:
-    return UnitOptions(p.resolution, p.target_per_unit, p.min_resolution)
+    return p.spec(workers=solver_workers)
 
 
 @dataclass
@@ -132,7 +130,7 @@ def prepare(source: dict[str, Any], parameters: PlanParameters, solver_workers: 
         log.info("pre-check left to the job: inputs not read (%s)", exc)
         return None
     try:
-        built = precheck_units(inputs, _unit_options(parameters),
+        built = precheck_units(inputs, parameters.unit_options(),
                                plan_spec(parameters, solver_workers),
                                stores_as_centres=parameters.stores_as_centres)
     except TerritoryError:
@@ -167,7 +165,7 @@ def _public_paths(store: PlanStore, source: dict[str, Any]) -> dict[str, str]:
     a dataset by its name in ``datasets/``; never the server's paths."""
     out = {}
     root = store.datasets_dir.resolve()
-    for name in ("boundaries", *POINT_TABLES):
+    for name in FILE_FIELDS:
         if source.get(name) and source.get("kind") == "files":
             path = Path(source[name])
             out[str(path)] = (f"dataset {path.relative_to(root).as_posix()!r}"
@@ -195,39 +193,27 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
         warnings.append(message)
         store.update_job(job_id, warnings=warnings)
 
+    source = request.get("source") or {}
     try:
-        prepared = _handed_over(store, job_id)
-        if prepared is None:
-            try:
-                inputs = _inputs(request["source"], warn)
-            except TerritoryError as exc:
-                # the files themselves are unusable: a client error about what was sent
-                raise _Malformed(exc) from exc
-        else:
-            inputs = prepared.inputs
-            for message in prepared.warnings:
-                warn(message)
-        p = PlanParameters.model_validate(request["parameters"])
         progress = _Progress(store, job_id)
-        result = run(inputs, _unit_options(p), plan_spec(p, solver_workers),
-                     stores_as_centres=p.stores_as_centres, progress=progress,
-                     built=prepared.built if prepared else None)
-        progress("saving the plan and its assignment index")
-        record = store.add_plan(result.plan, service_area=job.service_area,
-                                created_by=job.created_by, job_id=job_id,
-                                parameters=request["parameters"], index_writer=write_index,
-                                tables=inputs.tables())
-        store.update_job(job_id, status="done", stage="done", plan_id=record.plan_id,
+        if request.get("kind") in REDRAW_KINDS:  # an import or a rebalance: a new version
+            from api.routes.redraw import run_redraw
+            plan_id = run_redraw(store, job, progress, warn)
+        else:
+            plan_id = _plan_job(store, job, progress, warn, solver_workers)
+        store.update_job(job_id, status="done", stage="done", plan_id=plan_id,
                          finished=now())
     except _Interrupted:
         _fail(store, job_id, INTERRUPTED.model_dump())
-    except _Malformed as exc:
+    except ProblemError as exc:  # refused as the service refuses a request (e.g. 409)
+        _fail(store, job_id, exc.body.model_dump())
+    except MalformedInput as exc:
         _fail(store, job_id, territory_problem(
-            exc.cause, status=400, paths=_public_paths(store, request["source"])).model_dump())
+            exc.cause, status=400, paths=_public_paths(store, source)).model_dump())
     except TerritoryError as exc:
         _fail(store, job_id, territory_problem(
-            exc, paths=_public_paths(store, request["source"]),
-            prefix=parameters_field(request["source"], store.upload_dir(job_id))
+            exc, paths=_public_paths(store, source),
+            prefix=parameters_field(source, store.upload_dir(job_id))
         ).model_dump())
     except Exception as exc:
         log.exception("plan job %s failed", job_id)
@@ -238,11 +224,42 @@ def run_job(root: str, job_id: str, solver_workers: int) -> None:
         shutil.rmtree(store.upload_dir(job_id), ignore_errors=True)
 
 
+def read_inputs(source: dict[str, Any], warn: Warn) -> Inputs:
+    """The job's inputs; files that cannot be used as sent are :class:`MalformedInput`."""
+    try:
+        return _inputs(source, warn)
+    except TerritoryError as exc:
+        raise MalformedInput(exc) from exc
+
+
+def _plan_job(store: PlanStore, job: JobRecord, progress: Progress, warn: Warn,
+              solver_workers: int) -> str:
+    """Compute a plan job's plan and store it; its id."""
+    request = job.request
+    prepared = _handed_over(store, job.job_id)
+    if prepared is None:
+        inputs = read_inputs(request["source"], warn)
+    else:
+        inputs = prepared.inputs
+        for message in prepared.warnings:
+            warn(message)
+    p = PlanParameters.model_validate(request["parameters"])
+    result = run(inputs, p.unit_options(), plan_spec(p, solver_workers),
+                 stores_as_centres=p.stores_as_centres, progress=progress,
+                 built=prepared.built if prepared else None)
+    progress(SAVING, 0, None)
+    record = store.add_plan(result.plan, service_area=job.service_area,
+                            created_by=job.created_by, job_id=job.job_id,
+                            parameters=request["parameters"], index_writer=write_index,
+                            tables=inputs.tables())
+    return record.plan_id
+
+
 def parameters_field(source: dict[str, Any], uploads: Path) -> str:
     """Where a request holds its plan parameters: inside the ``request`` form part of an
     upload, at the top of a JSON request."""
     uploaded = any(Path(source[name]).is_relative_to(uploads)
-                   for name in ("boundaries", *POINT_TABLES)
+                   for name in FILE_FIELDS
                    if source.get("kind") == "files" and source.get(name))
     return "request.parameters." if uploaded else "parameters."
 
@@ -251,7 +268,7 @@ class _Interrupted(Exception):
     """The service that started the job is gone."""
 
 
-class _Malformed(Exception):
+class MalformedInput(Exception):
     """An input file could not be used as sent (answered as 400, not 422)."""
 
     def __init__(self, cause: TerritoryError) -> None:

@@ -12,8 +12,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from typing_extensions import TypedDict
+
+from territory.request import PlanRequest
 
 MAX_LIMIT = 200
 """Largest page a list endpoint returns: a bounded answer whatever the store holds."""
@@ -63,39 +65,11 @@ class Problem(BaseModel):
 
 
 # -- plan creation -------------------------------------------------------------------------
-class PlanParameters(Strict):
-    """The options of ``territory plan``: how many grids, what to balance, how long to try."""
+class PlanParameters(PlanRequest):
+    """The options of ``territory plan``: how many grids, what to balance, how long to try.
 
-    main_grids: int | None = Field(None, ge=1, le=10_000, description="Main grids in the area")
-    main_size: float | None = Field(None, gt=0, description="Or: target load per main grid")
-    sub_grids: int = Field(4, ge=1, le=100, description="Sub-grids per main grid")
-    sub_size: float | None = Field(None, gt=0, description="Or: target load per sub-grid")
-    balance: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
-        default_factory=lambda: {"subscribers": 0.05, "workload": 0.05},
-        description="Measure -> tolerance (0.05 = within ±5 % of the parent's mean); the "
-                    "first measure sizes the grids",
-    )
-    objective: Literal["distance", "boundary"] = "distance"
-    resolution: int = Field(10, ge=4, le=12, description="Finest H3 resolution of units")
-    target_per_unit: float | None = Field(30.0, gt=0, description="Customers per unit "
-                                                                  "(adaptive resolution)")
-    min_resolution: int = Field(7, ge=4, le=12, description="Coarsest adaptive resolution")
-    time_limit_main: float = Field(30.0, gt=0, le=3600, description="Seconds per branch")
-    time_limit_sub: float = Field(10.0, gt=0, le=3600, description="Seconds per main grid")
-    stores_as_centres: bool = False
-    own_grid_islands: bool = False
-    seed: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PlanParameters:
-        if self.main_grids is None and self.main_size is None:
-            raise ValueError("give main_grids (a number) or main_size (a load per main grid)")
-        if not self.balance:
-            raise ValueError("balance needs at least one measure, e.g. {'subscribers': 0.05}")
-        if self.min_resolution > self.resolution:
-            raise ValueError(f"min_resolution {self.min_resolution} is finer than resolution "
-                             f"{self.resolution}; make it at most {self.resolution}")
-        return self
+    The library's :class:`~territory.request.PlanRequest` itself (same fields, defaults and
+    checks), so the service plans exactly what the command would."""
 
 
 class TableOptions(Strict):

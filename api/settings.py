@@ -211,6 +211,8 @@ class Settings(BaseSettings):
         description="NAME=KEY:ROLE[+ROLE],... or a table in the config file")
     max_request_bytes: int = Field(256 * 2**20, gt=0, description="Largest request body")
     max_batch_points: int = Field(1_000_000, gt=0, description="Most points in one batch")
+    max_grid_layer_bytes: int = Field(64 * 2**20, gt=0, description="Largest drawn grid "
+                                                                    "layer an import takes")
     max_concurrent_batches: int = Field(
         2, gt=0, description="Batches (JSON or file) assigned at the same time; the others "
                              "wait for a slot")

@@ -29,6 +29,7 @@ from territory.errors import (
     InvalidInputError,
     PartialPlanError,
 )
+from territory.request import PlanRequest, default
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -176,10 +177,13 @@ def plan(
     dissolve_branches: Annotated[bool, typer.Option(help="Merge boundary rows that share a "
                                                          "branch code into one branch")]
     = False,
-    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
+    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")]
+    = default("resolution"),
     target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit (adaptive "
-                                                               "resolution)")] = 30.0,
-    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")] = 7,
+                                                               "resolution)")]
+    = default("target_per_unit"),
+    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")]
+    = default("min_resolution"),
     units: Annotated[Path | None, typer.Option(help="Your own unit polygons (communities, "
                                                     "villages) instead of H3 cells")] = None,
     unit_id_column: Annotated[str | None, typer.Option(help="Unit id column of --units")]
@@ -189,7 +193,8 @@ def plan(
                                                          "main grid")] = None,
     branch_grids: Annotated[Path | None, typer.Option(help="CSV branch_id,main_grids: the "
                                                            "count per branch")] = None,
-    sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")] = 4,
+    sub_grids: Annotated[int, typer.Option(help="Sub-grids per main grid")]
+    = default("sub_grids"),
     sub_size: Annotated[float | None, typer.Option(help="Target load per sub-grid")] = None,
     staff_hours: Annotated[float | None, typer.Option(help="A team member's monthly hours: "
                                                            "each sub-grid is sized to one "
@@ -199,63 +204,52 @@ def plan(
     staff_tolerance: Annotated[float, typer.Option(help="With --staff-hours: every main "
                                                         "grid's workload per staff member "
                                                         "(per sub-grid) within this share of "
-                                                        "the city's")] = 0.10,
-    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
-    tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
-    objective: Annotated[str, typer.Option(help="distance or boundary")] = "distance",
+                                                        "the city's")]
+    = default("staff_tolerance"),
+    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL] (default: "
+                                                           "subscribers and workload)")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="Default tolerance")]
+    = default("tolerance"),
+    objective: Annotated[str, typer.Option(help="distance or boundary")]
+    = default("objective"),
     lock: Annotated[Path | None, typer.Option(help="CSV unit_id,main_grid_id")] = None,
     stores_as_centres: Annotated[bool, typer.Option(help="One main grid per store, centred "
                                                          "on it")] = False,
     own_grid_islands: Annotated[bool, typer.Option(help="Islands become main grids of their "
                                                         "own")] = False,
-    time_limit_main: Annotated[float, typer.Option(help="Seconds per branch")] = 60.0,
-    time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")] = 20.0,
+    time_limit_main: Annotated[float, typer.Option(help="Seconds per branch")]
+    = default("time_limit_main"),
+    time_limit_sub: Annotated[float, typer.Option(help="Seconds per main grid")]
+    = default("time_limit_sub"),
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 2,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option()] = default("seed"),
     strict: Annotated[bool, typer.Option(help="Keep --sub-grids in every main grid: one that "
                                               "cannot be balanced is saved flagged and the "
                                               "run exits 3 (default: it gets fewer)")] = False,
 ) -> None:
     """Build the three-level plan (branches, main grids, sub-grids) on your own data."""
     from territory.boundaries import read_boundaries
-    from territory.hierarchy import HierarchySpec
-    from territory.pipeline import Inputs, UnitOptions, read_points
-    from territory.workload import BEAT, TOTAL, beat_size, load_model
+    from territory.pipeline import Inputs, read_points
+    from territory.workload import load_model
 
     with _errors(ctx, crs="boundaries_crs", id_column="unit_id_column", lng="lng_column",
-                 lat="lat_column", n_main="main_grids", n_sub="sub_grids"):
+                 lat="lat_column", n_main="main_grids", n_sub="sub_grids", locks="lock"):
         points_crs = require_crs(points_crs, "--points-crs")
         model = load_model(workload)
-        locked = {}
-        if lock is not None:
-            table = pd.read_csv(lock, dtype=str)
-            if not {"unit_id", "main_grid_id"} <= set(table.columns):
-                raise InvalidInputError(f"--lock {lock}: needs columns unit_id, main_grid_id")
-            locked = dict(zip(table["unit_id"], table["main_grid_id"], strict=True))
-        n_main: int | dict | None = main_grids
-        if branch_grids is not None:
-            table = pd.read_csv(branch_grids, dtype={"branch_id": str})
-            if not {"branch_id", "main_grids"} <= set(table.columns):
-                raise InvalidInputError(
-                    f"--branch-grids {branch_grids}: needs columns branch_id, main_grids"
-                )
-            n_main = dict(zip(table["branch_id"], table["main_grids"].astype(int), strict=True))
-        measures = parse_balance(balance or ["subscribers", "workload"], tolerance)
-        size_measure = None
-        if staff_hours is not None:
-            if sub_size is not None:
-                raise InvalidInputError("give --staff-hours or --sub-size, not both")
-            sub_size = beat_size(model, staff_hours)
-            size_measure = BEAT
-            measures.setdefault(TOTAL, tolerance)
-        spec = HierarchySpec(
-            measures=measures, size_measure=size_measure,
-            n_main=n_main, main_size=main_size, n_sub=sub_grids, sub_size=sub_size,
-            staff_measure=TOTAL if staff_hours is not None else None,
-            staff_tolerance=staff_tolerance, objective=objective, time_limit_main=time_limit_main,
-            time_limit_sub=time_limit_sub, locked=locked, own_grid_islands=own_grid_islands,
-            workers=workers, random_state=seed, strict=strict,
-        )
+        request = plan_request(
+            main_grids=main_grids, branch_grids=_csv_dict(branch_grids, "branch_grids",
+                                                          "branch_id", "main_grids", int),
+            main_size=main_size, sub_grids=sub_grids, sub_size=sub_size,
+            staff_hours=staff_hours, staff_tolerance=staff_tolerance, balance=balance,
+            tolerance=tolerance,
+            objective=objective, resolution=resolution, target_per_unit=target_per_unit,
+            min_resolution=min_resolution, time_limit_main=time_limit_main,
+            time_limit_sub=time_limit_sub,
+            locks=_csv_dict(lock, "lock", "unit_id", "main_grid_id", str) or {},
+            stores_as_centres=stores_as_centres, own_grid_islands=own_grid_islands,
+            strict=strict, seed=seed)
+        spec = request.spec(workers=workers, workload=model)
         spec.validate(centred=stores_as_centres)  # cheap checks before reading any file
         areas = read_boundaries(boundaries, crs=boundaries_crs, repair=repair)
 
@@ -271,8 +265,30 @@ def plan(
                         workload=model)
         layer = None if units is None else read_boundaries(
             units, crs=boundaries_crs, id_column=unit_id_column, repair=repair)
-        opts = UnitOptions(resolution, target_per_unit, min_resolution, layer, unit_id_column)
-        _plan_job(inputs, opts, spec, out, stores_as_centres)
+        _plan_job(inputs, request.unit_options(layer, unit_id_column), spec, out,
+                  stores_as_centres)
+
+
+def plan_request(*, balance: list[str] | None, tolerance: float, **values) -> PlanRequest:
+    """The :class:`PlanRequest` of ``territory plan``'s options (``--balance COLUMN[=TOL]``
+    entries given without a tolerance take ``--tolerance``)."""
+    if balance is not None:
+        values["balance"] = parse_balance(balance, None)
+    return PlanRequest.build(tolerance=tolerance, **values)
+
+
+def _csv_dict(path: Path | None, option: str, key: str, value: str, kind) -> dict | None:
+    """A two-column CSV (``--lock``, ``--branch-grids``) as ``{key: value}``."""
+    if path is None:
+        return None
+    table = pd.read_csv(path, dtype=str)
+    if not {key, value} <= set(table.columns):
+        raise InvalidInputError(f"`{option}` {path}: needs columns {key}, {value}")
+    try:
+        return dict(zip(table[key], table[value].map(kind), strict=True))
+    except ValueError:
+        raise InvalidInputError(f"`{option}` {path}: column {value} must hold "
+                                f"{kind.__name__} values") from None
 
 
 @app.command()

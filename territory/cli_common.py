@@ -75,9 +75,9 @@ def _errors(ctx: typer.Context | None = None, **aliases: str) -> Iterator[None]:
         _fail(exc, ctx, aliases)
 
 
-def parse_balance(specs: list[str], default: float) -> dict[str, float]:
+def parse_balance(specs: list[str], default: float | None) -> dict[str, float | None]:
     """``["subscribers=0.05", "workload"]`` -> ``{"subscribers": 0.05, "workload": default}``."""
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for spec in specs:
         name, _, tol = spec.partition("=")
         if not name:

@@ -93,6 +93,7 @@ def map_command(
     from territory.offline import save_map
     from territory.plan import Plan
     from territory.printmaps import print_city, print_grid
+    from territory.stores import with_plan_stores
 
     with _errors(ctx):
         if grid is not None and measure is not None:
@@ -101,8 +102,8 @@ def map_command(
             points_crs = require_crs(points_crs, "--points-crs")  # before the plan is read
         with console.status("loading the plan and measuring its grids"):
             saved = Plan.load(plan)
-            tables = read_tables(data, points_crs, areas=saved.units, encoding=encoding,
-                                 on_warning=warn)
+            tables = with_plan_stores(saved, read_tables(
+                data, points_crs, areas=saved.units, encoding=encoding, on_warning=warn))
             if staff is not None:
                 from territory.staffing import read_staff_table
 

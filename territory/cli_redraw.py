@@ -11,17 +11,21 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 
 from territory.atomic import write_json
 from territory.cli_common import (
     _errors,
     _table,
     console,
+    err_console,
     parse_balance,
     require_crs,
     warn,
     write_csv,
 )
+from territory.cli_output import progress
+from territory.request import ImportRequest, default
 
 
 def _points(path: Path | None, crs: str, lng: str, lat: str, name: str, areas):
@@ -33,6 +37,7 @@ def _points(path: Path | None, crs: str, lng: str, lat: str, name: str, areas):
 
 
 def import_command(
+    ctx: typer.Context,
     boundaries: Annotated[Path, typer.Argument(help="Boundary layer of the service area")],
     grids: Annotated[Path, typer.Argument(help="Your main grids: any layer GDAL reads (GPKG, "
                                                "SHP, GeoJSON, KML/KMZ, MapInfo TAB/MIF)")],
@@ -58,27 +63,37 @@ def import_command(
     = None,
     lng_column: Annotated[str, typer.Option()] = "lng",
     lat_column: Annotated[str, typer.Option()] = "lat",
-    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")] = 10,
-    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit")] = 30.0,
-    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")] = 7,
-    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL]")] = None,
-    tolerance: Annotated[float, typer.Option(help="Default tolerance")] = 0.05,
+    resolution: Annotated[int, typer.Option(help="Finest H3 resolution of units")]
+    = default("resolution", ImportRequest),
+    target_per_unit: Annotated[float | None, typer.Option(help="Customers per unit")]
+    = default("target_per_unit", ImportRequest),
+    min_resolution: Annotated[int, typer.Option(help="Coarsest adaptive resolution")]
+    = default("min_resolution", ImportRequest),
+    balance: Annotated[list[str] | None, typer.Option(help="COLUMN[=TOL] (default: "
+                                                           "subscribers and workload)")]
+    = None,
+    tolerance: Annotated[float, typer.Option(help="Default tolerance")]
+    = default("tolerance", ImportRequest),
     sliver_width: Annotated[float, typer.Option(help="Pieces thinner than this (m, mean "
-                                                     "width) are slivers")] = 20.0,
+                                                     "width) are slivers")]
+    = default("sliver_width", ImportRequest),
     author: Annotated[str, typer.Option(help="Who imports (recorded in the version)")] = "",
     message: Annotated[str, typer.Option(help="Why (recorded in the version)")]
     = "imported from the drawn map",
 ) -> None:
     """Import your current grid map, audit it (gaps, overlaps, ...) and snap it to units."""
     from territory.boundaries import read_boundaries
-    from territory.diagnose import diagnose
-    from territory.graph import build_graph
-    from territory.importer import read_grids, snap_to_units
-    from territory.metrics import plan_metrics, summary_frame
-    from territory.pipeline import Inputs, UnitOptions, build_unit_table
-    from territory.plan import Plan
+    from territory.import_run import import_map
+    from territory.importer import read_grids
+    from territory.metrics import summary_frame
+    from territory.pipeline import Inputs
 
-    with _errors():
+    with _errors(ctx):
+        request = ImportRequest.build(
+            grid_column=grid_column, parent_column=parent_column, grids_crs=grids_crs,
+            resolution=resolution, target_per_unit=target_per_unit,
+            min_resolution=min_resolution, tolerance=tolerance, sliver_width=sliver_width,
+            **({} if balance is None else {"balance": parse_balance(balance, None)}))
         points_crs = require_crs(points_crs, "--points-crs")
         areas = read_boundaries(boundaries, crs=boundaries_crs)
         args = (points_crs, lng_column, lat_column)
@@ -86,25 +101,14 @@ def import_command(
                         _points(communities, *args, "communities", areas),
                         _points(stores, *args, "stores", areas),
                         _points(key_accounts, *args, "key_accounts", areas))
-        measures = parse_balance(balance or ["subscribers", "workload"], tolerance)
         main = read_grids(grids, grid_column=grid_column, parent_column=parent_column,
                           crs=grids_crs)
         sub = None if sub_grids is None else read_grids(
             sub_grids, grid_column=grid_column, parent_column=parent_column, crs=grids_crs)
-        with console.status("building units and snapping the drawn grids onto them"):
-            units, report = build_unit_table(
-                inputs, UnitOptions(resolution, target_per_unit, min_resolution))
-            graph = build_graph(units)
-            plan, _ = snap_to_units(units, graph, main, sub, measures, params={
-                "resolution": resolution, "target_per_unit": target_per_unit,
-                "min_resolution": min_resolution, "branch_column": branch_column,
-                "aggregation": report, "imported_from": str(grids)})
-        with console.status("auditing the drawn map"):
-            diag = diagnose(areas, branch_column, main, sub, plan, inputs.customers,
-                            sliver_width_m=sliver_width)
-        metrics = plan_metrics(plan, graph, areas)
-        plan = Plan(**{**plan.__dict__, "metrics": metrics, "author": author,
-                       "message": message})
+        with progress(err_console) as show:
+            done = import_map(inputs, main, sub, request, source=str(grids), author=author,
+                              message=message, progress=show)
+        plan, diag, metrics = done.plan, done.diagnosis, done.plan.metrics
         out.mkdir(parents=True, exist_ok=True)
         path = plan.save(out / "plan.gpkg")
         write_json(out / "diagnosis.json", diag.to_json())
@@ -189,6 +193,9 @@ def diff(
         console.print(f"{len(d.changes):,} units change grid → {out / 'changes.csv'}")
         if len(d.grids):
             console.print(_table(d.grids.round(0), "grids created, removed, reshaped"))
+        if len(d.stores):
+            write_csv(d.stores, out / "stores.csv")
+            console.print(_table(d.stores.fillna(""), "stores opened, moved, closed"))
         console.print(_table(d.balance.round(4), "balance before and after"))
 
 
@@ -202,18 +209,63 @@ AuthorOpt = Annotated[str, typer.Option(help="Who edits (recorded)")]
 MessageOpt = Annotated[str, typer.Option(help="Why (recorded)")]
 
 
-def _edit(plan: Path, out: Path, fn) -> None:
-    """Load the plan and its unit graph, apply ``fn(plan, graph)``, save the new version."""
+def _edit(plan: Path, out: Path, fn, *, graph: bool = True) -> None:
+    """Load the plan (and its unit graph unless ``graph`` is False: the edit moves no
+    unit), apply ``fn(plan, graph)``, save the new version."""
     from territory.graph import build_graph
     from territory.plan import Plan
 
     with _errors():
         p = Plan.load(plan)
-        with console.status("building the unit graph"):
-            graph = build_graph(p.units)
-        new = fn(p, graph)
+        g = None
+        if graph:
+            with console.status("building the unit graph"):
+                g = build_graph(p.units)
+        new = fn(p, g)
         new.save(out)
-        console.print(f"v{new.version} {new.plan_id} ({new.message}) → {out}")
+        console.print(f"v{new.version} {new.plan_id} ({escape(new.message)}) → {out}",
+                      highlight=False)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Open, move or close a store: each a new "
+                        "version; the grids keep their units.")
+edit_app.add_typer(store_app, name="store")
+StoreId = Annotated[str, typer.Option("--id", help="Store id")]
+Lng = Annotated[float, typer.Option(help="Longitude (or easting in a projected --crs)")]
+Lat = Annotated[float, typer.Option(help="Latitude (or northing in a projected --crs)")]
+Crs = Annotated[str, typer.Option(help="System of --lng/--lat: wgs84, cgcs2000, gcj02, bd09 "
+                                       "or EPSG:N (required: never assumed)")]
+
+
+@store_app.command("add")
+def store_add(plan: PlanArg, out: OutOpt, store_id: StoreId, lng: Lng, lat: Lat, crs: Crs,
+              name: Annotated[str, typer.Option(help="Store name")] = "",
+              author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Open a store (reports and maps count it in its grid)."""
+    from territory.stores import add_store
+
+    _edit(plan, out, lambda p, g: add_store(p, store_id, lng, lat, crs=crs, name=name,
+                                            author=author, message=message), graph=False)
+
+
+@store_app.command("move")
+def store_move(plan: PlanArg, out: OutOpt, store_id: StoreId, lng: Lng, lat: Lat, crs: Crs,
+               author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Move a store; a main grid centred on it that it leaves is flagged without a store."""
+    from territory.stores import move_store
+
+    _edit(plan, out, lambda p, g: move_store(p, store_id, lng, lat, crs=crs, author=author,
+                                             message=message), graph=False)
+
+
+@store_app.command("close")
+def store_close(plan: PlanArg, out: OutOpt, store_id: StoreId,
+                author: AuthorOpt = "", message: MessageOpt = "") -> None:
+    """Close a store; a main grid centred on it keeps its units, flagged without a store."""
+    from territory.stores import close_store
+
+    _edit(plan, out, lambda p, g: close_store(p, store_id, author=author, message=message),
+          graph=False)
 
 
 @edit_app.command("move")
@@ -340,42 +392,37 @@ def rebalance_command(
     author: AuthorOpt = "", message: MessageOpt = "",
 ) -> None:
     """Meet the balance tolerances moving at most the budget (fewest moves first)."""
-    from territory.edits import load_points, locked, set_lock
+    from territory.edits import load_points
     from territory.errors import InfeasibleError, InvalidInputError
-    from territory.graph import build_graph
     from territory.plan import Plan
-    from territory.rebalance import Budget, rebalance
+    from territory.progress import POINTS
+    from territory.rebalance_run import rebalance_plan
 
     with _errors():
         p = Plan.load(plan)
-        for name, path in (("customers", customers), ("communities", communities)):
-            if path is not None:
-                crs = require_crs(points_crs, "--points-crs")
-                table = _points(path, crs, lng_column, lat_column, name, None)
-                p, rep = load_points(p, name, table, author=author)
-                console.print(f"{name}: {rep}")
-        with console.status("building the unit graph"):
-            graph = build_graph(p.units)
+        held: list[str] = []
         if lock is not None:
             table = pd.read_csv(lock, dtype=str)
             if "unit_id" not in table:
                 raise InvalidInputError(f"--lock {lock}: needs a unit_id column")
-            held = [u for u in table["unit_id"] if not locked(p).get(u, False)]
-            if held:
-                p = set_lock(p, graph, unit_ids=held, author=author, message="locks for "
-                             "rebalance")
-        b = Budget.parse(budget, p)
-        with console.status(f"rebalancing within {b.measure}={b.value:g}"):
-            res = rebalance(p, graph, b, tolerance=tolerance, depth=depth,
-                            time_limit=time_limit, author=author, message=message)
+            held = table["unit_id"].tolist()
+        tables = [(n, f) for n, f in (("customers", customers), ("communities", communities))
+                  if f is not None]
+        with progress(err_console) as show:
+            for done, (name, path) in enumerate(tables):
+                show(POINTS, done, len(tables))
+                crs = require_crs(points_crs, "--points-crs")
+                table = _points(path, crs, lng_column, lat_column, name, None)
+                p, rep = load_points(p, name, table, author=author)
+                console.print(f"{name}: {rep}")
+                show(POINTS, done + 1, len(tables))
+            run = rebalance_plan(p, budget, tolerance=tolerance, depth=depth,
+                                 time_limit=time_limit, lock=held, author=author,
+                                 message=message, progress=show)
+        res, b, graph, p = run.result, run.budget, run.graph, run.base
         out.mkdir(parents=True, exist_ok=True)
         res.plan.save(out / "plan.gpkg")
-        figures = {"feasible": res.feasible, "budget": {b.measure: b.value},
-                   "moved": {b.measure: res.moved_budget, "units": res.moved_units},
-                   "worst_excess": res.worst_excess, "max_deviation": res.max_deviation,
-                   "smallest_budget": res.smallest_budget, "message": res.message,
-                   "plan_id": res.plan.plan_id, "parent": res.plan.parent}
-        write_json(out / "rebalance.json", figures)
+        write_json(out / "rebalance.json", run.figures())
         console.print(f"moved {res.moved_units} units holding {res.moved_budget:g} "
                       f"{b.measure}; max deviation "
                       + ", ".join(f"{m} {v:.2%}" for m, v in res.max_deviation.items())

@@ -49,6 +49,7 @@ def report(
     from territory.pipeline import read_points
     from territory.plan import Plan
     from territory.reports import read_staff, write_reports
+    from territory.stores import with_plan_stores
 
     with _errors(ctx):
         files = {"customers": customers, "communities": communities, "stores": stores,
@@ -57,9 +58,11 @@ def report(
             require_crs(points_crs, "--points-crs")
         roster = read_staff(staff) if staff is not None else None
         with stage(err_console, "plan and point tables read"):
-            layers = PlanLayers(Plan.load(plan))
-            tables = {name: read_points(path, crs=points_crs, name=name)
-                      for name, path in files.items() if path is not None}
+            saved = Plan.load(plan)
+            layers = PlanLayers(saved)
+            tables = with_plan_stores(saved, {
+                name: read_points(path, crs=points_crs, name=name)
+                for name, path in files.items() if path is not None})
         with progress(err_console) as show:
             written = write_reports(layers, out, tables, roster,
                                     target_penetration=target_penetration,

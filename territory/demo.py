@@ -15,6 +15,7 @@ import pandas as pd
 from territory.boundaries import load_city
 from territory.hierarchy import HierarchySpec
 from territory.pipeline import Inputs, UnitOptions
+from territory.request import PlanRequest
 from territory.sizing import DemoSizing, demo_sizing
 from territory.synth import SyntheticCity, generate_city
 from territory.units import locate_points, projected
@@ -53,6 +54,8 @@ class DemoJob:
     inputs: Inputs
     units: UnitOptions
     spec: HierarchySpec
+    #: the plan request the sizes make (what ``spec`` and ``units`` are derived from)
+    request: PlanRequest
 
 
 def demo_job(
@@ -83,13 +86,13 @@ def demo_job(
     sub_size = None
     if sub_grids is None:
         sub_size = float(data.customers["subscribers"].sum()) / (size.n_main * size.n_sub)
-    spec = HierarchySpec(
-        measures=dict(DEMO_BALANCE), n_main=size.n_main, n_sub=size.n_sub, sub_size=sub_size,
-        time_limit_main=size.time_limit_main, time_limit_sub=size.time_limit_sub,
-        workers=workers, random_state=seed, fit_main=main_grids is None,
-    )
-    units = UnitOptions(size.resolution, size.target_per_unit, size.min_resolution)
-    return DemoJob(size, data, inputs, units, spec)
+    request = PlanRequest.build(
+        balance=dict(DEMO_BALANCE), main_grids=size.n_main, sub_grids=size.n_sub,
+        sub_size=sub_size, resolution=size.resolution, target_per_unit=size.target_per_unit,
+        min_resolution=size.min_resolution, time_limit_main=size.time_limit_main,
+        time_limit_sub=size.time_limit_sub, seed=seed)
+    spec = request.spec(workers=workers, fit_main=main_grids is None)
+    return DemoJob(size, data, inputs, request.unit_options(), spec, request)
 
 
 def store_units_by_main_grid(units: gpd.GeoDataFrame, stores: pd.DataFrame) -> pd.Series:

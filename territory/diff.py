@@ -22,6 +22,7 @@ from territory.errors import InvalidInputError
 from territory.maps import _base_map
 from territory.metrics import level_summary, load_table
 from territory.plan import Plan
+from territory.stores import store_changes
 from territory.units import GRID_SIZE_DEG, locate_points
 
 LEVEL_COLS = ("sub_grid_id", "main_grid_id")
@@ -41,10 +42,12 @@ class PlanDiff:
     grids: pd.DataFrame
     #: per level and measure, max |deviation| and CV before and after
     balance: pd.DataFrame
+    #: stores opened, moved or closed, and the main grids left without a store
+    stores: pd.DataFrame
 
     @property
     def empty(self) -> bool:
-        return self.changes.empty and self.grids.empty
+        return self.changes.empty and self.grids.empty and self.stores.empty
 
     def customers(self, customers: pd.DataFrame, *, id_column: str = "customer_id",
                   effective: date | str | None = None) -> pd.DataFrame:
@@ -96,7 +99,7 @@ def diff_plans(before: Plan, after: Plan) -> PlanDiff:
     for c in held:
         changes[c] = a[c].to_numpy()[changed]
     return PlanDiff(before, after, changes, _grid_changes(before, after),
-                    _balance(before, after))
+                    _balance(before, after), store_changes(before, after))
 
 
 def _members(plan: Plan, col: str) -> pd.Series:

@@ -72,7 +72,7 @@ def read_grids(path: str | Path, *, grid_column: str, parent_column: str | None 
         raw = pyogrio.read_dataframe(path, layer=layer, read_geometry=True)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise InvalidInputError(f"grid layer {path}: cannot read it ({exc})") from None
-    for option, col in (("--grid-column", grid_column), ("--parent-column", parent_column)):
+    for option, col in (("`grid_column`", grid_column), ("`parent_column`", parent_column)):
         if col is not None and col not in raw.columns:
             raise InvalidInputError(
                 f"{option} {col!r} is not a column of {path}; choose one of "

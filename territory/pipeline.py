@@ -23,6 +23,7 @@ from territory.hierarchy import HierarchySpec, apportion, build_plan, refuse_inf
 from territory.metrics import plan_metrics
 from territory.plan import Plan
 from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
+from territory.stores import store_records
 from territory.tables import DEFAULT_ENCODING, read_point_table
 from territory.units import aggregate_points, build_units, locate_points, units_from_polygons
 from territory.workload import (
@@ -77,11 +78,13 @@ class Inputs:
 
 @dataclass
 class UnitOptions:
-    """H3 units (resolution, adaptive target) or the planner's own polygons (``layer``)."""
+    """H3 units (resolution, adaptive target) or the planner's own polygons (``layer``).
 
-    resolution: int = 9
-    target_per_unit: float | None = None
-    min_resolution: int = 6
+    The defaults are :class:`territory.request.PlanRequest`'s (tests/test_request.py)."""
+
+    resolution: int = 10
+    target_per_unit: float | None = 30.0
+    min_resolution: int = 7
     layer: gpd.GeoDataFrame | None = None  # planner-supplied units: communities, villages
     id_column: str | None = None
 
@@ -364,7 +367,12 @@ def run(
         progress(METRICS, 0, 1)
         metrics = plan_metrics(plan, graph, inputs.areas)
         progress(METRICS, 1, 1)
-        plan = Plan(**{**plan.__dict__, "metrics": metrics})
+        if inputs.stores is not None:  # the stores the plan is made with (store edits)
+            params = {**plan.params, "stores": store_records(
+                plan.units, inputs.stores, centred=stores_as_centres)}
+        else:
+            params = plan.params
+        plan = Plan(**{**plan.__dict__, "metrics": metrics, "params": params})
         return Result(plan=plan, units=units, graph=graph, metrics=metrics, report=report)
 
     try:

@@ -25,3 +25,8 @@ class Progress(Protocol):
 
 def silent(stage: str, done: int, total: int | None) -> None:
     """The progress of a caller that wants none."""
+POINTS = "new points loaded onto the units"
+REBALANCE = "rebalance within the budget"
+SWEEP = "budgets swept"
+SNAP = "drawn grids snapped onto the units"
+DIAGNOSIS = "drawn map audited"

@@ -274,7 +274,7 @@ def no_unit_building(monkeypatch):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--tolerance", "2", "--balance", "customers"], "tolerance for 'customers' is 2.0"),
+    (["--tolerance", "2", "--balance", "customers"], "--tolerance 2.0: give a fraction"),
     (["--balance", "customers=1.5"], "between 0 and 1"),
     (["--main-grids", "0"], "--main-grids 0"),
     (["--main-grids", "1"], "each of 2 branches"),

@@ -16,6 +16,7 @@ from territory.edits import set_lock
 from territory.graph import contiguous_grids
 from territory.metrics import load_table, nesting_ok
 from territory.plan import Plan
+from territory.progress import GRAPH, REBALANCE
 from territory.rebalance import Budget, rebalance
 
 from .redraw_lattice import lattice_plan
@@ -89,8 +90,10 @@ def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
                                    "customers=100%", "--lock", str(tmp_path / "locks.csv"),
                                    "--sweep", "--out", str(tmp_path / "r"), "--author", "ann"])
     assert res.exit_code == 0, res.output
+    for stage in (GRAPH, REBALANCE):  # the stages are shown as they run
+        assert stage in res.output
     new = Plan.load(tmp_path / "r" / "plan.gpkg")
-    assert new.parent is not None and new.author == "ann"
+    assert new.parent == plan.plan_id and new.author == "ann"
     assert [h["plan_id"] for h in new.history][0] == plan.plan_id
     assert (new.units.loc[["u3_3", "u4_3"], "main_grid_id"]
             == plan.units.loc[["u3_3", "u4_3"], "main_grid_id"]).all()

@@ -16,10 +16,10 @@ import shutil
 from collections import defaultdict
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from api.auth import Planner, Principal, Reader
 from api.deps import PlanDep, RunnerDep, SettingsDep, StoreDep, Today, resolve_crs
@@ -53,6 +53,8 @@ from api.store import PlanRecord, PlanStore, WindowRecord
 from territory.errors import TerritoryError
 
 router = APIRouter(prefix="/plans", tags=["plans"])
+
+M = TypeVar("M", bound=BaseModel)
 
 BOUNDARY_SUFFIXES = (".gpkg", ".geojson", ".json", ".zip", ".fgb")
 POINT_SUFFIXES = (".csv", ".txt", ".parquet")
@@ -135,7 +137,7 @@ def _submit(store: PlanStore, runner: JobRunner, settings: Settings, user: Princ
     return public_job(job)
 
 
-def _check_capacity(store: PlanStore, settings: Settings) -> None:
+def check_capacity(store: PlanStore, settings: Settings) -> None:
     pending = store.pending_jobs()
     if pending >= settings.max_pending_jobs:
         raise ProblemError(429, f"{pending} plan jobs are queued or running; wait for one "
@@ -170,7 +172,7 @@ def _dataset(store: PlanStore, name: str | None, field: str, suffixes: tuple[str
 def create_plan(body: PlanCreate, user: Planner, store: StoreDep, runner: RunnerDep,
                 settings: SettingsDep, response: Response) -> JobPublic:
     """Queue a plan job; poll the job at ``Location`` until it is done or failed."""
-    _check_capacity(store, settings)
+    check_capacity(store, settings)
     src = body.source
     if isinstance(src, DatasetSource):
         source = src.model_dump(exclude={"kind"}) | {"kind": "files"}
@@ -187,7 +189,7 @@ def create_plan(body: PlanCreate, user: Planner, store: StoreDep, runner: Runner
                    source=source, parameters=body.parameters)
 
 
-def _suffix(upload: UploadFile, field: str, suffixes: tuple[str, ...]) -> str:
+def upload_suffix(upload: UploadFile, field: str, suffixes: tuple[str, ...]) -> str:
     name = upload.filename or ""
     suffix = Path(name).suffix.lower()
     if suffix not in suffixes:
@@ -196,13 +198,15 @@ def _suffix(upload: UploadFile, field: str, suffixes: tuple[str, ...]) -> str:
     return suffix
 
 
-def _upload_request(text: str) -> PlanUpload:
+def form_request(text: str, model: type[M], what: str = "plan request") -> M:
+    """The JSON ``request`` part of a multipart upload as ``model``; 422 naming each bad
+    field as ``request.<field>``."""
     try:
-        return PlanUpload.model_validate_json(text)
+        return model.model_validate_json(text)
     except ValidationError as exc:
         errors = [FieldError(field=f"request.{e.field}", message=e.message, fix=e.fix)
                   for e in field_errors(exc.errors())]
-        raise ProblemError(422, "the `request` part is not a valid plan request",
+        raise ProblemError(422, f"the `request` part is not a valid {what}",
                            kind="validation-error", title="Invalid request",
                            errors=errors) from None
 
@@ -223,15 +227,15 @@ def upload_plan(
     key_accounts: Annotated[UploadFile | None, File()] = None,
 ) -> JobPublic:
     """Queue a plan job on the uploaded files (multipart/form-data)."""
-    _check_capacity(store, settings)
-    body = _upload_request(request)
+    check_capacity(store, settings)
+    body = form_request(request, PlanUpload)
     area = body.service_area or Path(boundaries.filename or "upload").stem
     points_crs = resolve_crs(body.points_crs, settings, area, "request.points_crs")
-    files = {"boundaries": (boundaries, _suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
+    files = {"boundaries": (boundaries, upload_suffix(boundaries, "boundaries", BOUNDARY_SUFFIXES))}
     for name, upload in (("customers", customers), ("communities", communities),
                          ("stores", stores), ("key_accounts", key_accounts)):
         if upload is not None:
-            files[name] = (upload, _suffix(upload, name, POINT_SUFFIXES))
+            files[name] = (upload, upload_suffix(upload, name, POINT_SUFFIXES))
     job_id = store.new_job_id()
     source: dict[str, Any] = body.model_dump(exclude={"service_area", "parameters"})
     source["kind"], source["points_crs"] = "files", points_crs
