@@ -75,7 +75,7 @@ def import_command(
     from territory.graph import build_graph
     from territory.importer import read_grids, snap_to_units
     from territory.metrics import plan_metrics, summary_frame
-    from territory.pipeline import Inputs, UnitOptions, build_unit_table
+    from territory.pipeline import Inputs, UnitOptions, build_unit_table, key_account_groups
     from territory.plan import Plan
 
     with _errors():
@@ -95,7 +95,8 @@ def import_command(
             units, report = build_unit_table(
                 inputs, UnitOptions(resolution, target_per_unit, min_resolution))
             graph = build_graph(units)
-            plan, _ = snap_to_units(units, graph, main, sub, measures, params={
+            plan, _ = snap_to_units(units, graph, main, sub, measures, together=(
+                key_account_groups(units, inputs.key_accounts)), params={
                 "resolution": resolution, "target_per_unit": target_per_unit,
                 "min_resolution": min_resolution, "branch_column": branch_column,
                 "aggregation": report, "imported_from": str(grids)})
@@ -334,9 +335,15 @@ def rebalance_command(
     = None,
     sweep: Annotated[bool, typer.Option(help="Print the budget → worst deviation curve")]
     = False,
-    depth: Annotated[int, typer.Option(help="Units within this many hops of a grid line "
-                                            "may move")] = 2,
-    time_limit: Annotated[float, typer.Option(help="Seconds per solve")] = 30.0,
+    depth: Annotated[int | None, typer.Option(help="Only units within this many hops of a "
+                                                   "grid line may move (default: any)")] = None,
+    time_limit: Annotated[float, typer.Option(help="Seconds per search")] = 30.0,
+    key_accounts: Annotated[Path | None, typer.Option(
+        help="Key-account points (with footprint_m): the units of one key account stay "
+             "together")] = None,
+    headcount: Annotated[list[str] | None, typer.Option(
+        help="BRANCH=+N or BRANCH=-N (repeat): N more or fewer team members, so N more or "
+             "fewer sub-grids; split or merge the fewest and rebalance them")] = None,
     author: AuthorOpt = "", message: MessageOpt = "",
 ) -> None:
     """Meet the balance tolerances moving at most the budget (fewest moves first)."""
@@ -364,16 +371,37 @@ def rebalance_command(
             if held:
                 p = set_lock(p, graph, unit_ids=held, author=author, message="locks for "
                              "rebalance")
+        together = None
+        if key_accounts is not None:
+            from territory.pipeline import key_account_groups
+
+            crs = require_crs(points_crs, "--points-crs")
+            together = key_account_groups(p.units, _points(key_accounts, crs, lng_column,
+                                                           lat_column, "key_accounts", None))
         b = Budget.parse(budget, p)
-        with console.status(f"rebalancing within {b.measure}={b.value:g}"):
-            res = rebalance(p, graph, b, tolerance=tolerance, depth=depth,
-                            time_limit=time_limit, author=author, message=message)
         out.mkdir(parents=True, exist_ok=True)
+        with console.status(f"rebalancing within {b.measure}={b.value:g}"):
+            if headcount:
+                from territory.headcount import change_headcount, parse_headcount
+
+                hc = change_headcount(p, graph, parse_headcount(headcount), b,
+                                      tolerance=tolerance, time_limit=time_limit,
+                                      together=together, author=author, message=message)
+                res = hc.result
+                write_csv(hc.moves, out / "headcount_moves.csv")
+                console.print(f"sub-grids created {hc.created}, removed {hc.removed}; "
+                              f"{len(hc.moves)} units change sub-grid → "
+                              f"{out / 'headcount_moves.csv'}")
+            else:
+                res = rebalance(p, graph, b, tolerance=tolerance, depth=depth,
+                                time_limit=time_limit, together=together, author=author,
+                                message=message)
         res.plan.save(out / "plan.gpkg")
         figures = {"feasible": res.feasible, "budget": {b.measure: b.value},
                    "moved": {b.measure: res.moved_budget, "units": res.moved_units},
                    "worst_excess": res.worst_excess, "max_deviation": res.max_deviation,
                    "smallest_budget": res.smallest_budget, "message": res.message,
+                   "lower_bound": res.lower_bound, "sub_deviation": res.sub_deviation,
                    "plan_id": res.plan.plan_id, "parent": res.plan.parent}
         write_json(out / "rebalance.json", figures)
         console.print(f"moved {res.moved_units} units holding {res.moved_budget:g} "
@@ -387,7 +415,7 @@ def rebalance_command(
             budgets = sorted({round(top * f, 3) for f in (0, .25, .5, .75, 1, 1.5)})
             with console.status("sweeping budgets"):
                 curve = run_sweep(p, graph, b.measure, budgets, tolerance=tolerance,
-                                  depth=depth, time_limit=time_limit)
+                                  depth=depth, time_limit=time_limit, together=together)
             write_csv(curve, out / "sweep.csv")
             console.print(_table(curve.round(4), "budget → worst deviation"))
         if not res.feasible:
