@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from territory.boundaries import load_city
 from territory.edits import remove_grid
+from territory.errors import PartialPlanError
 from territory.hierarchy import HierarchySpec, build_plan
 from territory.metrics import load_table
 from territory.pipeline import Inputs, UnitOptions, run
@@ -133,9 +134,12 @@ def main() -> None:
         graph = res.graph.copy()
         nx.set_node_attributes(graph, changed.units[changed.measures].astype(float)
                                .to_dict("index"))
-        fresh = build_plan(changed.units.drop(columns=["main_grid_id", "sub_grid_id"]),
-                           graph, HierarchySpec(**{**spec.__dict__,
-                                                   "n_main": per_branch.to_dict()}))
+        try:
+            fresh = build_plan(changed.units.drop(columns=["main_grid_id", "sub_grid_id"]),
+                               graph, HierarchySpec(**{**spec.__dict__,
+                                                       "n_main": per_branch.to_dict()}))
+        except PartialPlanError as e:  # grids it could not balance: its plan all the same
+            fresh = e.plan
         t_fresh = time.perf_counter() - t
         rows.append({
             "scenario": name, "worst_dev_before": f"{before:.2%}",

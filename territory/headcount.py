@@ -79,15 +79,22 @@ def change_headcount(plan: Plan, graph: nx.Graph, changes: dict[str, int], budge
         for _ in range(abs(n)):
             mine = units[units["branch_id"].astype(str) == b]
             per = _load_per_person(mine, lead)
-            if n > 0:
-                created.append(_split_heaviest(units, graph, mine, per.idxmax(), lead, tol))
-            else:
+            if n > 0:  # the main grid with most load per person that can take one more
+                done = _first(lambda g, mine=mine: _split_heaviest(
+                    units, graph, mine, g, lead, tol, together), per.sort_values(
+                        ascending=False, kind="stable").index)
+            else:  # the one with least load per person that can give one up
                 many = mine.groupby("main_grid_id")["sub_grid_id"].nunique()
-                per = per[many.reindex(per.index) > 1]
-                if per.empty:
-                    raise InvalidInputError(f"--headcount {b}={n}: every main grid of {b} has "
-                                            "one sub-grid left; a main grid keeps one person")
-                removed.append(_merge_lightest(units, graph, mine, per.idxmin(), lead))
+                done = _first(lambda g, mine=mine: _merge_lightest(units, graph, mine, g, lead),
+                              per[many.reindex(per.index) > 1].sort_values(kind="stable").index)
+            if done is None:
+                raise InvalidInputError(
+                    f"--headcount {b}={n:+d}: no main grid of {b} can "
+                    + ("take one more sub-grid (each is one unit, or its locked units would be "
+                       "parted)" if n > 0 else "give up a sub-grid (one sub-grid left, or "
+                       "every other holds locked units)")
+                    + "; unlock some units, use finer units, or change another branch")
+            (created if n > 0 else removed).append(done)
     touched = set(plan.units.loc[units["sub_grid_id"] != plan.units["sub_grid_id"],
                                  "main_grid_id"])
     changed = plan.derive(units, author=author, message="headcount " + ", ".join(
@@ -105,6 +112,22 @@ def change_headcount(plan: Plan, graph: nx.Graph, changes: dict[str, int], budge
     return HeadcountResult(res, moves, created, removed)
 
 
+def _first(attempt, grids) -> str | None:
+    """The first of ``attempt(grid)`` over ``grids`` that is not None."""
+    for g in grids:
+        out = attempt(g)
+        if out is not None:
+            return out
+    return None
+
+
+def _locked(units: pd.DataFrame) -> np.ndarray:
+    """Whether each unit is locked (:func:`territory.edits.locked` on a unit table)."""
+    if "locked" not in units:
+        return np.zeros(len(units), dtype=bool)
+    return units["locked"].fillna(False).astype(bool).to_numpy()
+
+
 def _load_per_person(units: pd.DataFrame, measures: list[str]) -> pd.Series:
     """Per main grid, its load per sub-grid, in shares of the branch's mean (worst measure)."""
     g = units.groupby("main_grid_id")
@@ -113,34 +136,52 @@ def _load_per_person(units: pd.DataFrame, measures: list[str]) -> pd.Series:
 
 
 def _split_heaviest(units: pd.DataFrame, graph: nx.Graph, mine: pd.DataFrame, main: str,
-                    measures: list[str], tol: dict[str, float]) -> str:
-    """Split ``main``'s heaviest sub-grid in two (in place); return the new sub-grid's id."""
+                    measures: list[str], tol: dict[str, float],
+                    together: list[list] | None) -> str | None:
+    """Split ``main``'s heaviest sub-grid that can be split in two (in place): locked units
+    keep their sub-grid (all in the old half) and key-account groups stay whole. Return the
+    new sub-grid's id, or None when no sub-grid of ``main`` can be split."""
     inside = mine[mine["main_grid_id"] == main]
     loads = inside.groupby("sub_grid_id")[measures].sum()
-    heavy = (loads / loads.mean().replace(0, 1)).max(axis=1).idxmax()
-    nodes = inside.index[inside["sub_grid_id"] == heavy]
-    if len(nodes) < 2:
-        raise InvalidInputError(f"--headcount: sub-grid {heavy} of {main} is one unit and "
-                                "cannot be split; use finer units or add a main grid")
-    p = Partitioner(2, measures={m: max(t, 0.3) for m, t in tol.items()}, time_limit=2.0,
-                    objective="boundary", max_epochs=2).solve(part_graph(graph, nodes))
-    lab = p.labels_.reindex(nodes).to_numpy()
     taken = set(units["sub_grid_id"].astype(str))
     new = next(f"{main}-S{j}" for j in range(2, len(taken) + 3) if f"{main}-S{j}" not in taken)
-    # the half holding less of the old beat's load becomes the new person's
-    half = int(np.argmin([inside.loc[nodes[lab == j], measures[0]].sum() for j in (0, 1)]))
-    units.loc[nodes[lab == half], "sub_grid_id"] = new
-    return new
+    for heavy in (loads / loads.mean().replace(0, 1)).max(axis=1).sort_values(
+            ascending=False, kind="stable").index:
+        nodes = inside.index[inside["sub_grid_id"] == heavy]
+        if len(nodes) < 2:
+            continue
+        held = _locked(units.loc[nodes])
+        inner = [[u for u in g if u in set(nodes)] for g in together or []]
+        p = Partitioner(2, measures={m: max(t, 0.3) for m, t in tol.items()}, time_limit=1.0,
+                        objective="boundary", max_epochs=2,
+                        locked={u: 0 for u in nodes[held]} or None,
+                        together=[g for g in inner if len(g) > 1] or None,
+                        ).solve(part_graph(graph, nodes))
+        lab = p.labels_.reindex(nodes).to_numpy()
+        halves = set(lab[held].tolist())
+        if len(halves) > 1:
+            continue  # its locked units would be parted: try the next heaviest
+        # the half holding less of the old beat's load becomes the new person's; with
+        # locks, the half without them
+        half = 1 - halves.pop() if halves else int(np.argmin(
+            [inside.loc[nodes[lab == j], measures[0]].sum() for j in (0, 1)]))
+        units.loc[nodes[lab == half], "sub_grid_id"] = new
+        return new
+    return None
 
 
 def _merge_lightest(units: pd.DataFrame, graph: nx.Graph, mine: pd.DataFrame, main: str,
-                    measures: list[str]) -> str:
-    """Merge ``main``'s lightest sub-grid into its lightest neighbour (in place); return
-    the removed sub-grid's id."""
+                    measures: list[str]) -> str | None:
+    """Merge ``main``'s lightest sub-grid without locked units into its lightest
+    neighbour (in place); return the removed sub-grid's id (None: every one holds locks)."""
     inside = mine[mine["main_grid_id"] == main]
     loads = inside.groupby("sub_grid_id")[measures].sum()
     share = (loads / loads.mean().replace(0, 1)).max(axis=1)
-    light = share.idxmin()
+    held = set(inside.loc[_locked(inside), "sub_grid_id"])
+    free = share.drop(list(held))
+    if free.empty:
+        return None
+    light = free.idxmin()
     ids = inside.index[inside["sub_grid_id"] == light]
     nbrs = {inside.at[v, "sub_grid_id"] for u in ids for v in graph.adj[u]
             if v in inside.index and inside.at[v, "sub_grid_id"] != light}

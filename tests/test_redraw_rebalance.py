@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from territory.cli import app
 from territory.diff import diff_plans
 from territory.edits import set_lock
+from territory.errors import InvalidInputError
 from territory.graph import contiguous_grids
 from territory.headcount import change_headcount
 from territory.metrics import load_table, nesting_ok
@@ -190,3 +191,30 @@ def test_cli_headcount_writes_who_moves(tmp_path):
                                    "customers=5%", "--headcount", "B1 two more",
                                    "--out", str(tmp_path / "s")])
     assert bad.exit_code != 0 and "BRANCH=+N" in bad.output
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([-1, 1, 2]),
+       share=st.floats(0, 0.5), n_locked=st.integers(0, 10))
+def test_a_headcount_change_keeps_the_budget_the_locks_and_every_invariant(
+        seed, n, share, n_locked):
+    plan, graph = lattice_plan(seed, tolerance=0.3)
+    rng = np.random.default_rng(seed)
+    locks = list(rng.choice(plan.units.index, n_locked, replace=False))
+    if locks:
+        plan = set_lock(plan, graph, unit_ids=locks)
+    budget = Budget.parse(f"customers={share * 100:.3f}%", plan)
+    try:
+        hc = change_headcount(plan, graph, {"B2": n}, budget, time_limit=10)
+    except InvalidInputError as e:  # refused with the reason: locks on every candidate
+        assert "unlock some units" in str(e) and n_locked > 0
+        return
+    new, split = hc.result.plan, hc.result.plan.parent
+    assert new.units.groupby("branch_id")["sub_grid_id"].nunique()["B2"] == 4 + n
+    assert not set(hc.moves["unit_id"]) & set(locks)
+    assert (new.units["main_grid_id"] == plan.units["main_grid_id"]).all()
+    assert nesting_ok(new)
+    assert all(contiguous_grids(graph, new.labels("sub_grid")).values())
+    # the budget bounds the rebalance after the split or merge
+    assert hc.result.moved_budget <= budget.value + 1e-6
+    assert split is not None
