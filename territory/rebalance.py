@@ -298,9 +298,9 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
     lists of unit ids) and balance-exempt grids never change grid. ``depth`` (optional)
     lets only units within that many hops of a grid line move. The sub-grids of the main
     grids in ``sub_grids_of`` are balanced too (a headcount change: see
-    :mod:`territory.headcount`). ``time_limit`` bounds the
-    search within the budget, and again the search for a budget that works when the given
-    one falls short. When the budget cannot reach the tolerances the result is not
+    :mod:`territory.headcount`). ``time_limit`` bounds the whole call: a balanced plan ends
+    the search early; a budget that falls short uses 60 % of it, and the search for a
+    budget that works the rest. When the budget cannot reach the tolerances the result is not
     feasible: it carries the plan the budget reaches (never worse than the plan in force)
     and ``smallest_budget``, the least budget found that reaches them (None when none was).
     """
@@ -311,7 +311,10 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
         tol = {m: float(tolerance) for m in tol}
     weight = _weights(plan, budget.measure)
     s = _Search(plan, graph, tol, weight, together, seed)
-    main, sub, z, _ = s.run(budget.value, time_limit, depth, sub_grids_of)
+    t0 = time.monotonic()
+    # a balanced plan ends the search early; only a short budget uses the time, and then
+    # the search for a budget that works gets the rest
+    main, sub, z, _ = s.run(budget.value, 0.6 * time_limit, depth, sub_grids_of)
     new = _apply(plan, s, main, sub, tol, author=author, message=message or (
         f"rebalance within {budget.measure}={budget.value:g}"))
     if _max_dev_all(new) > _max_dev_all(plan) + 1e-9:  # never worse than the plan in force
@@ -324,7 +327,8 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
                  sub_deviation=_sub_dev(new, plan.units.index[moved]))
     if not feasible:
         res.lower_bound = s.lower_bound()
-        _, _, z2, peak = s.run(np.inf, time_limit, depth, sub_grids_of)
+        left = max(time_limit - (time.monotonic() - t0), 0.2 * time_limit)
+        _, _, z2, peak = s.run(np.inf, left, depth, sub_grids_of)
         if z2 <= 1e-9:
             res.smallest_budget = float(peak)
         res.message = (

@@ -5,10 +5,10 @@ A :class:`~territory.optimize.balance.BalanceModel` carries a tuple of them
 (:meth:`~territory.optimize.balance.BalanceModel.with_constraints`) and every consumer asks
 the same objects: the local search (:class:`~territory.optimize.search.LocalSearch`) scores
 its candidate moves with :meth:`MoveConstraint.cost`, applies a move only if
-:meth:`MoveConstraint.allows` it and tells every constraint :meth:`MoveConstraint.moved`;
-the rebalance MIP adds :meth:`DisruptionBudget.mip_row`; the pre-check asks
-:meth:`DisruptionBudget.lower_bound`. A new rule (staffing, a store's catchment...) is one
-class here, not a change in each consumer.
+:meth:`MoveConstraint.allows` it and tells every constraint :meth:`MoveConstraint.moved`
+(the partitioner's searches and :mod:`territory.rebalance` alike); the pre-check of a
+rebalance asks :meth:`DisruptionBudget.lower_bound`. A new rule (staffing, a store's
+catchment...) is one class here, not a change in each consumer.
 
 Constraints are stateful (they follow the labels of the search that owns them) and applied
 in the order given: a constraint that reads another's state comes after it (the disruption
@@ -214,14 +214,6 @@ class DisruptionBudget(MoveConstraint):
             self.is_moved[i] = was
             self.labels[i] = lab
         self.spent = spent
-
-    def mip_row(self, stay: dict) -> object:
-        """The budget as a row of a MIP whose binary ``stay[i]`` says unit ``i`` keeps its
-        original grid: ``sum_i weight_i (1 - stay_i) <= limit - spent``."""
-        import pulp
-
-        return pulp.lpSum(float(self.weight[i]) * (1 - v) for i, v in stay.items()) \
-            <= self.limit - self.base + _EPS
 
     def lower_bound(self, W: np.ndarray, labels: np.ndarray, hi: np.ndarray,
                     lo: np.ndarray, movable: np.ndarray) -> float:
