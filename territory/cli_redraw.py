@@ -408,6 +408,9 @@ def rebalance_command(
                       f"{b.measure}; max deviation "
                       + ", ".join(f"{m} {v:.2%}" for m, v in res.max_deviation.items())
                       + f" → {out / 'plan.gpkg'} (v{res.plan.version}, parent {plan})")
+        if res.sub_deviation:
+            console.print("sub-grids of the grids it changed: max deviation "
+                          + ", ".join(f"{m} {v:.2%}" for m, v in res.sub_deviation.items()))
         if sweep:
             from territory.rebalance import sweep as run_sweep
 
