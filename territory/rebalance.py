@@ -249,10 +249,13 @@ class _Search:
         return budget.lower_bound(Wn, self.main, hi, lo, ~self.fixed)
 
 
-#: the budget's weight in the score, lowered in turn while the bands are not met: a grid
-#: whose neighbours are full needs them to pass load on (moves that only even out loads),
-#: which a move's full cost forbids; the moves not needed in the end are taken back
-CHURN_WEIGHTS = (1.0, 0.1, 0.01, 0.0)
+#: the budget's weight in the score, lowered in turn while the bands are not met. Heavy
+#: first: of the moves that cut the excess, those carrying least of the budget measure per
+#: unit of load go first (on the shipped city, 1000 moved ~25 % fewer customers than 1);
+#: then lighter, as a grid whose neighbours are full needs them to pass load on (moves
+#: that only even out loads), which a move's full cost forbids. The moves not needed in
+#: the end are taken back (:meth:`LocalSearch.settle`).
+CHURN_WEIGHTS = (1000.0, 30.0, 1.0, 0.1, 0.01, 0.0)
 
 
 def _balance(ls: LocalSearch, budget: DisruptionBudget, deadline: float) -> None:
