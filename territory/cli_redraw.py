@@ -386,14 +386,21 @@ def rebalance_command(
     = None,
     sweep: Annotated[bool, typer.Option(help="Print the budget → worst deviation curve")]
     = False,
-    depth: Annotated[int, typer.Option(help="Units within this many hops of a grid line "
-                                            "may move")] = 2,
-    time_limit: Annotated[float, typer.Option(help="Seconds per solve")] = 30.0,
+    depth: Annotated[int | None, typer.Option(help="Only units within this many hops of a "
+                                                   "grid line may move (default: any)")] = None,
+    time_limit: Annotated[float, typer.Option(help="Seconds per search")] = 30.0,
+    key_accounts: Annotated[Path | None, typer.Option(
+        help="Key-account points (with footprint_m): the units of one key account stay "
+             "together")] = None,
+    headcount: Annotated[list[str] | None, typer.Option(
+        help="BRANCH=+N or BRANCH=-N (repeat): N more or fewer team members, so N more or "
+             "fewer sub-grids; split or merge the fewest and rebalance them")] = None,
     author: AuthorOpt = "", message: MessageOpt = "",
 ) -> None:
     """Meet the balance tolerances moving at most the budget (fewest moves first)."""
     from territory.edits import load_points
     from territory.errors import InfeasibleError, InvalidInputError
+    from territory.headcount import parse_headcount
     from territory.plan import Plan
     from territory.progress import POINTS
     from territory.rebalance_run import rebalance_plan
@@ -408,6 +415,13 @@ def rebalance_command(
             held = table["unit_id"].tolist()
         tables = [(n, f) for n, f in (("customers", customers), ("communities", communities))
                   if f is not None]
+        together = None
+        if key_accounts is not None:
+            from territory.pipeline import key_account_groups
+
+            crs = require_crs(points_crs, "--points-crs")
+            together = key_account_groups(p.units, _points(key_accounts, crs, lng_column,
+                                                           lat_column, "key_accounts", None))
         with progress(err_console) as show:
             for done, (name, path) in enumerate(tables):
                 show(POINTS, done, len(tables))
@@ -417,16 +431,25 @@ def rebalance_command(
                 console.print(f"{name}: {rep}")
                 show(POINTS, done + 1, len(tables))
             run = rebalance_plan(p, budget, tolerance=tolerance, depth=depth,
-                                 time_limit=time_limit, lock=held, author=author,
-                                 message=message, progress=show)
+                                 time_limit=time_limit, lock=held, together=together,
+                                 headcount=parse_headcount(headcount) if headcount else None,
+                                 author=author, message=message, progress=show)
         res, b, graph, p = run.result, run.budget, run.graph, run.base
         out.mkdir(parents=True, exist_ok=True)
+        if run.moves is not None:
+            write_csv(run.moves, out / "headcount_moves.csv")
+            console.print(f"sub-grids created {list(run.created)}, removed "
+                          f"{list(run.removed)}; {len(run.moves)} units change sub-grid → "
+                          f"{out / 'headcount_moves.csv'}")
         res.plan.save(out / "plan.gpkg")
         write_json(out / "rebalance.json", run.figures())
         console.print(f"moved {res.moved_units} units holding {res.moved_budget:g} "
                       f"{b.measure}; max deviation "
                       + ", ".join(f"{m} {v:.2%}" for m, v in res.max_deviation.items())
                       + f" → {out / 'plan.gpkg'} (v{res.plan.version}, parent {plan})")
+        if res.sub_deviation:
+            console.print("sub-grids of the grids it changed: max deviation "
+                          + ", ".join(f"{m} {v:.2%}" for m, v in res.sub_deviation.items()))
         if sweep:
             from territory.rebalance import sweep as run_sweep
 
@@ -434,7 +457,7 @@ def rebalance_command(
             budgets = sorted({round(top * f, 3) for f in (0, .25, .5, .75, 1, 1.5)})
             with console.status("sweeping budgets"):
                 curve = run_sweep(p, graph, b.measure, budgets, tolerance=tolerance,
-                                  depth=depth, time_limit=time_limit)
+                                  depth=depth, time_limit=time_limit, together=together)
             write_csv(curve, out / "sweep.csv")
             console.print(_table(curve.round(4), "budget → worst deviation"))
         if not res.feasible:

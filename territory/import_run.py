@@ -15,7 +15,7 @@ from territory.diagnose import Diagnosis, diagnose
 from territory.graph import build_graph
 from territory.importer import GridLayer, snap_to_units
 from territory.metrics import plan_metrics
-from territory.pipeline import Inputs, build_unit_table
+from territory.pipeline import Inputs, build_unit_table, key_account_groups
 from territory.plan import Plan
 from territory.progress import DIAGNOSIS, GRAPH, METRICS, SNAP, UNITS, Progress, silent
 from territory.request import ImportRequest
@@ -45,10 +45,12 @@ def import_map(inputs: Inputs, main: GridLayer, sub: GridLayer | None,
     graph = build_graph(units)
     progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
     progress(SNAP, 0, 1)
-    plan, _ = snap_to_units(units, graph, main, sub, request.measures(), params={
-        "resolution": request.resolution, "target_per_unit": request.target_per_unit,
-        "min_resolution": request.min_resolution, "branch_column": inputs.branch_column,
-        "aggregation": report, "imported_from": source})
+    together = key_account_groups(units, inputs.key_accounts)
+    params = {"resolution": request.resolution, "target_per_unit": request.target_per_unit,
+              "min_resolution": request.min_resolution, "branch_column": inputs.branch_column,
+              "aggregation": report, "imported_from": source}
+    plan, _ = snap_to_units(units, graph, main, sub, request.measures(), together=together,
+                            params=params)
     progress(SNAP, 1, 1)
     progress(DIAGNOSIS, 0, 1)
     diag = diagnose(inputs.areas, inputs.branch_column, main, sub, plan, inputs.customers,

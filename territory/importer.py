@@ -17,7 +17,12 @@ The snapping rule (documented because planners will ask "why did this block move
    keeps balance best, and every grid is then made one piece the same way
    (:func:`territory.optimize.search.repair_contiguity`);
 3. sub-grids are snapped the same way inside their main grid; a main grid without drawn
-   sub-grids becomes one sub-grid ``{main}-S1``.
+   sub-grids becomes one sub-grid ``{main}-S1``;
+4. the units of one key account (``together``: its footprint's units,
+   :func:`territory.pipeline.key_account_groups`) stay together: the whole group goes to
+   the grid holding most of the group's area, before the orphans and pieces of rule 2 are
+   handed on; a group that rule 2 still splits joins the grid holding most of it when that
+   keeps every grid one piece (else it is left split and logged).
 """
 
 from __future__ import annotations
@@ -164,14 +169,53 @@ def _pick(shares: pd.DataFrame) -> pd.Series:
     return s.drop_duplicates("unit_id").set_index("unit_id")["grid_id"]
 
 
+def _group_grids(shares: pd.DataFrame, together: list[list]) -> pd.Series:
+    """Per unit of a key-account group, the grid holding most of the group's area."""
+    rows = [(u, n) for n, grp in enumerate(together) for u in grp]
+    if not rows:
+        return pd.Series(dtype=object)
+    member = pd.DataFrame(rows, columns=["unit_id", "group"]).drop_duplicates("unit_id")
+    s = shares.merge(member, on="unit_id")
+    area = s.groupby(["group", "grid_id"])["area_m2"].sum().reset_index()
+    best = (area.sort_values(["group", "area_m2", "grid_id"], ascending=[True, False, True])
+            .drop_duplicates("group").set_index("group")["grid_id"])
+    return member.set_index("unit_id")["group"].map(best).dropna()
+
+
+def _rejoin_groups(labels: pd.Series, graph: nx.Graph, together: list[list]) -> pd.Series:
+    """A group the contiguity repair split joins the grid holding most of its units, when
+    every grid involved stays one piece."""
+    labels = labels.copy()
+    for grp in together:
+        members = [u for u in grp if u in labels.index]
+        grids = labels.loc[members]
+        if grids.nunique() <= 1:
+            continue
+        trial = labels.copy()
+        trial.loc[members] = grids.value_counts().index[0]
+        involved = set(grids)
+        if all(nx.is_connected(graph.subgraph(trial.index[trial == g]))
+               for g in involved if (trial == g).any()):
+            labels = trial
+        else:
+            log.warning("key account of units %s stays split across %s: joining it whole "
+                        "would cut a grid in two", members[:5], sorted(involved))
+    return labels
+
+
 def _snap_level(units: gpd.GeoDataFrame, graph: nx.Graph, shares: pd.DataFrame,
-                home: pd.Series, container: str, measures: list[str]) -> pd.Series:
+                home: pd.Series, container: str, measures: list[str],
+                together: list[list] | None = None) -> pd.Series:
     """Snap units to drawn grids whose ``home`` (their container at the level above)
-    equals the unit's ``container`` column; orphans and cut-off pieces by the module rule."""
+    equals the unit's ``container`` column; orphans, cut-off pieces and key-account groups
+    by the module rule."""
     ok = shares["grid_id"].map(home).to_numpy() == \
         units[container].reindex(shares["unit_id"]).to_numpy()
     best = _pick(shares[ok])
     labels = pd.Series(best.reindex(units.index).to_numpy(), index=units.index, dtype=object)
+    together = [[u for u in g if u in units.index] for g in together or []]
+    whole = _group_grids(shares[ok], together)
+    labels.loc[whole.index] = whole
     out = []
     for key, nodes in units.groupby(container).groups.items():
         lab = labels.loc[nodes]
@@ -187,23 +231,25 @@ def _snap_level(units: gpd.GeoDataFrame, graph: nx.Graph, shares: pd.DataFrame,
         if len(names) > 1 or (arr < 0).any():
             arr = repair_contiguity(P, arr, len(names))
         out.append(pd.Series(np.asarray(names, dtype=object)[arr], index=P.ids))
-    return pd.concat(out).reindex(units.index)
+    return _rejoin_groups(pd.concat(out).reindex(units.index), graph, together)
 
 
 def snap_to_units(units: gpd.GeoDataFrame, graph: nx.Graph, main: GridLayer,
                   sub: GridLayer | None, measures: dict[str, float], *,
-                  params: dict | None = None) -> tuple[Plan, dict[str, pd.DataFrame]]:
+                  params: dict | None = None, together: list[list] | None = None
+                  ) -> tuple[Plan, dict[str, pd.DataFrame]]:
     """The Plan that follows the drawn main grids (and sub-grids) to within a unit.
 
     ``units`` carry ``branch_id`` and the measures; ``graph`` is their adjacency graph
     (:func:`territory.graph.build_graph`). Returns the plan and the unit-grid area shares
     per level (``"main_grid"``, ``"sub_grid"``), which the diagnosis reports from.
+    ``together``: key-account groups (lists of unit ids) kept in one grid at both levels.
     """
     units = units.copy()
     shares = unit_shares(units, main.grids)
     home = grid_branches(main.grids, units, shares)
     units["main_grid_id"] = _snap_level(units, graph, shares, home, "branch_id",
-                                        list(measures))
+                                        list(measures), together)
     out = {"main_grid": shares}
     if sub is not None:
         sub_shares = unit_shares(units, sub.grids)
@@ -215,7 +261,7 @@ def snap_to_units(units: gpd.GeoDataFrame, graph: nx.Graph, main: GridLayer,
                       .sort_values(["grid_id", "area_m2"], ascending=[True, False])
                       .drop_duplicates("grid_id").set_index("grid_id")["main"])
         units["sub_grid_id"] = _snap_level(units, graph, sub_shares, parent.astype(str),
-                                           "main_grid_id", list(measures))
+                                           "main_grid_id", list(measures), together)
         out["sub_grid"] = sub_shares
     else:
         units["sub_grid_id"] = units["main_grid_id"] + "-S1"

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import networkx as nx
+import pandas as pd
 
 from territory.graph import build_graph
 from territory.plan import Plan
@@ -28,6 +29,10 @@ class Rebalanced:
     graph: nx.Graph
     #: the plan the budget was applied to (the given one, with the new locks)
     base: Plan
+    #: with a headcount change: the units that change sub-grid, and the sub-grids made/gone
+    moves: pd.DataFrame | None = None
+    created: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
     def figures(self) -> dict:
         """What the command writes to ``rebalance.json`` and the service keeps with the
@@ -37,16 +42,20 @@ class Rebalanced:
                 "moved": {b.measure: r.moved_budget, "units": r.moved_units},
                 "worst_excess": r.worst_excess, "max_deviation": r.max_deviation,
                 "smallest_budget": r.smallest_budget, "message": r.message,
+                "lower_bound": r.lower_bound, "sub_deviation": r.sub_deviation,
                 "plan_id": r.plan.plan_id if r.plan else None, "parent": self.base.plan_id}
 
 
 def rebalance_plan(plan: Plan, budget: str, *, tolerance: float | None = None,
-                   depth: int = 2, time_limit: float = 30.0, lock: Iterable[str] = (),
-                   author: str = "", message: str = "",
-                   progress: Progress | None = None) -> Rebalanced:
+                   depth: int | None = None, time_limit: float = 30.0,
+                   lock: Iterable[str] = (), together: list[list] | None = None,
+                   headcount: dict[str, int] | None = None, author: str = "",
+                   message: str = "", progress: Progress | None = None) -> Rebalanced:
     """Build the unit graph, lock the units ``lock`` (kept locked in the result, whose
     parent is ``plan``), parse the budget (``MEASURE=VALUE[%]``) and rebalance, reporting
-    each stage."""
+    each stage. ``together``: groups of unit ids that never part (key accounts);
+    ``headcount``: branch -> more (fewer) team members, each a sub-grid split (merged)
+    before the rebalance (:func:`territory.headcount.change_headcount`)."""
     from territory.edits import locked, set_lock
 
     progress = progress or silent
@@ -59,7 +68,17 @@ def rebalance_plan(plan: Plan, budget: str, *, tolerance: float | None = None,
         plan = replace(plan, units=with_locks.units)
     parsed = Budget.parse(budget, plan)
     progress(REBALANCE, 0, 1)
+    if headcount:
+        from territory.headcount import change_headcount
+
+        hc = change_headcount(plan, graph, headcount, parsed, tolerance=tolerance,
+                              time_limit=time_limit, together=together, author=author,
+                              message=message)
+        progress(REBALANCE, 1, 1)
+        return Rebalanced(hc.result, parsed, graph, plan, hc.moves, tuple(hc.created),
+                          tuple(hc.removed))
     res = rebalance(plan, graph, parsed, tolerance=tolerance, depth=depth,
-                    time_limit=time_limit, author=author, message=message)
+                    time_limit=time_limit, together=together, author=author,
+                    message=message)
     progress(REBALANCE, 1, 1)
     return Rebalanced(res, parsed, graph, plan)

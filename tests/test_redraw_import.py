@@ -171,3 +171,33 @@ def test_cli_import_writes_the_plan_and_the_diagnosis(city, tmp_path):
     assert plan.author == "ann" and plan.measures == ["subscribers"]
     assert set(plan.units["main_grid_id"]) == set(city.plan.units["main_grid_id"])
     assert nesting_ok(plan)
+
+
+def test_snapping_keeps_each_key_account_in_one_grid(city, units, tmp_path):
+    units, graph = units
+    city.plan.grids("main_grid").to_file(tmp_path / "main.gpkg")
+    city.plan.grids("sub_grid").to_file(tmp_path / "sub.gpkg")
+    main = read_grids(tmp_path / "main.gpkg", grid_column="grid_id", parent_column="parent_id")
+    sub = read_grids(tmp_path / "sub.gpkg", grid_column="grid_id", parent_column="parent_id")
+    # key accounts whose footprints straddle a drawn main-grid line: two touching units each
+    u = city.plan.units
+    groups, used = [], set()
+    for a, b in sorted(graph.edges()):
+        if (u.at[a, "branch_id"] == u.at[b, "branch_id"]
+                and u.at[a, "main_grid_id"] != u.at[b, "main_grid_id"]
+                and not {a, b} & used):
+            groups.append([a, b])
+            used |= {a, b}
+        if len(groups) == 4:
+            break
+    assert len(groups) == 4
+    plan, _ = snap_to_units(units, graph, main, sub, MEASURES, together=groups)
+    for grp in groups:
+        assert plan.units.loc[grp, "main_grid_id"].nunique() == 1, grp
+        assert plan.units.loc[grp, "sub_grid_id"].nunique() == 1, grp
+    assert nesting_ok(plan)
+    for level in ("main_grid", "sub_grid"):
+        assert all(contiguous_grids(graph, plan.labels(level)).values()), level
+    # everything else follows the drawn lines
+    rest = plan.units.index.difference(sorted(used))
+    assert (plan.units.loc[rest, "main_grid_id"] == u.loc[rest, "main_grid_id"]).mean() > 0.98

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import networkx as nx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,12 +14,15 @@ from typer.testing import CliRunner
 from territory.cli import app
 from territory.diff import diff_plans
 from territory.edits import set_lock
+from territory.errors import InvalidInputError
 from territory.graph import contiguous_grids
+from territory.headcount import change_headcount
 from territory.metrics import load_table, nesting_ok
 from territory.plan import Plan
 from territory.progress import GRAPH, REBALANCE
-from territory.rebalance import Budget, rebalance
+from territory.rebalance import Budget, _max_dev, rebalance
 
+from .redraw_city import small_city
 from .redraw_lattice import lattice_plan
 
 
@@ -29,20 +33,26 @@ def _worst(plan: Plan) -> float:
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 10_000), share=st.floats(0, 0.3),
        measure=st.sampled_from(["customers", "households", "units"]),
-       n_locked=st.integers(0, 12), tol=st.sampled_from([0.03, 0.1, 0.3]))
+       n_locked=st.integers(0, 12), tol=st.sampled_from([0.03, 0.1, 0.3]),
+       group_at=st.tuples(st.integers(0, 7), st.integers(0, 6)))
 def test_rebalance_never_exceeds_its_budget_never_moves_a_lock_keeps_invariants(
-        seed, share, measure, n_locked, tol):
+        seed, share, measure, n_locked, tol, group_at):
     plan, graph = lattice_plan(seed, tolerance=tol)
     rng = np.random.default_rng(seed)
     locks = list(rng.choice(plan.units.index, n_locked, replace=False))
     if locks:
         plan = set_lock(plan, graph, unit_ids=locks)
+    r, c = group_at  # a key account spanning two side-by-side units
+    group = [f"u{r}_{c}", f"u{r}_{c + 1}"]
     budget = Budget.parse(f"{measure}={share * 100:.3f}%", plan)
-    res = rebalance(plan, graph, budget, time_limit=20)
+    res = rebalance(plan, graph, budget, time_limit=20, together=[group])
     new = res.plan
+    held = new.units.loc[group, ["main_grid_id", "sub_grid_id"]]
+    assert held.equals(plan.units.loc[group, ["main_grid_id", "sub_grid_id"]])
     w = plan.units["customers"] if measure == "customers" else (
         plan.units["households"] if measure == "households" else plan.units["customers"] * 0 + 1)
-    moved = new.units.index[new.units["main_grid_id"] != plan.units["main_grid_id"]]
+    # a unit counts as moved when its sub-grid changes (a main-grid move changes it too)
+    moved = new.units.index[new.units["sub_grid_id"] != plan.units["sub_grid_id"]]
     assert w[moved].sum() <= budget.value + 1e-6
     assert res.moved_budget == pytest.approx(float(w[moved].sum()))
     assert not set(moved) & set(locks)
@@ -104,3 +114,110 @@ def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
     short = CliRunner().invoke(app, ["rebalance", str(tmp_path / "p.gpkg"), "--budget",
                                      "customers=0", "--out", str(tmp_path / "s")])
     assert short.exit_code == 3 and "smallest budget" in short.output
+
+
+def _estate(plan: Plan, graph, share: float) -> Plan:
+    """A new estate: ``share`` of a mean main grid's load added around the densest unit
+    of a branch with several grids, inside its grid."""
+    u = plan.units.copy()
+    u[["subscribers", "workload"]] = u[["subscribers", "workload"]].astype(float)
+    judged = ~u["main_grid_id"].isin(plan.params.get("balance_exempt_grids", [])) & (
+        u.groupby("branch_id")["main_grid_id"].transform("nunique") > 1)
+    spot = u.loc[judged, "customers"].idxmax()
+    home = u.at[spot, "main_grid_id"]
+    ring = [v for v in nx.ego_graph(graph, spot, radius=2) if u.at[v, "main_grid_id"] == home]
+    n_main = u["main_grid_id"].nunique()
+    for m in ("subscribers", "workload"):
+        u.loc[ring, m] += share * u[m].sum() / n_main / len(ring)
+    return plan.derive(u, message="new estate")
+
+
+def test_rebalance_at_city_scale_moves_units_and_reaches_the_band():
+    city = small_city()
+    changed = _estate(city.plan, city.graph, 0.4)
+    assert max(_max_dev(changed).values()) > 0.15  # out of band now
+    res = rebalance(changed, city.graph, Budget.parse("customers=15%", changed),
+                    time_limit=20)
+    new = res.plan
+    assert res.feasible and res.moved_units > 0
+    assert max(_max_dev(new).values()) <= 0.15 + 1e-6
+    moved = new.units.index[new.units["sub_grid_id"] != changed.units["sub_grid_id"]]
+    assert changed.units.loc[moved, "customers"].sum() <= 0.15 * changed.units[
+        "customers"].sum() + 1e-6
+    # a fresh plan moves most customers; the rebalance a small share of them
+    assert len(moved) < 0.25 * len(new.units)
+    assert nesting_ok(new)
+    for level in ("main_grid", "sub_grid"):
+        assert all(contiguous_grids(city.graph, new.labels(level)).values()), level
+    # the sub-grids of the grids it touched are brought within the band too
+    assert max(res.sub_deviation.values()) <= 0.15 + 1e-6
+
+
+def test_a_headcount_change_splits_the_fewest_sub_grids_and_rebalances_them():
+    city = small_city()
+    plan, graph = city.plan, city.graph
+    branch = plan.units["branch_id"].value_counts().index[0]
+    before = plan.units.groupby("branch_id")["sub_grid_id"].nunique()
+    hc = change_headcount(plan, graph, {branch: 2}, Budget.parse("customers=20%", plan),
+                          time_limit=20)
+    new = hc.result.plan
+    after = new.units.groupby("branch_id")["sub_grid_id"].nunique()
+    assert after[branch] == before[branch] + 2 and len(hc.created) == 2
+    assert (after.drop(branch) == before.drop(branch)).all()
+    assert (new.units["main_grid_id"] == plan.units["main_grid_id"]).all()
+    moved = new.units.index[new.units["sub_grid_id"] != plan.units["sub_grid_id"]]
+    assert sorted(hc.moves["unit_id"]) == sorted(moved)
+    assert set(new.units.loc[moved, "sub_grid_id"]) >= set(hc.created)
+    assert nesting_ok(new) and all(contiguous_grids(graph, new.labels("sub_grid")).values())
+    t = load_table(new, "sub_grid")
+    t = t[t["parent_id"].isin(set(new.units.loc[moved, "main_grid_id"]))]
+    if hc.result.feasible:
+        assert t[["dev_subscribers", "dev_workload"]].abs().max().max() <= 0.15 + 1e-6
+    fewer = change_headcount(plan, graph, {branch: -1}, Budget.parse("customers=20%", plan),
+                             time_limit=20)
+    assert fewer.result.plan.units.groupby("branch_id")["sub_grid_id"].nunique()[branch] \
+        == before[branch] - 1 and len(fewer.removed) == 1
+
+
+def test_cli_headcount_writes_who_moves(tmp_path):
+    plan, _ = lattice_plan(5, tolerance=0.3)
+    plan.save(tmp_path / "p.gpkg")
+    res = CliRunner().invoke(app, ["rebalance", str(tmp_path / "p.gpkg"), "--budget",
+                                   "customers=50%", "--headcount", "B1=+1",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code in (0, 3), res.output
+    new = Plan.load(tmp_path / "r" / "plan.gpkg")
+    assert new.units.groupby("branch_id")["sub_grid_id"].nunique()["B1"] == 5
+    moves = (tmp_path / "r" / "headcount_moves.csv").read_text().splitlines()
+    assert moves[0].startswith("unit_id,from_sub_grid_id,to_sub_grid_id") and len(moves) > 1
+    bad = CliRunner().invoke(app, ["rebalance", str(tmp_path / "p.gpkg"), "--budget",
+                                   "customers=5%", "--headcount", "B1 two more",
+                                   "--out", str(tmp_path / "s")])
+    assert bad.exit_code != 0 and "BRANCH=+N" in bad.output
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([-1, 1, 2]),
+       share=st.floats(0, 0.5), n_locked=st.integers(0, 10))
+def test_a_headcount_change_keeps_the_budget_the_locks_and_every_invariant(
+        seed, n, share, n_locked):
+    plan, graph = lattice_plan(seed, tolerance=0.3)
+    rng = np.random.default_rng(seed)
+    locks = list(rng.choice(plan.units.index, n_locked, replace=False))
+    if locks:
+        plan = set_lock(plan, graph, unit_ids=locks)
+    budget = Budget.parse(f"customers={share * 100:.3f}%", plan)
+    try:
+        hc = change_headcount(plan, graph, {"B2": n}, budget, time_limit=10)
+    except InvalidInputError as e:  # refused with the reason: locks on every candidate
+        assert "unlock some units" in str(e) and n_locked > 0
+        return
+    new, split = hc.result.plan, hc.result.plan.parent
+    assert new.units.groupby("branch_id")["sub_grid_id"].nunique()["B2"] == 4 + n
+    assert not set(hc.moves["unit_id"]) & set(locks)
+    assert (new.units["main_grid_id"] == plan.units["main_grid_id"]).all()
+    assert nesting_ok(new)
+    assert all(contiguous_grids(graph, new.labels("sub_grid")).values())
+    # the budget bounds the rebalance after the split or merge
+    assert hc.result.moved_budget <= budget.value + 1e-6
+    assert split is not None

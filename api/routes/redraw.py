@@ -91,8 +91,11 @@ class RebalanceRequest(BaseModel):
     tolerance: float | None = Field(None, gt=0, lt=1, description="Tolerance of every "
                                                                    "measure (default: the "
                                                                    "plan's)")
-    depth: int = Field(2, ge=1, le=5, description="Units within this many hops of a grid "
-                                                  "line may move")
+    depth: int | None = Field(None, ge=1, le=50, description="Only units within this many "
+                              "hops of a grid line may move (default: any)")
+    headcount: dict[str, Annotated[int, Field(ge=-100, le=100)]] = Field(
+        default_factory=dict, max_length=1_000, description="Branch id -> team members more "
+        "(or fewer): each is a sub-grid split (merged) before the rebalance")
     time_limit: float = Field(30.0, gt=0, le=300, description="Seconds per solve")
     lock: list[str] = Field(default_factory=list, max_length=100_000,
                             description="Unit ids held where they are")
@@ -418,7 +421,8 @@ def _run_rebalance(store: PlanStore, job: JobRecord, progress: Progress) -> str:
     plan = Plan.load(store.plan_path(record.plan_id))
     done = rebalance_plan(plan, request["budget"], tolerance=request["tolerance"],
                           depth=request["depth"], time_limit=request["time_limit"],
-                          lock=request["lock"], author=job.created_by,
+                          lock=request["lock"], headcount=request.get("headcount") or None,
+                          author=job.created_by,
                           message=request["message"], progress=progress)
     progress(SAVING, 0, None)
     _check_current(store, record.service_area, record.plan_id)  # none saved meanwhile

@@ -5,6 +5,9 @@ MIP rows (:meth:`BalanceModel.bounds`), the local search and the annealing kerne
 bounds and :meth:`BalanceModel.excess`, :meth:`BalanceModel.move_delta`,
 :meth:`BalanceModel.admissible`), the pre-check (:func:`precheck`), the explanation of a miss
 (:meth:`BalanceModel.explain`) and the plan metrics (:func:`deviation`, :func:`exempt_mean`).
+The rules a move must keep beside balance (locks, nesting, the disruption budget) are
+composable constraints the model carries (:mod:`.constraints`,
+:meth:`BalanceModel.with_constraints`), consumed by the same search, MIP and pre-check.
 
 The rule: a grid's load of measure m lies within ±tolerance_m of the mean, where the mean is
 taken over the grids that are balanced, i.e. all grids but the exempt ones (an own grid: an
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -85,6 +88,12 @@ class BalanceModel:
     mean: np.ndarray
     n_grids: int
     exempt: frozenset[int] = field(default_factory=frozenset)
+    #: move constraints (:mod:`.constraints`) every consumer of the model keeps, in order
+    constraints: tuple = ()
+
+    def with_constraints(self, *constraints) -> BalanceModel:
+        """The same bounds with more move constraints (applied after the ones it has)."""
+        return replace(self, constraints=self.constraints + tuple(constraints))
 
     @classmethod
     def for_units(cls, W: np.ndarray, tol: Mapping[str, float], n_balanced: int,

@@ -10,6 +10,11 @@ start that the annealing (:mod:`.anneal`) then improves for the rest of the time
    small share of the compactness objective, until every measure is within tolerance;
 2. **compact** — moves that lower the compactness objective and keep every grid within
    tolerance.
+
+The balance model's move constraints (:mod:`.constraints`: nesting, a disruption budget)
+are kept by every move: their cost joins each score, and a move they do not allow is
+skipped. :meth:`LocalSearch.settle` then takes back moves the constraints' cost no longer
+needs (a rebalance's least churn).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from territory.optimize.balance import BalanceModel
+from territory.optimize.constraints import movable_mask
 from territory.optimize.problem import Problem
 
 
@@ -117,7 +123,8 @@ class LocalSearch:
         self.lo, self.hi = balance.bounds()
         k = self.k
         self.objective = objective
-        self.movable = movable
+        self.constraints = balance.constraints
+        self.movable = movable & movable_mask(self.constraints, P.n)
         self.rng = rng
         self.labels = labels.astype(np.int64).copy()
         self.lab = self.labels.tolist()
@@ -200,6 +207,16 @@ class LocalSearch:
         """Change of the total tolerance violation when loads ``w`` move from a to b."""
         return self.model.move_delta(self.loads, w, a, b)
 
+    def _cost(self, i, a, b) -> np.ndarray:
+        """The move constraints' cost of each move (0 without constraints)."""
+        out = np.zeros(len(i))
+        for c in self.constraints:
+            out = out + c.cost(i, a, b)
+        return out
+
+    def _allowed(self, i: int, a: int, b: int) -> bool:
+        return all(c.allows(i, a, b) for c in self.constraints)
+
     def _keeps_feasible(self, i, a, b) -> np.ndarray:
         return self.model.admissible(self.loads, self.P.W[i], a, b)
 
@@ -243,6 +260,16 @@ class LocalSearch:
         self.labels[i] = b
         self.lab[i] = b
         self.stats.moves += 1
+        for c in self.constraints:
+            c.moved(i, a, b)
+
+    def _undo(self, moves: list[tuple[int, int, int]], marks: list) -> None:
+        """Take back tentative ``moves`` (last first) and the constraints' state."""
+        for i, a, b in reversed(moves):
+            self._move(i, b, a)
+            self.stats.moves -= 2
+        for c, mk in zip(self.constraints, marks, strict=True):
+            c.restore(mk)
 
     def _round(self, score: np.ndarray, i, a, b, limit: float = 0.0, rescore=None,
                deadline: float = np.inf) -> int:
@@ -267,7 +294,7 @@ class LocalSearch:
                     continue
             elif rescore(np.array([ii]), np.array([ai]), np.array([bi]))[0] >= limit:
                 continue
-            if not self._stays_connected(ii, ai):
+            if not self._stays_connected(ii, ai) or not self._allowed(ii, ai, bi):
                 continue
             self._move(ii, ai, bi)
             touched.add(ai)
@@ -288,7 +315,7 @@ class LocalSearch:
                 break
             def score_of(i, a, b):
                 comp = compact_weight * self._delta_compact(i, a, b) / scale
-                return self._balance_score(self.P.W[i], a, b, comp)
+                return self._balance_score(self.P.W[i], a, b, comp + self._cost(i, a, b))
 
             moved = self._round(score_of(i, a, b), i, a, b, limit=-1e-12, rescore=score_of,
                                 deadline=deadline)
@@ -329,7 +356,9 @@ class LocalSearch:
             gi, gj = np.meshgrid(ui, uj, indexing="ij")
             gi, gj = gi.ravel(), gj.ravel()
             w = self.P.W[gi] - self.P.W[gj]
-            score = self._balance_score(w, np.full(len(gi), ga), np.full(len(gi), gb))
+            fa, fb = np.full(len(gi), ga), np.full(len(gi), gb)
+            score = self._balance_score(w, fa, fb, self._cost(gi, fa, fb)
+                                        + self._cost(gj, fb, fa))
             for t in np.argsort(score)[:8]:
                 if score[t] >= -1e-12:
                     break
@@ -363,7 +392,9 @@ class LocalSearch:
                     if len(s_i) == 0:
                         continue
                     s_a, s_b = a_all[nxt][:second], b_all[nxt][:second]
-                    d = self._chain_delta(u, fa, fb, s_i, s_a, s_b)
+                    d = self._chain_delta(u, fa, fb, s_i, s_a, s_b) + self._cost(
+                        s_i, s_a, s_b) + self._cost(np.array([u]), np.array([fa]),
+                                                    np.array([fb]))
                     t = int(np.argmin(d))
                     if d[t] < best[0]:
                         best = (d[t], (u, fa, fb, int(s_i[t]), int(s_a[t]), int(s_b[t]), out))
@@ -399,29 +430,51 @@ class LocalSearch:
 
     def _try_chain(self, u, fa, fb, v, sa, sb, out) -> bool:
         first, then = ((u, fa, fb), (v, sa, sb)) if out else ((v, sa, sb), (u, fa, fb))
-        if self.lab[first[0]] != first[1] or not self._stays_connected(first[0], first[1]):
+        if (self.lab[first[0]] != first[1] or not self._stays_connected(first[0], first[1])
+                or not self._allowed(*first)):
             return False
+        marks = [c.mark() for c in self.constraints]
         self._move(*first)
         ok = (self.lab[then[0]] == then[1]
               and any(self.lab[x] == then[2] for x in self.nbrs[then[0]])
-              and self._stays_connected(then[0], then[1]))
+              and self._stays_connected(then[0], then[1]) and self._allowed(*then))
         if ok:
             self._move(*then)
             return True
-        self._move(first[0], first[2], first[1])  # undo
-        self.stats.moves -= 2
+        self._undo([first], marks)
         return False
 
     def _try_swap(self, i: int, j: int, a: int, b: int) -> bool:
-        if not self._stays_connected(i, a):
+        if not self._stays_connected(i, a) or not self._allowed(i, a, b):
             return False
+        marks = [c.mark() for c in self.constraints]
         self._move(i, a, b)
-        if any(self.lab[v] == a for v in self.nbrs[j]) and self._stays_connected(j, b):
+        if (any(self.lab[v] == a for v in self.nbrs[j]) and self._stays_connected(j, b)
+                and self._allowed(j, b, a)):
             self._move(j, b, a)
             return True
-        self._move(i, b, a)  # undo
-        self.stats.moves -= 2
+        self._undo([(i, a, b)], marks)
         return False
+
+    def settle(self, deadline: float) -> int:
+        """Moves that lower the constraints' cost without adding to the balance excess
+        (a rebalance takes back the moves its budget no longer needs); return how many."""
+        total = 0
+        while time.monotonic() < deadline:
+            i, a, b = self._candidates()
+            if len(i) == 0:
+                break
+
+            def score_of(i, a, b):
+                dv = self._delta_violation(self.P.W[i], a, b)
+                return np.where(dv <= 1e-12, self._cost(i, a, b), np.inf)
+
+            moved = self._round(score_of(i, a, b), i, a, b, limit=-1e-12, rescore=score_of,
+                                deadline=deadline)
+            total += moved
+            if moved == 0:
+                break
+        return total
 
     def compact(self, deadline: float) -> None:
         """Phase 2: strictly improving, feasibility-keeping moves."""
