@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from territory.assign import OUTPUT_COLUMNS, Columns, assign_file, assign_frame
+from territory.assign import OUTPUT_COLUMNS, PLAN_COLUMNS, Columns, assign_file, assign_frame
 from territory.crs import from_wgs84, to_wgs84
 from territory.errors import InvalidInputError
 from territory.units import locate_points
@@ -61,7 +61,7 @@ def test_csv_path_equals_frame_path_and_exact_lookup(plan, index, every_status, 
     cols = Columns(crs="wgs84", crs_column="sys")
     counts = assign_file(index, src, dst, columns=cols, chunk_size=4)
     got = _read_csv(dst)
-    assert list(got.columns) == [*every_status.columns, *OUTPUT_COLUMNS]
+    assert list(got.columns) == [*every_status.columns, *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     pd.testing.assert_frame_equal(got[every_status.columns], every_status)  # cells as given
     want = assign_frame(index, _read_csv(src), columns=cols)
     _same_results(got, want)
@@ -102,7 +102,7 @@ def test_parquet_path_keeps_types_and_equals_frame_path(plan, index, tmp_path):
                 progress=lambda d, t: seen.append((d, t)))
     assert seen == [(1000, n), (2000, n), (3000, n)]
     out = pq.read_table(dst)
-    assert out.column_names == [*table.column_names, *OUTPUT_COLUMNS]
+    assert out.column_names == [*table.column_names, *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     kept = out.select(table.column_names)
     assert kept.schema == table.schema  # every input column, of its type
     pd.testing.assert_frame_equal(kept.to_pandas(), table.to_pandas())  # NaN equals NaN
@@ -134,7 +134,7 @@ def test_empty_and_header_only_inputs(index, tmp_path):
     head.write_text("id,lng,lat\n", encoding="utf-8")
     assert sum(assign_file(index, head, tmp_path / "o.parquet", columns=WGS).values()) == 0
     assert pq.read_schema(tmp_path / "o.parquet").names == ["id", "lng", "lat",
-                                                            *OUTPUT_COLUMNS]
+                                                            *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     with pytest.raises(InvalidInputError, match="'lng'"):
         assign_file(index, head, tmp_path / "o.csv", columns=Columns(lng="x", crs="wgs84"))
 
