@@ -614,7 +614,7 @@ class _GridCodes:
                                                    pa.array([self.plan_id])),
                     pa.array(np.full(n, self.plan_version, dtype=np.int32))]
         names += PLAN_COLUMNS
-        return pa.Table.from_arrays(columns, names=names)
+        return pa.Table.from_arrays(columns, names=names, metadata=table.schema.metadata)
 
 
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
