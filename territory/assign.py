@@ -61,6 +61,7 @@ from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan, plan_file
 from territory.tables import (
+    CHUNK_ROWS,
     DEFAULT_ENCODING,
     STREAM_BLOCK_BYTES,
     codec,
@@ -662,7 +663,7 @@ class _Writer:
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
-                chunk_size: int = 500_000, progress: Progress | None = None,
+                chunk_size: int = CHUNK_ROWS, progress: Progress | None = None,
                 on_warning: Warn | None = None,
                 encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
     """Stream ``src`` (CSV, text in ``encoding``, or Parquet) into ``dst`` with Arrow.

@@ -24,6 +24,12 @@ _CSV_BLOCK_BYTES = 8 << 20
 #: blocks ahead of its consumer on a thread of its own, so its memory is 32 blocks, whatever
 #: the file's size (8 MB blocks: 290 MB ahead; 1 MB: 39 MB, and no more CPU).
 STREAM_BLOCK_BYTES = 1 << 20
+#: Rows per chunk when a table is streamed through the assignment: a few chunks are in memory
+#: at once (one read ahead, one assigned, one written), the assignment's temporaries about
+#: 100 bytes a row. With 500 000 the peak memory was 15 % higher at 50 M rows than at 2 M
+#: (the three stages' peaks meet more often over more chunks); 250 000 keeps it within 6 %,
+#: at the same CPU.
+CHUNK_ROWS = 250_000
 
 
 def codec(encoding: str) -> str:
