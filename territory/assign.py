@@ -30,10 +30,11 @@ changes a result. Rows without coordinates may carry an address for a
 
 Files (CSV or Parquet, by suffix) are streamed through Arrow in chunks of record batches, so
 a file larger than memory works at millions of rows a second: CSV parsed by Arrow's
-multithreaded reader, coordinates read as numpy arrays, the result columns appended to the
-input's batches (grid ids dictionary-encoded), no pandas frame built. The output is written
-to a temporary file and renamed at the end (atomic). The library reports progress through an
-optional callback and never prints.
+reader, coordinates read as numpy arrays, the result columns appended to the input's batches
+(grid ids dictionary-encoded), no pandas frame built; reading, assigning and writing overlap
+on three threads. Every row of a file output also names the plan that assigned it
+(:data:`PLAN_COLUMNS`). The output is written to a temporary file and renamed at the end
+(atomic). The library reports progress through an optional callback and never prints.
 """
 
 from __future__ import annotations
