@@ -30,10 +30,11 @@ changes a result. Rows without coordinates may carry an address for a
 
 Files (CSV or Parquet, by suffix) are streamed through Arrow in chunks of record batches, so
 a file larger than memory works at millions of rows a second: CSV parsed by Arrow's
-multithreaded reader, coordinates read as numpy arrays, the result columns appended to the
-input's batches (grid ids dictionary-encoded), no pandas frame built. The output is written
-to a temporary file and renamed at the end (atomic). The library reports progress through an
-optional callback and never prints.
+reader, coordinates read as numpy arrays, the result columns appended to the input's batches
+(grid ids dictionary-encoded), no pandas frame built; reading, assigning and writing overlap
+on three threads. Every row of a file output also names the plan that assigned it
+(:data:`PLAN_COLUMNS`). The output is written to a temporary file and renamed at the end
+(atomic). The library reports progress through an optional callback and never prints.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -59,7 +61,14 @@ from territory.crs_check import Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan, plan_file
-from territory.tables import DEFAULT_ENCODING, codec, csv_options, decode_error
+from territory.tables import (
+    CHUNK_ROWS,
+    DEFAULT_ENCODING,
+    STREAM_BLOCK_BYTES,
+    codec,
+    csv_options,
+    decode_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +81,9 @@ OUTPUT_COLUMNS = ("sub_grid_id", "main_grid_id", "branch_id", "status", "nearest
                   "distance_m", "reason")
 #: Columns added after those when an address column is given (see the module docstring).
 ADDRESS_COLUMNS = ("match_level", "match_score", "matched_entry", "candidates")
+#: Columns a file output ends with: the plan that assigned the rows (its id and version), so
+#: that the nightly change report knows a new plan from a move (:mod:`territory.changes`).
+PLAN_COLUMNS = ("plan_id", "plan_version")
 _STATUS_DICTIONARY = pa.array(STATUSES, type=pa.string())
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -489,19 +501,20 @@ def _format(path: Path, what: str) -> str:
 
 
 def _read_chunks(path: Path, chunk_size: int, encoding: str
-                 ) -> tuple[Iterator[pa.Table], int | None]:
+                 ) -> tuple[Iterator[pa.Table], pa.Schema, int | None]:
     """Tables of ``chunk_size`` rows (the last one shorter; an empty input gives one empty
-    table, so its schema still reaches the output) and the row count when the format
-    knows it up front."""
+    table, so its schema still reaches the output), their schema, and the row count when
+    the format knows it up front."""
     if _format(path, "input") == "csv":
-        read, convert = csv_options(path, encoding)
+        read, convert = csv_options(path, encoding, STREAM_BLOCK_BYTES)
         reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
-        return _rebatch(reader, reader.schema, chunk_size), None
+        return _rebatch(reader, reader.schema, chunk_size), reader.schema, None
     # without pre-buffering: with it Arrow holds far more of the file than the chunk it
     # reads (peak memory grew with the file: 1.5 GB at 50 M rows)
     pf = pq.ParquetFile(path, pre_buffer=False)
     batches = pf.iter_batches(batch_size=chunk_size)
-    return _rebatch(batches, pf.schema_arrow, chunk_size), pf.metadata.num_rows
+    schema = pf.schema_arrow
+    return _rebatch(batches, schema, chunk_size), schema, pf.metadata.num_rows
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], schema: pa.Schema, size: int
@@ -523,12 +536,31 @@ def _rebatch(batches: Iterable[pa.RecordBatch], schema: pa.Schema, size: int
         yield pa.Table.from_batches(pending, schema)
 
 
+def _read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``chunks``, the next one read on a thread of its own while the caller assigns the
+    current one (Arrow parses and decodes without the GIL, so the two share the cores). One
+    chunk ahead, no more: memory stays flat. Errors of the reader come out of ``next``."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="territory-read") as pool:
+        ahead = pool.submit(next, chunks, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = pool.submit(next, chunks, None)
+            yield chunk
+
+
+def _bitmap(valid: np.ndarray) -> pa.Buffer | None:
+    """An Arrow validity bitmap of a boolean mask (None: every entry valid)."""
+    return None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+
+
 @dataclass(frozen=True)
 class _GridCodes:
     """Unit position → code in a dictionary of distinct ids, per id column: the output's
-    grid ids are dictionary-encoded, a few bytes a row and no string built per row."""
+    grid ids are dictionary-encoded, a few bytes a row and no string built per row; and the
+    plan that assigned the rows (:data:`PLAN_COLUMNS`)."""
 
     codes: dict[str, tuple[np.ndarray, pa.Array]]
+    plan_id: str
+    plan_version: int
 
     @classmethod
     def of(cls, index: AssignmentIndex) -> _GridCodes:
@@ -537,61 +569,82 @@ class _GridCodes:
                           ("main_grid_id", index.main_grid_ids),
                           ("branch_id", index.branch_ids)):
             code, distinct = pd.factorize(ids)
-            # position -1 (no unit) picks the trailing -1: a null
-            codes[name] = (np.append(code.astype(np.int32), np.int32(-1)),
+            # position -1 (no unit) picks the trailing 0: a valid index under a null slot
+            codes[name] = (np.append(code.astype(np.int32), np.int32(0)),
                            pa.array(list(distinct), type=pa.string()))
-        return cls(codes)
+        return cls(codes, str(index.plan.plan_id), int(index.plan.version))
 
-    def ids(self, name: str, unit: np.ndarray) -> pa.DictionaryArray:
+    def ids(self, name: str, unit: np.ndarray, valid: pa.Buffer | None) -> pa.DictionaryArray:
+        """The ids of ``name`` at unit positions ``unit``, null where ``valid`` says (where
+        ``unit`` is -1)."""
         code, dictionary = self.codes[name]
         pos = code[unit]
-        return pa.DictionaryArray.from_arrays(pa.array(pos, mask=pos < 0), dictionary)
+        indices = pa.Array.from_buffers(pa.int32(), len(pos), [valid, pa.py_buffer(pos)])
+        return pa.DictionaryArray.from_arrays(indices, dictionary)
+
+    def metadata(self, schema: pa.Schema) -> pa.Schema:
+        """``schema`` with the plan named in its metadata too (Parquet keeps it), beside
+        whatever metadata the input had."""
+        return schema.with_metadata({**(schema.metadata or {}),
+                                     b"territory.plan_id": self.plan_id.encode(),
+                                     b"territory.plan_version": str(self.plan_version).encode()})
 
     def append(self, table: pa.Table, res: Assignment) -> pa.Table:
-        """``table`` with the :data:`OUTPUT_COLUMNS` of ``res`` appended."""
+        """``table`` with the :data:`OUTPUT_COLUMNS` of ``res`` appended, then the
+        :data:`ADDRESS_COLUMNS` when matched and the :data:`PLAN_COLUMNS`."""
+        n = table.num_rows
+        placed = _bitmap(res.unit >= 0)
+        reasons = res.code >= _INVALID  # the only rows with a reason
         added = {
-            "sub_grid_id": self.ids("sub_grid_id", res.unit),
-            "main_grid_id": self.ids("main_grid_id", res.unit),
-            "branch_id": self.ids("branch_id", res.unit),
+            "sub_grid_id": self.ids("sub_grid_id", res.unit, placed),
+            "main_grid_id": self.ids("main_grid_id", res.unit, placed),
+            "branch_id": self.ids("branch_id", res.unit, placed),
             "status": pa.DictionaryArray.from_arrays(pa.array(res.code), _STATUS_DICTIONARY),
-            "nearest_grid_id": self.ids("sub_grid_id", res.nearest_unit),
+            "nearest_grid_id": self.ids("sub_grid_id", res.nearest_unit,
+                                        _bitmap(res.nearest_unit >= 0)),
             "distance_m": pa.array(res.distance_m, from_pandas=True),  # NaN: null
-            "reason": pa.array(res.reason, type=pa.string()),
+            "reason": (pa.array(res.reason, type=pa.string()) if reasons.any()
+                       else pa.nulls(n, pa.string())),
         }
-        for name in OUTPUT_COLUMNS:
-            table = table.append_column(name, added[name])
+        columns = [*table.columns, *(added[name] for name in OUTPUT_COLUMNS)]
+        names = [*table.column_names, *OUTPUT_COLUMNS]
         for name, values in (res.matches or {}).items():
             kind = pa.float64() if name == "match_score" else pa.string()
-            table = table.append_column(name, pa.array(values, type=kind, from_pandas=True))
-        return table
+            columns.append(pa.array(values, type=kind, from_pandas=True))
+            names.append(name)
+        columns += [pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)),
+                                                   pa.array([self.plan_id])),
+                    pa.array(np.full(n, self.plan_version, dtype=np.int32))]
+        names += PLAN_COLUMNS
+        return pa.Table.from_arrays(columns, names=names, metadata=table.schema.metadata)
 
 
 def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-    """Parquet dictionary pages for text (grid ids, statuses, reasons), plain encoding and
-    min/max statistics for the rest: string statistics and dictionary attempts on floats
-    would double the cost of writing."""
-    text = [f.name for f in schema if pa.types.is_dictionary(f.type)
-            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    rest = [f.name for f in schema if f.name not in text]
-    return pq.ParquetWriter(path, schema, use_dictionary=text, write_statistics=rest)
+    """Parquet dictionary pages for text (grid ids, statuses, reasons) and the plan version
+    (one value), plain encoding and min/max statistics for the rest: string statistics and
+    dictionary attempts on floats would double the cost of writing."""
+    coded = [f.name for f in schema if pa.types.is_dictionary(f.type)
+             or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+             or f.name in PLAN_COLUMNS]
+    rest = [f.name for f in schema if f.name not in coded]
+    return pq.ParquetWriter(path, schema, use_dictionary=coded, write_statistics=rest)
+
+
+#: Arrow formats CSV rows in batches of 1 024 by default; 65 536 costs 20 % less CPU.
+_CSV_WRITE = pacsv.WriteOptions(batch_size=1 << 16)
 
 
 class _Writer:
-    """Appends tables to a CSV or a Parquet file (schema fixed by the first table) on a
-    thread of its own: Arrow encodes and writes without the GIL, so chunk k is written while
-    chunk k + 1 is assigned; at most one table waits, so memory stays flat."""
+    """Appends tables to a CSV or a Parquet file (schema fixed at the start) on a thread of
+    its own: Arrow encodes and writes without the GIL, so chunk k is written while chunk
+    k + 1 is assigned; at most one table waits, so memory stays flat."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.fmt = path, fmt
-        self._out: pq.ParquetWriter | pacsv.CSVWriter | None = None
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
+        self.path = path
+        self._out = (pacsv.CSVWriter(path, schema, write_options=_CSV_WRITE) if fmt == "csv"
+                     else _parquet_writer(path, schema))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="territory-write")
         self._pending: Future[None] | None = None
-
-    def _write(self, table: pa.Table) -> None:
-        if self._out is None:
-            self._out = (pacsv.CSVWriter(self.path, table.schema) if self.fmt == "csv"
-                         else _parquet_writer(self.path, table.schema))
-        self._out.write_table(table)
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -603,30 +656,33 @@ class _Writer:
 
     def write(self, table: pa.Table) -> None:
         self._wait()
-        self._pending = self._pool.submit(self._write, table)
+        self._pending = self._pool.submit(self._out.write_table, table)
 
     def close(self) -> None:
         try:
             self._wait()
         finally:
             self._pool.shutdown()
-            if self._out is not None:
-                self._out.close()
+            self._out.close()
 
 
 def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
                 columns: Columns = Columns(), geocoder: Geocoder | None = None,
-                chunk_size: int = 500_000, progress: Progress | None = None,
+                chunk_size: int = CHUNK_ROWS, progress: Progress | None = None,
                 on_warning: Warn | None = None,
                 encoding: str = DEFAULT_ENCODING) -> dict[str, int]:
     """Stream ``src`` (CSV, text in ``encoding``, or Parquet) into ``dst`` with Arrow.
 
     Every row and column of the input comes out, in order and of its own type (a CSV's
-    cells as their text), with :data:`OUTPUT_COLUMNS` added: grid ids and ``status``
-    dictionary-encoded, ``distance_m`` float64, ``reason`` text. The rules are those of
-    :func:`assign_frame`, without a pandas round trip: coordinates are read as numpy views
-    of the Arrow columns and the results appended to the input's record batches. Memory
-    holds a few chunks whatever the file's size; ``dst`` appears only once complete.
+    cells as their text), with :data:`OUTPUT_COLUMNS` added (and :data:`ADDRESS_COLUMNS`
+    with an address column): grid ids and ``status`` dictionary-encoded, ``distance_m``
+    float64, ``reason`` text; then :data:`PLAN_COLUMNS`, the plan that assigned the rows,
+    which a Parquet output also names in its schema metadata (``territory.plan_id``,
+    ``territory.plan_version``). The rules are those of :func:`assign_frame`, without a
+    pandas round trip: coordinates are read as numpy arrays of the Arrow columns and the
+    results appended to the input's record batches. Three stages overlap, each on a thread
+    of its own: reading chunk k + 1, assigning chunk k, writing chunk k - 1; memory holds a
+    few chunks whatever the file's size; ``dst`` appears only once complete.
     ``progress(rows_done, total_or_None)`` is called after each chunk. Returns the number
     of rows per status. The whole file is checked for a mistaken ``columns.crs``, on a
     sample drawn across every chunk.
@@ -642,27 +698,36 @@ def assign_file(index: AssignmentIndex, src: str | Path, dst: str | Path, *,
     counts = np.zeros(len(STATUSES), dtype=np.int64)
     grids = _GridCodes.of(index)
     done = 0
-    with atomic_path(dst) as tmp:
-        writer = _Writer(tmp, out_fmt)
-        try:
-            chunks, total = _read_chunks(src, chunk_size, encoding)
-            for chunk in chunks:
-                res = _assign_chunk(index, _ArrowChunk(chunk), columns, geocoder, check)
-                writer.write(grids.append(chunk, res))
-                counts += np.bincount(res.code, minlength=len(STATUSES))
-                done += chunk.num_rows
-                if progress is not None:
-                    progress(done, total)
-        except UnicodeDecodeError:
+    try:
+        chunks, schema, total = _read_chunks(src, chunk_size, encoding)
+        clash = [c for c in PLAN_COLUMNS if c in schema.names]
+        if clash:
+            raise InvalidInputError(f"input {src} already has column(s) {clash} that "
+                                    "assignment adds; rename them first")
+        with atomic_path(dst) as tmp, closing(_read_ahead(chunks)) as ahead:
+            writer: _Writer | None = None
+            try:
+                for chunk in ahead:
+                    res = _assign_chunk(index, _ArrowChunk(chunk), columns, geocoder, check)
+                    table = grids.append(chunk, res)
+                    if writer is None:
+                        writer = _Writer(tmp, out_fmt, grids.metadata(table.schema))
+                    writer.write(table)
+                    counts += np.bincount(res.code, minlength=len(STATUSES))
+                    done += chunk.num_rows
+                    if progress is not None:
+                        progress(done, total)
+            finally:
+                if writer is not None:
+                    writer.close()
+    except UnicodeDecodeError:
+        raise decode_error(src, encoding, "input") from None
+    except pa.ArrowException as exc:
+        if "UTF8" in str(exc) or "UTF-8" in str(exc):
             raise decode_error(src, encoding, "input") from None
-        except pa.ArrowException as exc:
-            if "UTF8" in str(exc) or "UTF-8" in str(exc):
-                raise decode_error(src, encoding, "input") from None
-            raise InvalidInputError(
-                f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
-                f"({exc}); check the file is complete and well formed"
-            ) from None
-        finally:
-            writer.close()
+        raise InvalidInputError(
+            f"input {src}: cannot read it as {_format(src, 'input')} after row {done} "
+            f"({exc}); check the file is complete and well formed"
+        ) from None
     report(check.fits(populated_units(index)), on_warning)
     return dict(zip(STATUSES, counts.tolist(), strict=True))

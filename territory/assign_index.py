@@ -83,8 +83,6 @@ from pathlib import Path
 import numpy as np
 import pyproj
 import shapely
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from territory.atomic import atomic_path
 from territory.crs import local_projected_crs
@@ -466,6 +464,8 @@ class AssignmentIndex:
         boundary vertex nearest on the ellipsoid's great circles (a chord on the unit
         sphere orders them the same) and the geodesic distance to it; a boundary segment is
         metres long, the distance thousands of kilometres."""
+        from scipy.spatial import cKDTree  # rare path: not imported by every batch run
+
         a = self._a
         lon, lat = _transformer(self.crs).transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
                                                     direction="INVERSE")
@@ -670,6 +670,8 @@ def _touched(seg: np.ndarray, nx: np.ndarray | int, ny: np.ndarray | int
 def _label_free(free: np.ndarray, centre, units) -> np.ndarray:
     """Codes for free pixels of a stack of blocks (n, h, w): 4-connected components within a
     block lie in one face of the units' arrangement; one point-in-polygon test each."""
+    from scipy import ndimage  # building only: a loaded index never needs it
+
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
     labels, n = ndimage.label(free, structure=structure)

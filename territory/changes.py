@@ -8,11 +8,18 @@ changed, appeared or disappeared, each with a reason it can act on:
   ``not_geocoded``), tonight it is (``ok`` or ``outside``);
 * ``no_longer_geocoded`` — the reverse;
 * ``moved`` — the coordinates or the address changed, and with them the grid;
-* ``plan_changed`` — same coordinates and address, another grid: a new plan version.
+* ``plan_changed`` — same coordinates and address, another grid, and another plan assigned
+  it: the plan id or version recorded in the row (:data:`territory.assign.PLAN_COLUMNS`)
+  differs between the two runs;
+* ``input_changed`` — same coordinates and address, another grid, yet the same plan: what
+  else the assignment read changed (the row's CRS, or the gazetteer that geocoded it).
 
 The two files are assigned outputs (:func:`territory.assign.assign_file`, CSV or Parquet,
 either in any combination) joined on a customer id column. Only the columns the report needs
-are read, with Arrow; the join is one vectorised pandas merge.
+are read, with Arrow; the join is one vectorised pandas merge. Outputs written before the
+plan was recorded in them have no plan columns: between two such files, or one and a newer
+file, a change in place is taken for ``plan_changed``, the only cause the report could infer
+then.
 """
 
 from __future__ import annotations
@@ -27,13 +34,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from territory.assign import PLAN_COLUMNS
 from territory.atomic import atomic_path
 from territory.errors import InvalidInputError
 from territory.tables import DEFAULT_ENCODING, codec, csv_options, decode_error
 
 #: The reasons, in the order a CRM loader is told them.
 REASONS = ("new_customer", "customer_gone", "newly_geocoded", "no_longer_geocoded", "moved",
-           "plan_changed")
+           "plan_changed", "input_changed")
 _GRID = ("sub_grid_id", "main_grid_id", "branch_id", "status")
 _PLACED = ("ok", "outside")  # the row had usable coordinates
 
@@ -48,9 +56,12 @@ class ChangeColumns:
     address: str | None = None
 
 
-def _read(path: Path, columns: list[str], encoding: str, what: str) -> pd.DataFrame:
-    """Only ``columns`` of an assigned CSV or Parquet file, every cell as text (a CSV's cells
-    as written, a Parquet's cast), nulls as None."""
+def _read(path: Path, columns: list[str], encoding: str, what: str,
+          optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Only ``columns`` (and those of ``optional`` the file has) of an assigned CSV or
+    Parquet file, every cell as text (a CSV's cells as written, a Parquet's cast), nulls as
+    None."""
+    wanted = [*columns, *optional]
     if not path.exists():
         raise InvalidInputError(f"{what} {path}: no such file")
     suffix = path.suffix.lower()
@@ -58,12 +69,12 @@ def _read(path: Path, columns: list[str], encoding: str, what: str) -> pd.DataFr
         if suffix in (".csv", ".txt"):
             read, convert = csv_options(path, encoding)
             have = convert.column_types
-            names = [c for c in columns if c in have]
+            names = [c for c in wanted if c in have]
             convert.include_columns = names
             table = pacsv.read_csv(path, read_options=read, convert_options=convert)
         elif suffix in (".parquet", ".pq"):
             have = pq.read_schema(path).names
-            table = pq.read_table(path, columns=[c for c in columns if c in have])
+            table = pq.read_table(path, columns=[c for c in wanted if c in have])
         else:
             raise InvalidInputError(f"{what} {path}: unknown file type {suffix!r}; use .csv "
                                     "or .parquet")
@@ -81,7 +92,7 @@ def _read(path: Path, columns: list[str], encoding: str, what: str) -> pd.DataFr
             f"{list(have)[:20]})"
         )
     cells = {}
-    for c in columns:
+    for c in table.column_names:
         col = table.column(c)
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
@@ -123,16 +134,22 @@ def changes(previous: str | Path, current: str | Path, *,
 
     Returns one row per changed customer: ``change`` (``changed``, ``appeared``,
     ``disappeared``), ``reason`` (one of :data:`REASONS`), the id, and the previous and
-    current ``sub_grid_id``, ``main_grid_id``, ``branch_id`` and ``status`` (``prev_`` for
-    last night's). Rows come in tonight's file order, the customers gone after them in
-    last night's order. CSV inputs are read in ``encoding``.
+    current ``sub_grid_id``, ``main_grid_id``, ``branch_id``, ``status``, ``plan_id`` and
+    ``plan_version`` (``prev_`` for last night's; the plan blank where a file does not
+    record it). Rows come in tonight's file order, the customers gone after them in last
+    night's order. CSV inputs are read in ``encoding``.
     """
     previous, current = Path(previous), Path(current)
     codec(encoding)
     place = [columns.lng, columns.lat] + ([columns.address] if columns.address else [])
     need = [columns.id, *place, *_GRID]
-    prev = _read(previous, need, encoding, "previous")
-    cur = _read(current, need, encoding, "current")
+    prev = _read(previous, need, encoding, "previous", PLAN_COLUMNS)
+    cur = _read(current, need, encoding, "current", PLAN_COLUMNS)
+    recorded = all(c in df for df in (prev, cur) for c in PLAN_COLUMNS)
+    for df in (prev, cur):
+        for c in PLAN_COLUMNS:
+            if c not in df:
+                df[c] = None
     _unique_ids(prev, columns.id, "previous", previous)
     _unique_ids(cur, columns.id, "current", current)
     prev["_order"] = np.arange(len(prev))
@@ -149,9 +166,15 @@ def changes(previous: str | Path, current: str | Path, *,
     for name in place:
         same_place &= _same_place(both[name], both[f"{name}_prev"], name != columns.address)
     changed = ~appeared & ~gone & (grid_now != grid_then)
+    new_plan = np.ones(len(both), dtype=bool)  # not recorded: the only cause left
+    if recorded:
+        new_plan = np.zeros(len(both), dtype=bool)
+        for c in PLAN_COLUMNS:
+            new_plan |= both[c].fillna("").to_numpy() != both[f"{c}_prev"].fillna("").to_numpy()
     reason = np.select(
         [appeared, gone, changed & placed_now & ~placed_then,
-         changed & ~placed_now & placed_then, changed & ~same_place, changed],
+         changed & ~placed_now & placed_then, changed & ~same_place, changed & new_plan,
+         changed],
         list(REASONS), default="")
     keep = reason != ""
     out = both[keep]
@@ -162,8 +185,8 @@ def changes(previous: str | Path, current: str | Path, *,
         "change": np.select([appeared[keep], gone[keep]], ["appeared", "disappeared"],
                             default="changed"),
         "reason": reason[keep],
-        **{f"prev_{c}": out[f"{c}_prev"].to_numpy() for c in _GRID},
-        **{c: out[c].to_numpy() for c in _GRID},
+        **{f"prev_{c}": out[f"{c}_prev"].to_numpy() for c in (*_GRID, *PLAN_COLUMNS)},
+        **{c: out[c].to_numpy() for c in (*_GRID, *PLAN_COLUMNS)},
     })
     return report.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 

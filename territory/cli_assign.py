@@ -11,6 +11,7 @@ from territory.cli_common import _errors, _table, console, err_console, require_
 from territory.cli_output import progress, stage
 from territory.errors import InvalidInputError
 from territory.geocode import DEFAULT_MIN_SCORE
+from territory.tables import CHUNK_ROWS
 
 
 def _geocoder(gazetteer: Path | None, gazetteer_crs: str | None, min_score: float,
@@ -69,7 +70,7 @@ def assign(
     geocoder_crs: Annotated[str | None, typer.Option(help="CRS the geocoding service answers "
                                                           "in (required with "
                                                           "--geocoder-service)")] = None,
-    chunk_size: Annotated[int, typer.Option(help="Rows per chunk")] = 500_000,
+    chunk_size: Annotated[int, typer.Option(help="Rows per chunk")] = CHUNK_ROWS,
     rebuild_index: Annotated[bool, typer.Option(help="Rebuild <plan>.index.npz")] = False,
     previous: Annotated[Path | None, typer.Option(help="The previous run's output: with "
                                                        "--changes, report whose grid "

@@ -37,6 +37,7 @@ from territory.atomic import atomic_dir
 from territory.crs_check import CrsMismatchWarning, Warn
 from territory.errors import InvalidInputError
 from territory.plan import Plan
+from territory.tables import CHUNK_ROWS
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -93,7 +94,7 @@ def _assign_part(plan_path: str, fingerprint: str, src: str, dst: str, columns: 
 
 def assign_dataset(plan_path: str | Path, src: str | Path, dst: str | Path, *,
                    columns: Columns | None = None, client: Client | None = None,
-                   chunk_size: int = 500_000, progress: Progress | None = None,
+                   chunk_size: int = CHUNK_ROWS, progress: Progress | None = None,
                    on_warning: Warn | None = None) -> dict[str, int]:
     """Assign every part of the Parquet dataset ``src`` into the dataset ``dst``.
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import geopandas as gpd
 import h3
-import networkx as nx
 import numpy as np
 import pandas as pd
 import shapely
@@ -253,6 +252,8 @@ def _absorb_slivers(units: gpd.GeoDataFrame, max_m2: float) -> tuple[gpd.GeoData
     report says (``units``, ``area_id``, ``into``, ``into_area``, ``area_m2``, ``shared_m``).
     Groups with no land contact at all are islets: the graph bridges them.
     """
+    import networkx as nx  # here, not at the top: batch assignment imports this module
+
     from territory.graph import _GRID_M, MIN_SHARED_M, shared_boundaries  # graph imports us
 
     geoms = projected(units).geometry.values

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from territory.assign import (
     ADDRESS_COLUMNS,
     OUTPUT_COLUMNS,
+    PLAN_COLUMNS,
     Columns,
     assign,
     assign_file,
@@ -225,8 +226,11 @@ def test_csv_streaming_equals_in_memory(plan, index, tmp_path):
     got = pd.read_csv(dst, dtype=str, keep_default_na=False)
     expected = pd.read_csv(io.StringIO(whole.to_csv(index=False)), dtype=str,
                            keep_default_na=False)
+    # every row carries the plan that assigned it
+    assert set(got["plan_id"]) == {plan.plan_id}
+    assert set(got["plan_version"]) == {str(plan.version)}
     # Arrow writes 0.0 as "0": the distances are compared as the numbers they are
-    pd.testing.assert_frame_equal(got.drop(columns="distance_m"),
+    pd.testing.assert_frame_equal(got.drop(columns=["distance_m", *PLAN_COLUMNS]),
                                   expected.drop(columns="distance_m"))
     np.testing.assert_array_equal(pd.to_numeric(got["distance_m"]),
                                   pd.to_numeric(expected["distance_m"]))
@@ -248,7 +252,7 @@ def test_parquet_round_trip_keeps_types(plan, index, tmp_path):
     assert seen[-1] == (1200, 1200)
     out = pq.read_table(dst)
     schema_in = pq.read_schema(src)
-    assert out.column_names == [*schema_in.names, *OUTPUT_COLUMNS]
+    assert out.column_names == [*schema_in.names, *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     for name in schema_in.names:
         assert out.schema.field(name).type == schema_in.field(name).type
         assert out.column(name).equals(pq.read_table(src).column(name))
@@ -428,7 +432,8 @@ def test_cli_assign(plan, plan_file, tmp_path):
                               "--crs", "wgs84"])
     assert res.exit_code == 0, res.output
     table = pq.read_table(out)
-    assert table.column_names == ["customer", "x", "y", "code", *OUTPUT_COLUMNS]
+    assert table.column_names == ["customer", "x", "y", "code", *OUTPUT_COLUMNS,
+                                  *PLAN_COLUMNS]
     assert table.num_rows == 300
 
     res = runner.invoke(app, ["assign", str(plan_file), str(src), "--out", str(out),

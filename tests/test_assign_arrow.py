@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from territory.assign import OUTPUT_COLUMNS, Columns, assign_file, assign_frame
+from territory.assign import OUTPUT_COLUMNS, PLAN_COLUMNS, Columns, assign_file, assign_frame
 from territory.crs import from_wgs84, to_wgs84
 from territory.errors import InvalidInputError
 from territory.units import locate_points
@@ -61,7 +62,7 @@ def test_csv_path_equals_frame_path_and_exact_lookup(plan, index, every_status, 
     cols = Columns(crs="wgs84", crs_column="sys")
     counts = assign_file(index, src, dst, columns=cols, chunk_size=4)
     got = _read_csv(dst)
-    assert list(got.columns) == [*every_status.columns, *OUTPUT_COLUMNS]
+    assert list(got.columns) == [*every_status.columns, *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     pd.testing.assert_frame_equal(got[every_status.columns], every_status)  # cells as given
     want = assign_frame(index, _read_csv(src), columns=cols)
     _same_results(got, want)
@@ -102,7 +103,7 @@ def test_parquet_path_keeps_types_and_equals_frame_path(plan, index, tmp_path):
                 progress=lambda d, t: seen.append((d, t)))
     assert seen == [(1000, n), (2000, n), (3000, n)]
     out = pq.read_table(dst)
-    assert out.column_names == [*table.column_names, *OUTPUT_COLUMNS]
+    assert out.column_names == [*table.column_names, *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     kept = out.select(table.column_names)
     assert kept.schema == table.schema  # every input column, of its type
     pd.testing.assert_frame_equal(kept.to_pandas(), table.to_pandas())  # NaN equals NaN
@@ -134,7 +135,7 @@ def test_empty_and_header_only_inputs(index, tmp_path):
     head.write_text("id,lng,lat\n", encoding="utf-8")
     assert sum(assign_file(index, head, tmp_path / "o.parquet", columns=WGS).values()) == 0
     assert pq.read_schema(tmp_path / "o.parquet").names == ["id", "lng", "lat",
-                                                            *OUTPUT_COLUMNS]
+                                                            *OUTPUT_COLUMNS, *PLAN_COLUMNS]
     with pytest.raises(InvalidInputError, match="'lng'"):
         assign_file(index, head, tmp_path / "o.csv", columns=Columns(lng="x", crs="wgs84"))
 
@@ -200,3 +201,106 @@ def test_points_on_another_continent_are_outside_with_a_nearest_grid(plan, index
                      coast[:, 0], coast[:, 1])[2]
         assert res.distance_m[i] == pytest.approx(d.min(), rel=1e-4)
         assert res.nearest_grid_id[i] is not None
+
+
+def _many(plan, n: int, seed: int) -> pa.Table:
+    """``n`` customers over the plan's bounds (the sea and the mainland around the island
+    outside it; a few without coordinates), numbered in file order."""
+    rng = np.random.default_rng(seed)
+    b = plan.units.total_bounds
+    lng = rng.uniform(b[0], b[2], n)
+    lat = rng.uniform(b[1], b[3], n)
+    lng[rng.integers(0, n, n // 1000)] = np.nan
+    return pa.table({"cid": np.arange(n, dtype=np.int64), "lng": lng, "lat": lat,
+                     "note": pa.array(np.where(np.arange(n) % 3 == 0, "家庭", "政企"))})
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_large_file_in_many_chunks_equals_the_exact_lookup(plan, index, tmp_path, fmt):
+    """200 000 rows in 16 chunks, read ahead and written behind on threads of their own:
+    every row once, in input order, each with the in-process assignment of its coordinates
+    (statuses, nearest grids and distances) and the exact point-in-unit owner."""
+    from territory.assign import assign
+
+    n = 200_000
+    table = _many(plan, n, seed=7)
+    src, dst = tmp_path / f"in.{fmt}", tmp_path / f"out.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, src, row_group_size=50_000)
+    else:
+        pacsv.write_csv(table, src)
+    counts = assign_file(index, src, dst, columns=WGS, chunk_size=13_331)
+    out = (pq.read_table(dst) if fmt == "parquet"
+           else pacsv.read_csv(dst, convert_options=pacsv.ConvertOptions(
+               column_types={"sub_grid_id": pa.string(), "nearest_grid_id": pa.string()},
+               strings_can_be_null=True)))
+    assert out.num_rows == n and sum(counts.values()) == n
+    assert out.column("cid").to_pylist() == list(range(n))  # none lost, none reordered
+    x = table.column("lng").to_numpy()
+    y = table.column("lat").to_numpy()
+    want = assign(index, x, y, crs="wgs84")
+    assert out.column("status").to_pylist() == want.status.tolist()
+    assert out.column("sub_grid_id").to_pylist() == want.sub_grid_id.tolist()
+    assert out.column("nearest_grid_id").to_pylist() == want.nearest_grid_id.tolist()
+    np.testing.assert_array_equal(out.column("distance_m").to_numpy(zero_copy_only=False),
+                                  want.distance_m)
+    exact = locate_points(plan.units, x, y)
+    owner = np.append(plan.units["sub_grid_id"].to_numpy(dtype=object), None)[exact]
+    assert out.column("sub_grid_id").to_pylist() == owner.tolist()
+    assert counts["invalid"] == int(np.isnan(x).sum()) and counts["outside"] > n // 20
+
+
+def test_the_plan_that_assigned_is_in_every_row_and_the_parquet_metadata(plan, index,
+                                                                         every_status,
+                                                                         tmp_path):
+    src = tmp_path / "in.csv"
+    every_status.to_csv(src, index=False)
+    cols = Columns(crs="wgs84", crs_column="sys")
+    assign_file(index, src, tmp_path / "out.parquet", columns=cols, chunk_size=5)
+    assign_file(index, src, tmp_path / "out.csv", columns=cols, chunk_size=5)
+    table = pq.read_table(tmp_path / "out.parquet")
+    meta = table.schema.metadata
+    assert meta[b"territory.plan_id"].decode() == plan.plan_id
+    assert meta[b"territory.plan_version"].decode() == str(plan.version)
+    assert set(table.column("plan_id").to_pylist()) == {plan.plan_id}
+    assert set(table.column("plan_version").to_pylist()) == {plan.version}
+    assert pa.types.is_integer(table.schema.field("plan_version").type)
+    text = _read_csv(tmp_path / "out.csv")  # invalid rows too: every row says which plan
+    assert text["plan_id"].tolist() == [plan.plan_id] * len(every_status)
+    assert text["plan_version"].tolist() == [str(plan.version)] * len(every_status)
+    # a Parquet input's own metadata is kept beside the plan's
+    pq.write_table(pa.table({"lng": [118.1], "lat": [24.5]},
+                            metadata={"source": "crm-export"}), tmp_path / "m.parquet")
+    assign_file(index, tmp_path / "m.parquet", tmp_path / "m-out.parquet", columns=WGS)
+    meta = pq.read_schema(tmp_path / "m-out.parquet").metadata
+    assert meta[b"source"] == b"crm-export" and b"territory.plan_id" in meta
+    # an input that already says a plan is refused, not overwritten
+    again = tmp_path / "again.csv"
+    text.drop(columns=list(OUTPUT_COLUMNS)).to_csv(again, index=False)
+    with pytest.raises(InvalidInputError, match=r"\['plan_id', 'plan_version'\].*rename"):
+        assign_file(index, again, tmp_path / "x.csv", columns=cols)
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_late_error_stops_the_run_cleanly(plan, index, tmp_path):
+    """A malformed row far into the file, met by the read-ahead thread, and a failing
+    progress callback both end the run with the error, leave no output and no thread."""
+    import threading
+
+    src = tmp_path / "in.csv"
+    good = "\n".join(f"{i},118.1,24.5" for i in range(60_000))
+    src.write_text(f"cid,lng,lat\n{good}\n60000,118.1,24.5,extra\n", encoding="utf-8")
+    before = threading.active_count()
+    with pytest.raises(InvalidInputError, match=r"after row \d+.*well formed"):
+        assign_file(index, src, tmp_path / "out.csv", columns=WGS, chunk_size=7000)
+
+    def stop(done: int, total: int | None) -> None:
+        if done >= 14_000:
+            raise KeyboardInterrupt
+
+    src.write_text(f"cid,lng,lat\n{good}\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        assign_file(index, src, tmp_path / "out.parquet", columns=WGS, chunk_size=7000,
+                    progress=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    assert threading.active_count() == before

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from territory.assign import Columns, assign_file
+from territory.assign import PLAN_COLUMNS, Columns, assign_file
 from territory.assign_index import AssignmentIndex
 from territory.changes import ChangeColumns, changes, write_changes
 from territory.cli import app
+from territory.crs import to_wgs84
 from territory.errors import InvalidInputError
 
 COLS = ChangeColumns(id="cid")
@@ -62,6 +63,10 @@ def test_each_reason_on_one_plan(plan, index, inside_points, tmp_path):
     assert row.loc["gone", "change"] == "disappeared" and pd.isna(row.loc["gone", "status"])
     assert row.loc["moved", "prev_sub_grid_id"] != row.loc["moved", "sub_grid_id"]
     assert (row.loc["lost", "prev_status"], row.loc["lost", "status"]) == ("ok", "invalid")
+    # one plan both nights, as both files record it: a changed grid is a move, not a plan
+    assert set(report["plan_version"].dropna()) == {str(plan.version)}
+    assert set(report["prev_plan_id"].dropna()) == set(report["plan_id"].dropna()) == {
+        plan.plan_id}
     path = write_changes(report, tmp_path / "changes.csv")
     back = pd.read_csv(path, dtype=str, encoding="utf-8-sig")
     assert back["cid"].tolist() == report["cid"].tolist()
@@ -79,6 +84,39 @@ def test_a_new_plan_version_is_named_as_the_reason(plan, index, swapped, inside_
     moved = before.loc[before["sub_grid_id"].str.contains("-S[12]$"), "cid"].tolist()
     assert moved and sorted(report["cid"]) == sorted(moved)
     assert set(report["reason"]) == {"plan_changed"}
+    # the versions that assigned each row, as recorded in the two files
+    assert set(report["prev_plan_version"]) == {"1"} and set(report["plan_version"]) == {"2"}
+    assert set(report["prev_plan_id"]) == {plan.plan_id}
+    assert set(report["plan_id"]) == {swapped.plan.plan_id} != {plan.plan_id}
+
+
+def test_the_recorded_plan_decides_between_plan_changed_and_input_changed(plan, index,
+                                                                          inside_points,
+                                                                          tmp_path):
+    """Same plan, same coordinates, another grid (the row's CRS changed): not a new plan,
+    which the files' plan columns prove; files without them (written before the plan was
+    recorded) leave only the old inference."""
+    x, y = inside_points
+    gx, gy = to_wgs84(x, y, "gcj02")  # the same numbers read as GCJ-02
+    sub = plan.units["sub_grid_id"].to_numpy()
+    there = index.locate(gx, gy)
+    k = int(np.flatnonzero((there >= 0) & (sub[np.maximum(there, 0)] != sub))[0])
+    rows = pd.DataFrame({"cid": ["shifted", "still"], "lng": [str(x[k]), str(x[0])],
+                         "lat": [str(y[k]), str(y[0])]})
+    rows.assign(sys="wgs84").to_csv(tmp_path / "then_in.csv", index=False)
+    rows.assign(sys=["gcj02", "wgs84"]).to_csv(tmp_path / "now_in.csv", index=False)
+    cols = Columns(crs_column="sys")
+    assign_file(index, tmp_path / "then_in.csv", tmp_path / "then.csv", columns=cols)
+    assign_file(index, tmp_path / "now_in.csv", tmp_path / "now.parquet", columns=cols)
+    report = changes(tmp_path / "then.csv", tmp_path / "now.parquet", columns=COLS)
+    assert dict(zip(report["cid"], report["reason"], strict=True)) == {
+        "shifted": "input_changed"}
+    old = pd.read_csv(tmp_path / "then.csv", dtype=str, keep_default_na=False)
+    old.drop(columns=list(PLAN_COLUMNS)).to_csv(tmp_path / "old.csv", index=False)
+    report = changes(tmp_path / "old.csv", tmp_path / "now.parquet", columns=COLS)
+    assert dict(zip(report["cid"], report["reason"], strict=True)) == {
+        "shifted": "plan_changed"}
+    assert report["prev_plan_id"].isna().all() and (report["plan_id"] == plan.plan_id).all()
 
 
 def test_refusals_name_the_column_and_the_fix(plan, index, inside_points, tmp_path):

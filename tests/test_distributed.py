@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from territory.assign import OUTPUT_COLUMNS, Columns, assign_file
+from territory.assign import OUTPUT_COLUMNS, PLAN_COLUMNS, Columns, assign_file
 from territory.cli import app
 from territory.distributed import assign_dataset, dataset_parts
 from territory.errors import InvalidInputError
@@ -75,7 +75,8 @@ def test_dask_equals_single_process_row_by_row(plan_file, index, dataset, client
         pd.testing.assert_frame_equal(got, _frame(tmp_path / "alone" / part))
         assign_file(index, dataset / part, tmp_path / "one.parquet", columns=WGS)
         pd.testing.assert_frame_equal(got, _frame(tmp_path / "one.parquet"))
-        assert list(got.columns) == ["cid", "lng", "lat", "note", *OUTPUT_COLUMNS]
+        assert list(got.columns) == ["cid", "lng", "lat", "note", *OUTPUT_COLUMNS,
+                                     *PLAN_COLUMNS]
         pd.testing.assert_frame_equal(got[["cid", "lng", "lat", "note"]],
                                       _frame(dataset / part))
 
