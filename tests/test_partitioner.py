@@ -345,3 +345,16 @@ def test_lagrangian_bound_is_below_the_lp_optimum():
     assert short["lagrangian"] is not None
     assert short["lagrangian"] <= full["result"].value + 1e-6
     assert full["lagrangian"] == pytest.approx(full["result"].value, rel=1e-6)
+
+
+def test_a_start_centre_crowded_by_another_grids_locked_units_takes_the_nearest_free_unit():
+    """The k nearest units of a grid's start centre can all be locked to another grid (a
+    headcount split found this): the start widens its search instead of failing."""
+    from territory.optimize.partitioner import _snap
+
+    xy = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [10.0, 10.0]])
+    locked = np.array([0, 0, 0, 0, -1])  # the four around (0.5, 0.5) belong to grid 0
+    picks = _snap(xy, np.array([[5.0, 5.0], [0.5, 0.5]]), locked)
+    assert picks[0] in {0, 1, 2, 3} and picks[1] == 4
+    with pytest.raises(InfeasibleError, match="grid 1 has no unit of its own"):
+        _snap(xy[:4], np.array([[5.0, 5.0], [0.5, 0.5]]), locked[:4])

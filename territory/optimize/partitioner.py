@@ -585,12 +585,29 @@ def _snap(xy, centres, locked) -> np.ndarray:
         if len(own):
             pick = int(own[0])
         else:
-            _, cand = tree.query(c, k=min(len(xy), len(centres) + 1))
-            pick = next(int(i) for i in np.atleast_1d(cand) if int(i) not in taken
-                        and locked[int(i)] < 0)
+            pick = _nearest_free(tree, c, len(centres) + 1, taken, locked)
+            if pick is None:
+                raise InfeasibleError(f"grid {j} has no unit of its own: every unit is locked "
+                                      "to another grid or starts one; unlock some or ask for "
+                                      "fewer grids")
         taken.add(pick)
         out.append(pick)
     return np.array(out)
+
+
+def _nearest_free(tree: cKDTree, c, k: int, taken: set[int], locked) -> int | None:
+    """The unit nearest to ``c`` that is neither taken nor locked, looking at the ``k``
+    nearest first and widening (locked or taken units can crowd a centre's neighbours)."""
+    n = tree.n
+    while True:
+        k = min(n, k)
+        _, cand = tree.query(c, k=k)
+        free = [int(i) for i in np.atleast_1d(cand) if int(i) not in taken and locked[int(i)] < 0]
+        if free:
+            return free[0]
+        if k == n:
+            return None
+        k *= 4
 
 
 def _graph_distances(P: Problem, sources: np.ndarray, nearest: int) -> np.ndarray:
