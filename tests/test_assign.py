@@ -93,6 +93,25 @@ def test_one_owner_per_point_property(plan, index, data):
     got = index.locate(x, y)
     assert got.shape == x.shape
     np.testing.assert_array_equal(got, locate_points(plan.units, x, y))
+    for xi, yi, owner in zip(x.tolist(), y.tolist(), got.tolist(), strict=True):
+        assert index.locate_one(xi, yi) in (owner, None)  # the raster's answer, or none
+
+
+def test_locate_one_answers_most_points_as_locate_does(plan, index):
+    """The single-point path agrees with the array path wherever it answers, and answers
+    most points of the plan's box (not: ambiguous pixels, off the raster)."""
+    rng = np.random.default_rng(9)
+    b = plan.units.total_bounds
+    x = rng.uniform(b[0] - 0.003, b[2] + 0.003, 20_000)
+    y = rng.uniform(b[1] - 0.003, b[3] + 0.003, 20_000)
+    want = index.locate(x, y)
+    got = [index.locate_one(xi, yi) for xi, yi in zip(x.tolist(), y.tolist(), strict=True)]
+    answered = np.array([g is not None for g in got])
+    assert answered.mean() > 0.8
+    np.testing.assert_array_equal(np.array([g for g in got if g is not None]), want[answered])
+    assert {-1, 0} <= {min(g, 0) for g in got if g is not None}  # inside and outside met
+    assert index.locate_one(float("nan"), 24.5) is None
+    assert index.locate_one(b[0] - 5, b[1]) is None  # off the raster
 
 
 # -- statuses and outside points -------------------------------------------------------------
