@@ -375,9 +375,12 @@ class PlanStore:
             memo = self._local.in_force = {}
             self._local.in_force_version = version
         key = (on, service_area)
-        if key not in memo:
-            memo[key] = self._in_force(on, service_area)
-        return list(memo[key])
+        windows = memo.get(key)
+        if windows is None:
+            windows = self._in_force(on, service_area)
+            if windows:  # a caller's made-up area names are not kept
+                memo[key] = windows
+        return list(windows)
 
     def _in_force(self, on: date, service_area: str | None) -> list[WindowRecord]:
         rows = self._rows(

@@ -393,7 +393,7 @@ def _kib(text: str, field: str) -> int:
 def memory(server_pid: int) -> None:
     """RSS and PSS of each worker, and of the index files it maps (``/proc/PID/smaps``)."""
     print("\nmemory per worker (MiB): whole process, and the index files it maps")
-    print(f"{'pid':>8} {'RSS':>7} {'PSS':>7} {'index RSS':>10} {'index PSS':>10}")
+    print(f"{'pid':>8} {'RSS':>7} {'PSS':>7} {'index RSS':>10} {'index PSS':>10}  process")
     for pid in _children(server_pid) or [server_pid]:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
@@ -409,8 +409,11 @@ def memory(server_pid: int) -> None:
                 index_rss += int(line.split()[1])
             elif ".index/" in mapping and line.startswith("Pss:"):
                 index_pss += int(line.split()[1])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        role = ("multiprocessing's resource tracker" if b"resource_tracker" in command
+                else "worker")
         print(f"{pid:>8} {_kib(rollup, 'Rss:') / 1024:>7.1f} {_kib(rollup, 'Pss:') / 1024:>7.1f} "
-              f"{index_rss / 1024:>10.1f} {index_pss / 1024:>10.1f}")
+              f"{index_rss / 1024:>10.1f} {index_pss / 1024:>10.1f}  {role}")
 
 
 def _upload_loop(url: str, body: bytes, stop: Any, results: Any) -> None:
