@@ -52,16 +52,16 @@ class LockedIndex(AssignmentIndex):
                                     for name, v in zip(UNIT_FIELDS, row, strict=True))
                            for row in zip(*ids, strict=True)]
         self._unit_json.append(",".join(f'"{name}":null' for name in UNIT_FIELDS))
-        self._sub_grid_json = [*map(str, self.sub_grid_ids), None]
+        self._sub_grid_ids = [*map(str, self.sub_grid_ids), None]
 
     def unit_json(self, unit: int) -> str:
         """``"sub_grid_id":…,"main_grid_id":…,"branch_id":…`` of a unit position (-1:
         nulls)."""
         return self._unit_json[unit]
 
-    def sub_grid_json(self, unit: int) -> str | None:
+    def sub_grid_id(self, unit: int) -> str | None:
         """The sub-grid id of a unit position (-1: None)."""
-        return self._sub_grid_json[unit]
+        return self._sub_grid_ids[unit]
 
     def _chunks(self, query, lng: np.ndarray, lat: np.ndarray) -> list:
         lng, lat = np.asarray(lng), np.asarray(lat)

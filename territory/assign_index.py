@@ -191,6 +191,7 @@ class AssignmentIndex:
         self._geoms = np.asarray(plan.units.geometry.values, dtype=object)
         shapely.prepare(self._geoms)
         self._seg_tree: shapely.STRtree | None = None
+        self._utm: pyproj.Transformer | None = None  # made on first use: it costs ~0.3 ms
         self._segs = _Segments(arrays.seg_xy)
         self._seg_unit = arrays.seg_unit.astype(np.int64)
         self._node_x = np.ascontiguousarray(arrays.node_x).ravel()
@@ -473,12 +474,19 @@ class AssignmentIndex:
         return [_bilinear(node[i00], node[i00 + 1], node[i01], node[i01 + 1], tx, ty)
                 for node in (self._node_x, self._node_y)]
 
+    def _to_utm(self) -> pyproj.Transformer:
+        """WGS84 → the plan's UTM zone, made once per index rather than per query (a
+        single lookup off the raster spent most of its time making it)."""
+        if self._utm is None:
+            self._utm = _transformer(self.crs)
+        return self._utm
+
     def _nearest_geos(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact nearest boundary segment through GEOS: for points off the raster only."""
         a = self._a
         if self._seg_tree is None:
             self._seg_tree = shapely.STRtree(_lines(a.seg_xy))
-        px, py = _transformer(self.crs).transform(x, y)
+        px, py = self._to_utm().transform(x, y)
         pts = shapely.points(np.asarray(px), np.asarray(py))
         (pt, seg), d = self._seg_tree.query_nearest(pts, return_distance=True, all_matches=True)
         order = np.lexsort((a.seg_unit[seg], pt))
@@ -500,8 +508,8 @@ class AssignmentIndex:
         sphere orders them the same) and the geodesic distance to it; a boundary segment is
         metres long, the distance thousands of kilometres."""
         a = self._a
-        lon, lat = _transformer(self.crs).transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
-                                                    direction="INVERSE")
+        lon, lat = self._to_utm().transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
+                                            direction="INVERSE")
         near = cKDTree(_unit_sphere(lon, lat)).query(_unit_sphere(x, y))[1]
         _, _, metres = pyproj.Geod(ellps="WGS84").inv(x, y, lon[near], lat[near])
         return self._seg_unit[near], np.asarray(metres, dtype=np.float64)

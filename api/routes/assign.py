@@ -181,31 +181,34 @@ _INSIDE = '"status":"ok","nearest_grid_id":null,"distance_m":0.0,"reason":null'
 def _single(index: LockedIndex, plan_json: str, lng: float, lat: float, crs: str) -> Response:
     """One point's :class:`SingleAssignment` as JSON, assembled from the index's
     precomputed parts (:meth:`LockedIndex.unit_json`) and the plan's: building and
-    validating the pydantic model cost more than the lookup itself. A WGS84 point inside
-    a unit, away from its boundary (most of a counter's), is answered from the raster
-    alone (:meth:`~territory.assign_index.AssignmentIndex.locate_one`); any other goes
-    through the engine."""
+    validating the pydantic model cost more than the lookup itself. A WGS84 point the
+    index's raster answers alone (:meth:`~territory.assign_index.AssignmentIndex.locate_one`:
+    most of a counter's) skips the engine's array work: inside a unit it is done, outside
+    only its nearest grid is left to find; any other point goes through the engine."""
     unit = index.locate_one(lng, lat) if crs in AS_WGS84 else None
     if unit is not None and unit >= 0:
         return Response(f'{{"id":null,{index.unit_json(unit)},{_INSIDE},"plan":{plan_json}}}',
                         media_type="application/json")
-    result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
-    status = STATUSES[int(result.code[0])]
-    if status == "invalid":
-        reason = str(result.reason[0])
-        name = reason.split(" ", 1)[0]
-        field = f"query.{name}" if name in ("lng", "lat") else "query"
-        raise field_problem(field, reason, "give lng in [-180, 180] and lat in [-90, 90] "
-                            "for a geographic crs, or the crs the coordinates are really in",
-                            kind="invalid-coordinates", title="Invalid coordinates")
-    distance = float(result.distance_m[0])
-    tail = json.dumps({"status": status,
-                       "nearest_grid_id": index.sub_grid_json(int(result.nearest_unit[0])),
+    if unit is not None:  # outside the service area, as the engine would find
+        units, distances = index.nearest(np.array([lng]), np.array([lat]))
+        status, nearest, distance, reason = "outside", int(units[0]), float(distances[0]), None
+    else:
+        result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
+        status = STATUSES[int(result.code[0])]
+        if status == "invalid":
+            reason = str(result.reason[0])
+            name = reason.split(" ", 1)[0]
+            field = f"query.{name}" if name in ("lng", "lat") else "query"
+            raise field_problem(field, reason, "give lng in [-180, 180] and lat in [-90, 90] "
+                                "for a geographic crs, or the crs the coordinates are really "
+                                "in", kind="invalid-coordinates", title="Invalid coordinates")
+        unit, nearest = int(result.unit[0]), int(result.nearest_unit[0])
+        distance, reason = float(result.distance_m[0]), result.reason[0]
+    tail = json.dumps({"status": status, "nearest_grid_id": index.sub_grid_id(nearest),
                        "distance_m": None if np.isnan(distance) else distance,
-                       "reason": result.reason[0]}, ensure_ascii=False)
-    body = (f'{{"id":null,{index.unit_json(int(result.unit[0]))},{tail[1:-1]},'
-            f'"plan":{plan_json}}}')
-    return Response(body, media_type="application/json")
+                       "reason": reason}, ensure_ascii=False, separators=(",", ":"))
+    return Response(f'{{"id":null,{index.unit_json(unit)},{tail[1:-1]},"plan":{plan_json}}}',
+                    media_type="application/json")
 
 
 def _batch(index: LockedIndex, ref: PlanRef, points: Points, crs: str) -> Response:
