@@ -14,8 +14,9 @@ computed through the API (a plan job) and put in force; then, each step ``--seco
    p99 and max per rate; the highest rate held with p99 under 20 ms, no failed request and
    the rate really sent is reported (a failing step is tried once more before the ramp
    stops: other engineers' work shares these cores and pauses both sides);
-2. the same ramp on the bare route, same server, same run: the stack's ceiling, and the
-   ratio of the two held rates;
+2. the same ramp on the bare route, same server, same run, interleaved (each rate runs on
+   one route, then at once on the other, so other work on the machine hits both alike):
+   the stack's ceiling, and the ratio of the two held rates;
 3. twice the held rate of the assignment route: every request must still be answered 200
    (slowly if need be: see the README on overload);
 4. memory of each worker (RSS, PSS) and of the index files it maps: the shared mapping is
@@ -67,7 +68,7 @@ XIAMEN_BOX = (117.95, 24.40, 118.35, 24.75)  # lng/lat box: mostly land, some se
 P99_LIMIT_MS = 20.0
 #: requests/s of the ramps, about x1.25 a step
 RATES = (250, 400, 500, 630, 800, 1000, 1250, 1600, 2000, 2500, 3150, 4000, 5000, 6300, 8000)
-RAMP_WALL_S = 60.0  # each ramp stops after this long, wherever it is
+RAMP_WALL_S = 110.0  # the ramps stop after this long, wherever they are
 CONNECTIONS = 64  # the client's keep-alive pool: in flight at most, the rest queue
 #: The client sends what is due at most every millisecond (a sooner timer fires at once
 #: and would spin): a request leaves up to 1 ms late, and that counts in its latency.
@@ -350,27 +351,39 @@ def step(server: Server, targets: list[str], rate: float, seconds: float
     return held, _row(rate, r.sent, r.latency_ms, r.failed, r.client_us, server_us)
 
 
-def ramp(server: Server, name: str, targets: list[str], seconds: float) -> int | None:
-    """Rising rates until one is not held (twice in a row); the highest rate held."""
-    print(f"\n{name}, open loop, {seconds:g} s per rate, {CONNECTIONS} connections")
-    print(HEADER)
-    open_loop(server.port, targets, 500, 1.0)  # warm-up: every worker opens the index
-    best = None
+def ramps(server: Server, routes: dict[str, list[str]], seconds: float
+          ) -> dict[str, int | None]:
+    """Rising rates for every route, each rate on one route right after the other (so a
+    burst of other work on the machine hits both alike), until a route does not hold one
+    twice in a row; the highest rate each held."""
+    print(f"\n{' and '.join(routes)}, open loop, {seconds:g} s per rate, {CONNECTIONS} "
+          "connections, the routes in turn at each rate")
+    print(f"{'route':>8} {HEADER}")
+    for targets in routes.values():
+        open_loop(server.port, targets, 500, 1.0)  # warm-up: every worker opens the index
+    best: dict[str, int | None] = dict.fromkeys(routes)
+    going = set(routes)
     deadline = time.monotonic() + RAMP_WALL_S
     for rate in RATES:
-        for attempt in range(2):
-            held, row = step(server, targets, rate, seconds)
-            print(row + ("" if held else "  not held") + (" (again)" if attempt else ""))
-            if held:
-                break
-        if not held:
+        for name, targets in routes.items():
+            if name not in going:
+                continue
+            for attempt in range(2):
+                held, row = step(server, targets, rate, seconds)
+                print(f"{name:>8} {row}" + ("" if held else "  not held")
+                      + (" (again)" if attempt else ""))
+                if held:
+                    best[name] = rate
+                    break
+            else:
+                going.discard(name)
+        if not going or time.monotonic() > deadline:
             break
-        best = rate
-        if time.monotonic() > deadline:
-            print(f"(the ramp stops after {RAMP_WALL_S:g} s)")
-            break
-    print(f"highest rate held with p99 < {P99_LIMIT_MS:g} ms and no failure: "
-          f"{best if best else 'none'} requests/s")
+    if going:
+        print(f"(the ramps stop after {RAMP_WALL_S:g} s)")
+    for name, rate in best.items():
+        print(f"{name}: highest rate held with p99 < {P99_LIMIT_MS:g} ms and no failure: "
+              f"{rate or 'none'} requests/s")
     return best
 
 
@@ -525,10 +538,9 @@ def main() -> None:
             n = int(max(RATES) * args.seconds)
             server = Server(proc.pid, port)
             print(CPU_NOTE)
-            held = ramp(server, "single assignment, GET /assign (plan in force)",
-                        assign_targets(n, seed=1), args.seconds)
-            bare = ramp(server, f"bare route, GET {BARE} (a constant, same server)",
-                        [BARE] * n, args.seconds)
+            best = ramps(server, {"assign": assign_targets(n, seed=1),
+                                  "bare": [BARE] * n}, args.seconds)
+            held, bare = best["assign"], best["bare"]
             if held and bare:
                 print(f"\nassignment / bare route held rates: {held} / {bare} = "
                       f"{held / bare:.2f}")
