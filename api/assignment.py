@@ -1,11 +1,13 @@
 """The service's side of customer assignment: indexes on disk, in memory, and under a lock.
 
 The engine is :mod:`territory.assign` (statuses, CRS conversion, file streaming) over
-:class:`territory.assign_index.AssignmentIndex`. The service adds three things:
+:class:`territory.assign_index.AssignmentIndex`. The service adds four things:
 
 * the index is written beside the plan when the plan job stores it (``plan.gpkg.index``)
   and rebuilt, atomically, if a saved one cannot be read by this version;
-* a bounded LRU of open indexes, so a request costs a lookup, not a file read;
+* a bounded LRU of open indexes, so a request costs a lookup, not a file read; their arrays
+  are memory-mapped, so the service's worker processes share one copy;
+* the parts of a single lookup's answer made once per index (:meth:`LockedIndex.unit_json`);
 * a lock per index around its queries: the index resolves points near unit boundaries with
   GEOS prepared geometries, which are not thread-safe (libgeos/geos#825), and the service
   answers from several threads. The lock is taken per :data:`LOCK_CHUNK` points, whatever
