@@ -1,11 +1,13 @@
 """The service's side of customer assignment: indexes on disk, in memory, and under a lock.
 
 The engine is :mod:`territory.assign` (statuses, CRS conversion, file streaming) over
-:class:`territory.assign_index.AssignmentIndex`. The service adds three things:
+:class:`territory.assign_index.AssignmentIndex`. The service adds four things:
 
-* the index is written beside the plan when the plan job stores it (``plan.gpkg.index.npz``)
+* the index is written beside the plan when the plan job stores it (``plan.gpkg.index``)
   and rebuilt, atomically, if a saved one cannot be read by this version;
-* a bounded LRU of open indexes, so a request costs a lookup, not a file read;
+* a bounded LRU of open indexes, so a request costs a lookup, not a file read; their arrays
+  are memory-mapped, so the service's worker processes share one copy;
+* the parts of a single lookup's answer made once per index (:meth:`LockedIndex.unit_json`);
 * a lock per index around its queries: the index resolves points near unit boundaries with
   GEOS prepared geometries, which are not thread-safe (libgeos/geos#825), and the service
   answers from several threads. The lock is taken per :data:`LOCK_CHUNK` points, whatever
@@ -15,6 +17,7 @@ The engine is :mod:`territory.assign` (statuses, CRS conversion, file streaming)
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Points per hold of an index's lock: a few milliseconds of work.
 LOCK_CHUNK = 8192
+#: The members naming a point's owner, in the order of :class:`api.schemas.Assignment`.
+UNIT_FIELDS = ("sub_grid_id", "main_grid_id", "branch_id")
 
 
 class LockedIndex(AssignmentIndex):
@@ -42,6 +47,23 @@ class LockedIndex(AssignmentIndex):
     def __init__(self, plan: Plan, arrays) -> None:
         super().__init__(plan, arrays)
         self._lock = threading.Lock()
+        ids = [self.sub_grid_ids, self.main_grid_ids, self.branch_ids]
+        #: per unit (and -1: none), its ids as JSON members, made once rather than per
+        #: single lookup
+        self._unit_json = [",".join(f'"{name}":{json.dumps(v, ensure_ascii=False)}'
+                                    for name, v in zip(UNIT_FIELDS, row, strict=True))
+                           for row in zip(*ids, strict=True)]
+        self._unit_json.append(",".join(f'"{name}":null' for name in UNIT_FIELDS))
+        self._sub_grid_ids = [*map(str, self.sub_grid_ids), None]
+
+    def unit_json(self, unit: int) -> str:
+        """``"sub_grid_id":…,"main_grid_id":…,"branch_id":…`` of a unit position (-1:
+        nulls)."""
+        return self._unit_json[unit]
+
+    def sub_grid_id(self, unit: int) -> str | None:
+        """The sub-grid id of a unit position (-1: None)."""
+        return self._sub_grid_ids[unit]
 
     def _chunks(self, query, lng: np.ndarray, lat: np.ndarray) -> list:
         lng, lat = np.asarray(lng), np.asarray(lat)

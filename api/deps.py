@@ -37,9 +37,13 @@ StoreDep = Annotated[PlanStore, Depends(get_store)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 
-async def today(settings: SettingsDep) -> date:
+def today_in(settings: Settings) -> date:
     """The date in the service's time zone: effective dates are local, not UTC."""
     return datetime.now(ZoneInfo(settings.timezone)).date()
+
+
+async def today(settings: SettingsDep) -> date:
+    return today_in(settings)
 
 
 Today = Annotated[date, Depends(today)]

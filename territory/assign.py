@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from territory.assign_index import AssignmentIndex, IndexFormatError, index_path
 from territory.atomic import atomic_path
 from territory.crs import normalize_crs, to_wgs84
-from territory.crs_check import Sample, Warn, populated_units, report
+from territory.crs_check import MIN_POINTS, Sample, Warn, populated_units, report
 from territory.errors import InvalidInputError
 from territory.geocode import Geocoder
 from territory.plan import Plan, plan_file
@@ -86,13 +86,16 @@ ADDRESS_COLUMNS = ("match_level", "match_score", "matched_entry", "candidates")
 PLAN_COLUMNS = ("plan_id", "plan_version")
 _STATUS_DICTIONARY = pa.array(STATUSES, type=pa.string())
 _GEOGRAPHIC = ("wgs84", "cgcs2000", "gcj02", "bd09")
+#: Systems whose coordinates are used as WGS84 without conversion (CGCS2000 is within
+#: centimetres of it)
+AS_WGS84 = ("wgs84", "cgcs2000")
 FORMATS = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 Progress = Callable[[int, int | None], None]
 
 
 def open_index(plan_path: str | Path, *, rebuild: bool = False) -> AssignmentIndex:
-    """The index of a saved plan: read from ``<plan>.index.npz``, or built and saved there
+    """The index of a saved plan: read from ``<plan>.index``, or built and saved there
     when absent, of an older format (or when ``rebuild``). A sidecar built for another plan
     is refused. ``plan_path`` may be the plan's folder."""
     plan_path = plan_file(plan_path)
@@ -201,9 +204,10 @@ def assign(index: AssignmentIndex, lng: np.ndarray, lat: np.ndarray, *, crs: str
     if x.shape != y.shape or x.ndim != 1:
         raise InvalidInputError(f"lng and lat must be 1-d arrays of one length, got shapes "
                                 f"{x.shape} and {y.shape}")
-    check = Sample()
-    check.add(x, y, crs)
-    report(check.fits(populated_units(index)), on_warning)
+    if len(x) >= MIN_POINTS:  # fewer cannot be checked: a single lookup skips the sample
+        check = Sample()
+        check.add(x, y, crs)
+        report(check.fits(populated_units(index)), on_warning)
     status = np.full(len(x), _UNSET, dtype=np.int8)
     reason = np.full(len(x), None, dtype=object)
     x, y = _to_wgs84_checked(x, y, crs, np.arange(len(x)), status, reason)
@@ -226,7 +230,7 @@ def _to_wgs84_checked(x: np.ndarray, y: np.ndarray, crs: str, rows: np.ndarray,
                 status[r] = _INVALID
                 reason[r] = (f"{name} is missing or not a number" if not np.isfinite(v) else
                              f"{name} {float(v)!r} is out of range [-{limit}, {limit}]")
-    if crs in ("wgs84", "cgcs2000") and len(rows) == len(x):
+    if crs in AS_WGS84 and len(rows) == len(x):
         return x, y
     x, y = x.copy(), y.copy()
     x[rows], y[rows] = to_wgs84(x[rows], y[rows], crs)

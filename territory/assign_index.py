@@ -84,7 +84,7 @@ import numpy as np
 import pyproj
 import shapely
 
-from territory.atomic import atomic_path
+from territory.atomic import atomic_dir
 from territory.crs import local_projected_crs
 from territory.errors import InvalidInputError
 from territory.plan import Plan
@@ -120,7 +120,7 @@ _NEAREST_SLICE = 1 << 15
 #: Beyond this distance (metres) from the service area the plan's UTM zone is too distorted
 #: for distances: they are measured on the ellipsoid instead.
 _FAR_M = 1e6  # outside points per slice of the nearest-segment search
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: a folder of memory-mappable .npy files (3: one .npz)
 
 
 class IndexFormatError(InvalidInputError):
@@ -128,14 +128,15 @@ class IndexFormatError(InvalidInputError):
 
 
 def index_path(plan_path: str | Path) -> Path:
-    """Where the index of a plan file lives: ``<plan>.index.npz`` beside the GeoPackage."""
+    """Where the index of a plan file lives: the folder ``<plan>.index`` beside the
+    GeoPackage, one ``.npy`` file per array (see :meth:`AssignmentIndex.save`)."""
     plan_path = Path(plan_path)
-    return plan_path.with_name(plan_path.name + ".index.npz")
+    return plan_path.with_name(plan_path.name + ".index")
 
 
 @dataclass(frozen=True)
 class _Arrays:
-    """Everything the index stores; one field per array of the ``.npz`` file."""
+    """Everything the index stores; one field per ``.npy`` file of its folder."""
 
     meta_f: np.ndarray  # float64: x0, y0
     meta_i: np.ndarray  # int64: format, ncx, ncy, n_units, epsg
@@ -188,6 +189,7 @@ class AssignmentIndex:
         self._geoms = np.asarray(plan.units.geometry.values, dtype=object)
         shapely.prepare(self._geoms)
         self._seg_tree: shapely.STRtree | None = None
+        self._utm: pyproj.Transformer | None = None  # made on first use: it costs ~0.3 ms
         self._segs = _Segments(arrays.seg_xy)
         self._seg_unit = arrays.seg_unit.astype(np.int64)
         self._node_x = np.ascontiguousarray(arrays.node_x).ravel()
@@ -195,7 +197,7 @@ class AssignmentIndex:
         xy = shapely.get_coordinates(self._geoms)  # the plan's, fingerprinted to the bit
         if len(arrays.edge_vertex) and int(arrays.edge_vertex.max()) + 1 >= len(xy):
             raise InvalidInputError("the index does not match the plan's geometries; "
-                                    "delete the index file and rebuild it")
+                                    "delete the index folder and rebuild it")
         self._vx, self._vy = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
         ids = plan.units
         self.sub_grid_ids = ids["sub_grid_id"].to_numpy(dtype=object)
@@ -209,23 +211,36 @@ class AssignmentIndex:
         return cls(plan, _build(plan))
 
     def save(self, path: str | Path) -> Path:
-        """Write the index atomically (temp file, then rename): readers never see half."""
+        """Write the index as a folder of ``.npy`` files, one per array, atomically (a
+        temporary folder renamed into place: readers never see half). An index saved
+        there before is replaced; processes that opened it keep reading its files, which
+        stay mapped until they close it.
+
+        Plain ``.npy`` files rather than one ``.npz``: :meth:`load` memory-maps them, so
+        the service's worker processes share one copy of the arrays in the page cache."""
         path = Path(path)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{fl.name: getattr(self._a, fl.name) for fl in fields(_Arrays)})
+        with atomic_dir(path, replace=True) as tmp:
+            for fl in fields(_Arrays):
+                np.save(tmp / f"{fl.name}.npy", getattr(self._a, fl.name), allow_pickle=False)
         return path
 
     @classmethod
     def load(cls, path: str | Path, plan: Plan) -> AssignmentIndex:
-        """Open a saved index for ``plan``; refuses one built for another plan or format."""
+        """Open a saved index for ``plan``; refuses one built for another plan or format.
+
+        The arrays are memory-mapped read-only, not read: opening costs no copy, and every
+        process that opens the same index shares its pages."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                version = int(z["meta_i"][0])
-                arrays = (_Arrays(**{fl.name: z[fl.name] for fl in fields(_Arrays)})
-                          if version == FORMAT_VERSION else None)
+            version = int(np.load(path / "meta_i.npy", allow_pickle=False)[0])
+            # plain read-only views of the maps: np.memmap's Python hooks would cost
+            # every numpy operation on them a microsecond, a tenth of a single lookup
+            arrays = (_Arrays(**{fl.name: np.asarray(np.load(path / f"{fl.name}.npy",
+                                                             mmap_mode="r", allow_pickle=False))
+                                 for fl in fields(_Arrays)})
+                      if version == FORMAT_VERSION else None)
         except FileNotFoundError:
-            raise InvalidInputError(f"{path}: no such index file; build it with "
+            raise InvalidInputError(f"{path}: no such index folder; build it with "
                                     "AssignmentIndex.build(plan).save(path)") from None
         except (OSError, ValueError, KeyError, IndexError) as exc:
             raise InvalidInputError(
@@ -240,7 +255,7 @@ class AssignmentIndex:
             raise InvalidInputError(
                 f"{path}: the index was built for another plan (fingerprint "
                 f"{str(arrays.fingerprint)[:12]}…, plan {plan.fingerprint[:12]}…); delete the "
-                "index file and rebuild it for this plan"
+                "index folder and rebuild it for this plan"
             )
         return cls(plan, arrays)
 
@@ -259,6 +274,25 @@ class AssignmentIndex:
         y = np.asarray(lat, dtype=np.float64)
         unit, _ = self._lookup(x, y)
         return unit
+
+    def locate_one(self, lng: float, lat: float) -> int | None:
+        """:meth:`locate` of one WGS84 point in plain Python arithmetic, for a service's
+        single lookups (a numpy call on a one-element array costs a microsecond, and
+        :meth:`locate` makes twenty); None where the answer needs more than the raster
+        (an ambiguous pixel, or off the raster): ask :meth:`locate` then."""
+        fx = (lng - self._x0) * _SCALE  # the arithmetic of _pixels and _lookup, per point
+        fy = (lat - self._y0) * _SCALE
+        if not (0 <= fx < self._ncx * _FINE and 0 <= fy < self._ncy * _FINE):
+            return None  # NaN fails the test too
+        gx, gy = int(fx), int(fy)
+        a = self._a
+        entry = int(a.cell_entry[(gy >> FINE_BITS) * self._ncx + (gx >> FINE_BITS)])
+        bits = entry & 7
+        shift = FINE_BITS - bits
+        pixel = ((((gy & (_FINE - 1)) >> shift) << bits) + ((gx & (_FINE - 1)) >> shift)
+                 + ((entry >> 3) & _PIXEL_MASK))
+        code = int(a.palette[(entry >> 32) + int(a.pixels[pixel])])
+        return code if code >= _OUTSIDE else None
 
     def nearest(self, lng: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The unit owning the nearest boundary segment of the service area, and the distance
@@ -438,12 +472,19 @@ class AssignmentIndex:
         return [_bilinear(node[i00], node[i00 + 1], node[i01], node[i01 + 1], tx, ty)
                 for node in (self._node_x, self._node_y)]
 
+    def _to_utm(self) -> pyproj.Transformer:
+        """WGS84 → the plan's UTM zone, made once per index rather than per query (a
+        single lookup off the raster spent most of its time making it)."""
+        if self._utm is None:
+            self._utm = _transformer(self.crs)
+        return self._utm
+
     def _nearest_geos(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact nearest boundary segment through GEOS: for points off the raster only."""
         a = self._a
         if self._seg_tree is None:
             self._seg_tree = shapely.STRtree(_lines(a.seg_xy))
-        px, py = _transformer(self.crs).transform(x, y)
+        px, py = self._to_utm().transform(x, y)
         pts = shapely.points(np.asarray(px), np.asarray(py))
         (pt, seg), d = self._seg_tree.query_nearest(pts, return_distance=True, all_matches=True)
         order = np.lexsort((a.seg_unit[seg], pt))
@@ -467,8 +508,8 @@ class AssignmentIndex:
         from scipy.spatial import cKDTree  # rare path: not imported by every batch run
 
         a = self._a
-        lon, lat = _transformer(self.crs).transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
-                                                    direction="INVERSE")
+        lon, lat = self._to_utm().transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
+                                            direction="INVERSE")
         near = cKDTree(_unit_sphere(lon, lat)).query(_unit_sphere(x, y))[1]
         _, _, metres = pyproj.Geod(ellps="WGS84").inv(x, y, lon[near], lat[near])
         return self._seg_unit[near], np.asarray(metres, dtype=np.float64)

@@ -71,7 +71,7 @@ def assign(
                                                           "in (required with "
                                                           "--geocoder-service)")] = None,
     chunk_size: Annotated[int, typer.Option(help="Rows per chunk")] = CHUNK_ROWS,
-    rebuild_index: Annotated[bool, typer.Option(help="Rebuild <plan>.index.npz")] = False,
+    rebuild_index: Annotated[bool, typer.Option(help="Rebuild <plan>.index")] = False,
     previous: Annotated[Path | None, typer.Option(help="The previous run's output: with "
                                                        "--changes, report whose grid "
                                                        "changed")] = None,

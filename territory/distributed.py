@@ -8,7 +8,7 @@ one output part per input part, same names, every row in its part's order. The o
 appears whole or not at all (:func:`territory.atomic.atomic_dir`).
 
 The index is shipped once per worker process, not once per task: the driver makes sure the
-plan's ``<plan>.index.npz`` sidecar is current, and each worker opens it with the plan from
+plan's ``<plan>.index`` sidecar is current, and each worker opens it with the plan from
 the shared path the first time a task needs it and keeps it (a few tens of MB) for the next
 tasks. The plan, its sidecar, the input and the output folder must therefore be on storage
 every worker sees at the same path (NFS, a cluster file system); a worker that sees another

@@ -5,10 +5,10 @@ its metadata and metrics, its assignment index). Replacing them one by one would
 leave the new GeoPackage beside the old metadata, so each plan is written whole into a
 version folder of its own, flushed to disk, and then published by switching one link::
 
-    DIR/versions/<plan_id>-v<version>/   plan.gpkg, plan.gpkg.index.npz, plan.json,
+    DIR/versions/<plan_id>-v<version>/   plan.gpkg, plan.gpkg.index, plan.json,
                                          metrics.json
     DIR/current -> versions/<plan_id>-v<version>
-    DIR/plan.gpkg -> current/plan.gpkg   (and plan.gpkg.index.npz, plan.json, metrics.json)
+    DIR/plan.gpkg -> current/plan.gpkg   (and plan.gpkg.index, plan.json, metrics.json)
 
 The documented paths (``DIR/plan.gpkg`` …) stay readable for users and tools and always
 show one plan, old or new. The last :data:`KEEP` versions are kept; the leftovers of killed

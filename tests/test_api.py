@@ -100,8 +100,8 @@ def template_dir() -> Path:
     v1 = Plan.load(store.plan_path(job["plan_id"]))
     v1_index = index_path(store.plan_path(v1.plan_id))
     store.add_plan(renumber_sub_grids(v1), service_area="xiamen", created_by="test",
-                   index_writer=lambda p, folder: shutil.copy(v1_index,
-                                                              index_path(folder / PLAN_FILE)))
+                   index_writer=lambda p, folder: shutil.copytree(
+                       v1_index, index_path(folder / PLAN_FILE)))
     return root
 
 
@@ -366,7 +366,7 @@ def test_several_areas_need_a_service_area(client: TestClient, data_dir: Path,
     src = index_path(store.plan_path(v1.plan_id))
     other = v1.derive(v1.units)
     store.add_plan(other, service_area="xiamen-copy", created_by="test",
-                   index_writer=lambda p, f: shutil.copy(src, index_path(f / PLAN_FILE)))
+                   index_writer=lambda p, f: shutil.copytree(src, index_path(f / PLAN_FILE)))
     for plan_id in (versions[1]["plan_id"], other.plan_id):
         client.post(f"/plans/{plan_id}/activate", headers=headers("planner"))
     point = {"lng": INSIDE[0], "lat": INSIDE[1]}
@@ -656,18 +656,21 @@ def test_a_failed_index_write_leaves_the_previous_index(data_dir: Path, versions
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     folder = PlanStore(data_dir).plan_dir(versions[1]["plan_id"])
     path = index_path(folder / PLAN_FILE)
-    before = path.read_bytes()
+    before = {f.name: f.read_bytes() for f in path.iterdir()}
     index = load_index(folder)
+    real_save = assign_index.np.save
 
-    def crash_midway(f: Any, **arrays: Any) -> None:
-        f.write(b"PK\x03\x04 half an index")
-        raise OSError("disk full")
+    def crash_midway(file: Any, array: Any, **kw: Any) -> None:
+        if Path(file).name == "pixels.npy":
+            Path(file).write_bytes(b"\x93NUMPY half an array")
+            raise OSError("disk full")
+        real_save(file, array, **kw)
 
-    monkeypatch.setattr(assign_index.np, "savez", crash_midway)
+    monkeypatch.setattr(assign_index.np, "save", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         index.save(path)
     monkeypatch.undo()
-    assert path.read_bytes() == before
+    assert {f.name: f.read_bytes() for f in path.iterdir()} == before
     assert sorted(p.name for p in folder.iterdir()) == [PLAN_FILE, path.name]
     assert isinstance(load_index(folder), LockedIndex)
 
@@ -702,8 +705,8 @@ def test_an_unreadable_index_is_rebuilt(data_dir: Path, versions: dict,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     folder = PlanStore(data_dir).plan_dir(versions[1]["plan_id"])
     path = index_path(folder / PLAN_FILE)
-    good = shutil.copy(path, data_dir / "good.npz")
-    path.write_bytes(b"garbage")
+    good = shutil.copytree(path, data_dir / "good.index")
+    (path / "meta_i.npy").write_bytes(b"garbage")
     built = []
 
     def build(cls: type, plan: Plan) -> LockedIndex:  # the real build takes seconds

@@ -56,12 +56,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from territory.cli import main; main()", "serve",
-             "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(self.data_dir),
-             "--config", str(self.config), "--log-level", "warning"],
-            stdin=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(self.command(port), stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "the server exited while starting"
@@ -71,6 +66,11 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.2)
         raise AssertionError(f"the server did not answer /health in {START_TIMEOUT_S} s")
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-c", "from territory.cli import main; main()", "serve",
+                "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(self.data_dir),
+                "--config", str(self.config), "--log-level", "warning"]
 
     def stop(self) -> None:
         """Stop as an operator would (SIGTERM: uvicorn's graceful shutdown)."""

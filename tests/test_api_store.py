@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from datetime import date
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -81,3 +82,23 @@ def test_a_catalogue_of_an_earlier_release_gains_the_job_warnings(tmp_path):
     with TestClient(create_app(Settings(data_dir=tmp_path, api_keys="k:viewer"))) as client:
         job = client.get("/jobs/old", headers={"X-API-Key": "k"}).json()
     assert job["warnings"] == ["customers declared wgs84 fit better as gcj02"]
+
+
+def test_the_plan_in_force_is_memoised_until_any_process_changes_the_catalogue(tiny_units,
+                                                                               tmp_path):
+    """``in_force`` is asked on every single lookup and memoised; an activation made
+    through another connection (another worker, a job process) or through this very store
+    is seen by the next call."""
+    here, there = PlanStore(tmp_path), PlanStore(tmp_path)  # two connections, as two workers
+    a, b = (here.add_plan(make_plan(tiny_units, seed), service_area="a", created_by="t",
+                          index_writer=lambda p, f: None) for seed in (1, 2))
+    day = date(2026, 1, 5)
+    assert here.in_force(day) == []
+    there.activate(a.plan_id, day, "t")
+    assert [w.plan_id for w in here.in_force(day)] == [a.plan_id]
+    assert [w.plan_id for w in here.in_force(day, "a")] == [a.plan_id]
+    here.activate(b.plan_id, day, "t")  # the same connection: SQLite's data_version stays
+    assert [w.plan_id for w in here.in_force(day)] == [b.plan_id]
+    there.activate(a.plan_id, day, "t")
+    assert [w.plan_id for w in here.in_force(day, "a")] == [a.plan_id]
+    assert here.in_force(day, "no-such-area") == []

@@ -94,6 +94,25 @@ def test_one_owner_per_point_property(plan, index, data):
     got = index.locate(x, y)
     assert got.shape == x.shape
     np.testing.assert_array_equal(got, locate_points(plan.units, x, y))
+    for xi, yi, owner in zip(x.tolist(), y.tolist(), got.tolist(), strict=True):
+        assert index.locate_one(xi, yi) in (owner, None)  # the raster's answer, or none
+
+
+def test_locate_one_answers_most_points_as_locate_does(plan, index):
+    """The single-point path agrees with the array path wherever it answers, and answers
+    most points of the plan's box (not: ambiguous pixels, off the raster)."""
+    rng = np.random.default_rng(9)
+    b = plan.units.total_bounds
+    x = rng.uniform(b[0] - 0.003, b[2] + 0.003, 20_000)
+    y = rng.uniform(b[1] - 0.003, b[3] + 0.003, 20_000)
+    want = index.locate(x, y)
+    got = [index.locate_one(xi, yi) for xi, yi in zip(x.tolist(), y.tolist(), strict=True)]
+    answered = np.array([g is not None for g in got])
+    assert answered.mean() > 0.8
+    np.testing.assert_array_equal(np.array([g for g in got if g is not None]), want[answered])
+    assert {-1, 0} <= {min(g, 0) for g in got if g is not None}  # inside and outside met
+    assert index.locate_one(float("nan"), 24.5) is None
+    assert index.locate_one(b[0] - 5, b[1]) is None  # off the raster
 
 
 # -- statuses and outside points -------------------------------------------------------------
@@ -286,8 +305,11 @@ def test_csv_to_parquet_and_bad_files(plan, index, tmp_path):
 # -- index storage -----------------------------------------------------------------------------
 def test_index_save_load_round_trip_and_refusals(plan, plan_file, index, tmp_path):
     assert index_path(plan_file).exists()  # open_index saved the sidecar
-    path = index.save(tmp_path / "x.index.npz")
+    path = index.save(tmp_path / "x.index")
     again = AssignmentIndex.load(path, plan)
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        mapped = maps.read()
+    assert str(path / "cell_entry.npy") in mapped  # memory-mapped, not read
     rng = np.random.default_rng(5)
     b = plan.units.total_bounds
     x, y = rng.uniform(b[0], b[2], 50_000), rng.uniform(b[1], b[3], 50_000)
@@ -295,23 +317,20 @@ def test_index_save_load_round_trip_and_refusals(plan, plan_file, index, tmp_pat
     other = plan.derive(plan.units.assign(subscribers=plan.units["subscribers"] + 1))
     with pytest.raises(InvalidInputError, match="another plan"):
         AssignmentIndex.load(path, other)
-    junk = tmp_path / "junk.index.npz"
+    junk = tmp_path / "junk.index"
     junk.write_bytes(b"junk")
     with pytest.raises(InvalidInputError, match="not a territory assignment index"):
         AssignmentIndex.load(junk, plan)
     with pytest.raises(InvalidInputError, match="no such index"):
-        AssignmentIndex.load(tmp_path / "none.npz", plan)
+        AssignmentIndex.load(tmp_path / "none.index", plan)
 
 
 def test_an_index_of_another_format_is_refused_and_rebuilt(plan, index, tmp_path):
     plan_path = plan.save(tmp_path / "p.gpkg")
     side = index.save(index_path(plan_path))
-    with np.load(side) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["meta_i"] = arrays["meta_i"].copy()
-    arrays["meta_i"][0] -= 1
-    with open(side, "wb") as f:
-        np.savez(f, **arrays)
+    meta = np.load(side / "meta_i.npy")
+    meta[0] -= 1
+    np.save(side / "meta_i.npy", meta)
     with pytest.raises(IndexFormatError, match="index format"):
         AssignmentIndex.load(side, plan)
     again = open_index(plan_path)  # an old cache: rebuilt, not refused

@@ -24,6 +24,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,13 +33,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 from starlette.background import BackgroundTask
 
 from api.assignment import Indexes, LockedIndex
-from api.auth import Operator
+from api.auth import KEY_SECURITY, Operator, operator
 from api.batches import POINTS_BODY, GateDep, Points, records_json
-from api.deps import CRS_FIX, PlanDep, SettingsDep, StoreDep, Today, resolve_crs
+from api.deps import CRS_FIX, PlanDep, SettingsDep, StoreDep, Today, resolve_crs, today_in
 from api.problems import (
     ProblemError,
     field_problem,
@@ -54,8 +57,8 @@ from api.schemas import (
     SingleAssignment,
 )
 from api.settings import Settings
-from api.store import PlanRecord, PlanStore
-from territory.assign import OUTPUT_COLUMNS, STATUSES, Assignment, Columns, assign, assign_file
+from api.store import PlanRecord, PlanStore, WindowRecord
+from territory.assign import AS_WGS84, STATUSES, Assignment, Columns, assign, assign_file
 from territory.crs import normalize_crs
 from territory.errors import InvalidInputError, TerritoryError
 from territory.tables import codec
@@ -77,11 +80,12 @@ async def get_indexes(request: Request) -> Indexes:
 IndexesDep = Annotated[Indexes, Depends(get_indexes)]
 
 
+CRS_HELP = ("System of the coordinates: wgs84, cgcs2000, gcj02, bd09 or EPSG:<code>; "
+            "required unless the service area has one configured")
+
+
 async def crs_param(
-    crs: Annotated[str | None, Query(description="System of the coordinates: wgs84, "
-                                                 "cgcs2000, gcj02, bd09 or EPSG:<code>; "
-                                                 "required unless the service area has one "
-                                                 "configured")] = None,
+    crs: Annotated[str | None, Query(description=CRS_HELP)] = None,
 ) -> str | None:
     """The coordinate system, checked up front so a typo names the parameter."""
     if crs is None:
@@ -94,14 +98,45 @@ async def crs_param(
 
 Crs = Annotated[str | None, Depends(crs_param)]
 
-Lng = Annotated[float, Query(allow_inf_nan=False,
-                             description="Longitude (or easting in a projected crs)")]
-Lat = Annotated[float, Query(allow_inf_nan=False,
-                             description="Latitude (or northing in a projected crs)")]
-AsOf = Annotated[Day | None, Query(description="The day whose plan answers (default today, "
-                                                "in the service's time zone)")]
-Area = Annotated[str | None, Query(description="Service area; needed only when several "
-                                               "have a plan in force")]
+LNG_HELP = "Longitude (or easting in a projected crs)"
+LAT_HELP = "Latitude (or northing in a projected crs)"
+AS_OF_HELP = "The day whose plan answers (default today, in the service's time zone)"
+AREA_HELP = "Service area; needed only when several have a plan in force"
+Lng = Annotated[float, Query(allow_inf_nan=False, description=LNG_HELP)]
+Lat = Annotated[float, Query(allow_inf_nan=False, description=LAT_HELP)]
+AsOf = Annotated[Day | None, Query(description=AS_OF_HELP)]
+Area = Annotated[str | None, Query(description=AREA_HELP)]
+
+
+class PointOnDay(BaseModel):
+    """The query of a single assignment on the plan in force. The route validates it
+    itself (:func:`_point_on_day`): FastAPI's own query parsing cost as much as the lookup."""
+
+    lng: float = Field(allow_inf_nan=False, description=LNG_HELP)
+    lat: float = Field(allow_inf_nan=False, description=LAT_HELP)
+    crs: str | None = Field(None, description=CRS_HELP)  # checked by resolve_crs
+    as_of: Day | None = Field(None, description=AS_OF_HELP)
+    service_area: str | None = Field(None, description=AREA_HELP)
+
+
+def _point_on_day(request: Request) -> PointOnDay:
+    """The query as FastAPI would read it (the last of repeated parameters; unknown ones
+    ignored), its errors the same 422."""
+    try:
+        return PointOnDay.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI ``parameters`` of a query read as ``model`` (for a route that reads it
+    itself), as FastAPI would list them."""
+    schema = model.model_json_schema()
+    return [{"name": name, "in": "query", "required": name in schema.get("required", ()),
+             "schema": prop, "description": prop.get("description", "")}
+            for name, prop in schema["properties"].items()]
 
 
 def _ref(plan: PlanRecord) -> PlanRef:
@@ -110,6 +145,10 @@ def _ref(plan: PlanRecord) -> PlanRef:
 
 def _effective(store: PlanStore, service_area: str | None, on: date) -> PlanRef:
     """The plan in force on ``on``: 404 when none is, 422 when the area is ambiguous."""
+    return _window_ref(_in_force(store, service_area, on))
+
+
+def _in_force(store: PlanStore, service_area: str | None, on: date) -> WindowRecord:
     windows = store.in_force(on, service_area)
     if not windows:
         where = f"in service area {service_area!r}" if service_area else "in any service area"
@@ -120,30 +159,56 @@ def _effective(store: PlanStore, service_area: str | None, on: date) -> PlanRef:
         areas = [w.service_area for w in windows]
         message = f"{len(areas)} service areas have a plan in force on {on}: {areas}"
         raise field_problem("query.service_area", message, f"name one of {areas}")
-    w = windows[0]
+    return windows[0]
+
+
+def _window_ref(w: WindowRecord) -> PlanRef:
     return PlanRef(plan_id=w.plan_id, service_area=w.service_area, version=w.version,
                    effective_from=w.effective_from, effective_to=w.effective_to)
 
 
-def _value(v: Any) -> Any:
-    """A numpy scalar as JSON: NaN distance → null."""
-    if isinstance(v, float | np.floating):
-        return None if np.isnan(v) else float(v)
-    return v
+@lru_cache(maxsize=64)
+def _window_json(w: WindowRecord) -> str:
+    """The ``plan`` part of a single assignment on the plan in force, rendered once per
+    window."""
+    return _window_ref(w).model_dump_json()
 
 
-def _single(index: LockedIndex, ref: PlanRef, lng: float, lat: float,
-            crs: str) -> SingleAssignment:
-    result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
-    row = {c: _value(getattr(result, c)[0]) for c in OUTPUT_COLUMNS}
-    if row["status"] == "invalid":
-        name = str(row["reason"]).split(" ", 1)[0]
-        field = f"query.{name}" if name in ("lng", "lat") else "query"
-        raise field_problem(field, row["reason"], "give lng in [-180, 180] and lat in "
-                            "[-90, 90] for a geographic crs, or the crs the coordinates are "
-                            "really in", kind="invalid-coordinates",
-                            title="Invalid coordinates")
-    return SingleAssignment(**row, plan=ref)
+#: The members of a point inside a unit after its ids
+_INSIDE = '"status":"ok","nearest_grid_id":null,"distance_m":0.0,"reason":null'
+
+
+def _single(index: LockedIndex, plan_json: str, lng: float, lat: float, crs: str) -> Response:
+    """One point's :class:`SingleAssignment` as JSON, assembled from the index's
+    precomputed parts (:meth:`LockedIndex.unit_json`) and the plan's: building and
+    validating the pydantic model cost more than the lookup itself. A WGS84 point the
+    index's raster answers alone (:meth:`~territory.assign_index.AssignmentIndex.locate_one`:
+    most of a counter's) skips the engine's array work: inside a unit it is done, outside
+    only its nearest grid is left to find; any other point goes through the engine."""
+    unit = index.locate_one(lng, lat) if crs in AS_WGS84 else None
+    if unit is not None and unit >= 0:
+        return Response(f'{{"id":null,{index.unit_json(unit)},{_INSIDE},"plan":{plan_json}}}',
+                        media_type="application/json")
+    if unit is not None:  # outside the service area, as the engine would find
+        units, distances = index.nearest(np.array([lng]), np.array([lat]))
+        status, nearest, distance, reason = "outside", int(units[0]), float(distances[0]), None
+    else:
+        result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
+        status = STATUSES[int(result.code[0])]
+        if status == "invalid":
+            reason = str(result.reason[0])
+            name = reason.split(" ", 1)[0]
+            field = f"query.{name}" if name in ("lng", "lat") else "query"
+            raise field_problem(field, reason, "give lng in [-180, 180] and lat in [-90, 90] "
+                                "for a geographic crs, or the crs the coordinates are really "
+                                "in", kind="invalid-coordinates", title="Invalid coordinates")
+        unit, nearest = int(result.unit[0]), int(result.nearest_unit[0])
+        distance, reason = float(result.distance_m[0]), result.reason[0]
+    tail = json.dumps({"status": status, "nearest_grid_id": index.sub_grid_id(nearest),
+                       "distance_m": None if np.isnan(distance) else distance,
+                       "reason": reason}, ensure_ascii=False, separators=(",", ":"))
+    return Response(f'{{"id":null,{index.unit_json(unit)},{tail[1:-1]},"plan":{plan_json}}}',
+                    media_type="application/json")
 
 
 def _batch(index: LockedIndex, ref: PlanRef, points: Points, crs: str) -> Response:
@@ -275,8 +340,8 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
             summary="Assign one point on this plan")
 async def assign_one_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep,
                              settings: SettingsDep, lng: Lng, lat: Lat, crs: Crs
-                             ) -> SingleAssignment:
-    return _single(await indexes.get(plan.plan_id), _ref(plan), lng, lat,
+                             ) -> Response:
+    return _single(await indexes.get(plan.plan_id), _ref(plan).model_dump_json(), lng, lat,
                    resolve_crs(crs, settings, plan.service_area))
 
 
@@ -304,13 +369,22 @@ async def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep
 
 # -- on the plan in force ------------------------------------------------------------------
 @router.get("/assign", response_model=SingleAssignment, responses=ERRORS,
-            summary="Assign one point on the plan in force on a day")
-async def assign_one(user: Operator, store: StoreDep, indexes: IndexesDep, on: Today,
-                     settings: SettingsDep, lng: Lng, lat: Lat, crs: Crs, as_of: AsOf = None,
-                     service_area: Area = None) -> SingleAssignment:
-    ref = _effective(store, service_area, as_of or on)
-    return _single(await indexes.get(ref.plan_id), ref, lng, lat,
-                   resolve_crs(crs, settings, ref.service_area))
+            summary="Assign one point on the plan in force on a day",
+            openapi_extra={**KEY_SECURITY, "parameters": query_parameters(PointOnDay)})
+async def assign_one(request: Request) -> Response:
+    """Needs the ``operations`` role."""
+    # The counter's lookup, the service's hot path: the caller's role and the app's state
+    # are read directly rather than through a dependency each (FastAPI's solving of them
+    # cost twice the lookup), the plan in force is memoised by the store, and the answer
+    # is assembled from precomputed parts (_single).
+    operator(request)
+    q = _point_on_day(request)
+    state = request.app.state
+    settings: Settings = state.settings
+    window = _in_force(state.store, q.service_area, q.as_of or today_in(settings))
+    crs = resolve_crs(q.crs, settings, window.service_area)
+    return _single(await state.indexes.get(window.plan_id), _window_json(window), q.lng, q.lat,
+                   crs)
 
 
 @router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
