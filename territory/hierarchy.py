@@ -262,10 +262,10 @@ def build_plan(
     main_reduced = _fit_main_counts(units, spec, counts) if spec.fit_main else {}
     refuse_infeasible(units, spec, counts)
     # ---------------------------------------------------------------------------------
-    # many jobs: the annealing stops after 3 epochs without a better plan instead of
-    # spending every job's whole time limit
+    # many jobs: the annealing stops after 3 epochs without a plan better by half a
+    # percent instead of spending every job's whole time limit polishing
     base = {"measures": spec.measures, "objective": spec.objective,
-            "random_state": spec.random_state, "patience": 3}
+            "random_state": spec.random_state, "patience": 3, "min_gain": 0.005}
     locks = _locks_by_branch(units, spec.locked, counts)
     groups = _groups_by(units["branch_id"], spec.together)
     jobs = []
