@@ -12,10 +12,15 @@ import os
 import time
 
 #: Seconds kept back from a command's time limit for writing its result and exiting: a
-#: fixed part (the table, the CSV, the interpreter's exit) and a share of the limit (what
-#: the search needs after its deadline to assemble the best plan it kept).
-RESERVE_S = 0.3
+#: fixed part (the table, the CSV, the interpreter's exit: about 0.4 CPU s), times the
+#: machine's slowdown (below), and a share of the limit (what the search needs after its
+#: deadline to assemble the best plan it kept).
+RESERVE_S = 0.7
 RESERVE_SHARE = 0.02
+#: On a machine shared with other work, a CPU second takes several seconds of wall: the
+#: slowdown is the process's wall over CPU time so far (start-up is single-threaded),
+#: 1 on an idle machine, at most this.
+MAX_SLOWDOWN = 8.0
 
 
 def process_age() -> float:
@@ -40,7 +45,8 @@ def process_started() -> float:
 
 def time_left(time_limit: float, started: float) -> float:
     """Seconds a search may take so that a command started at ``started`` (monotonic) with
-    ``time_limit`` ends within it, after the :data:`RESERVE_S` + :data:`RESERVE_SHARE`
-    reserve; may be 0 or less when the limit is already spent."""
+    ``time_limit`` ends within it, after the reserve (:data:`RESERVE_S` times the slowdown,
+    plus :data:`RESERVE_SHARE` of the limit); may be 0 or less when the limit is spent."""
     spent = time.monotonic() - started
-    return time_limit - spent - RESERVE_S - RESERVE_SHARE * time_limit
+    slowdown = min(max(spent / max(time.process_time(), 1e-3), 1.0), MAX_SLOWDOWN)
+    return time_limit - spent - RESERVE_S * slowdown - RESERVE_SHARE * time_limit
