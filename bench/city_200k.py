@@ -17,7 +17,8 @@ builds one, reproducibly, and labels it SYNTHETIC:
   per district on a uniform background; ``--core-share`` of the customers in the cores),
   with its communities, stores and key accounts.
 * **Units**: one per resolution-9 cell, clipped to its district (``UnitOptions(9)``, no
-  adaptive coarsening): about 200 000 units.
+  adaptive coarsening): about 200 000 units. Each district is one piece of the mainland
+  plus whole islands (:func:`_one_piece_of_land`), as a real district is.
 
 The request is what an operator of 1 000 000 customers there would ask, and what the units
 allow: **80 main grids** apportioned to the 13 branches by subscribers (about 12 500
@@ -29,6 +30,11 @@ the densest cell of this generator holds about 1 800 subscribers (0.12 % of the 
 sub-grid of 1 200 sub-grids' size (about 1 300 subscribers) could not hold it, so no
 balanced plan exists. The pre-check refuses such requests in seconds; ``--main-grids``
 and ``--sub-grids-total`` try others.
+
+Time limits: 30 s per branch, 5 s per main grid (``--time-limit-main``,
+``--time-limit-sub``); a job stops earlier once its plan stops improving (the hierarchy's
+``patience`` and ``min_gain``). They are wall-clock limits: on a machine shared with
+other work a job gets that much less CPU in them.
 
 The plan runs through the public library path the CLI uses (``territory.pipeline.run``:
 units, graph, ``territory.hierarchy.build_plan``, metrics), timed per stage in wall and CPU
@@ -95,28 +101,39 @@ def synthetic_districts(seed: int, n_units: int = N_UNITS,
     # voronoi_polygons does not keep the seeds' order: give each cell its seed's number
     order = [next(i for i, s in enumerate(seeds) if v.contains(s)) for v in cells]
     geoms = [shapely.intersection(v, city) for v in cells]
-    geoms = _one_piece_of_land(geoms)
+    geoms = _one_piece_of_land(geoms, city)
     codes = [f"S{i + 1:02d}" for i in order]
     out = gpd.GeoDataFrame({"code": codes, "name": [f"Synthetic {i + 1:02d}" for i in order]},
                            geometry=geoms, crs=UTM).to_crs(4326)
     return out.sort_values("code").reset_index(drop=True)
 
 
-def _one_piece_of_land(geoms: list) -> list:
-    """Each district its largest piece plus its islands: a smaller piece the coast cut off
-    that borders another district joins the one it shares most boundary with (as a real
-    district never reaches its exclave through a neighbour), so every branch can be one
-    contiguous piece."""
-    main = [max(shapely.get_parts(g), key=lambda p: p.area) for g in geoms]
+def _one_piece_of_land(geoms: list, city) -> list:
+    """Each district one piece of the mainland plus whole islands, as real districts are:
+    an island goes wholly to the district holding most of it (a Voronoi edge across an
+    island would leave two branches each touching the other there), and a smaller piece of
+    the mainland the coast cut off joins the district it shares most boundary with (a
+    district never reaches its exclave through a neighbour). Every branch can then be one
+    contiguous piece on the unit graph."""
+    def polygons(g) -> list:
+        return [p for p in shapely.get_parts(g) if p.geom_type == "Polygon" and p.area > 0]
+
+    lands = sorted(polygons(city), key=lambda p: p.area, reverse=True)
+    mainland, islands = lands[0], lands[1:]
+    pieces = [polygons(shapely.intersection(g, mainland)) for g in geoms]
+    main = [max(p, key=lambda q: q.area) for p in pieces]
     out = [[m] for m in main]
-    for i, g in enumerate(geoms):
-        for part in shapely.get_parts(g):
-            if part.equals(main[i]):
+    for i, parts in enumerate(pieces):
+        for part in parts:
+            if part is main[i]:
                 continue
             shared = [shapely.length(shapely.intersection(part.boundary, m.boundary))
                       if j != i else 0.0 for j, m in enumerate(main)]
             j = int(np.argmax(shared))
             out[j if shared[j] > 1.0 else i].append(part)
+    for island in islands:
+        held = [shapely.intersection(g, island).area for g in geoms]
+        out[int(np.argmax(held))].append(island)
     return [shapely.union_all(parts) for parts in out]
 
 
@@ -156,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--core-share", type=float, default=0.5)
     ap.add_argument("--main-grids", type=int, default=80)
     ap.add_argument("--sub-grids-total", type=int, default=320)
-    ap.add_argument("--time-limit-main", type=float, default=20.0)
+    ap.add_argument("--time-limit-main", type=float, default=30.0)
     ap.add_argument("--time-limit-sub", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--profile", help="write a cProfile of the plan to this file")
