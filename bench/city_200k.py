@@ -42,7 +42,8 @@ seconds (CPU includes the worker processes), then every invariant is checked:
 contiguity at all three levels, nesting, every grid within tolerance, coverage (no overlap,
 no gap beyond snapping slivers), every unit planned.
 
-    .venv/bin/python bench/city_200k.py                 # about 3 min on 2 cores
+    .venv/bin/python bench/city_200k.py          # 30 s per branch, 5 s per main grid
+    .venv/bin/python bench/city_200k.py --time-limit-main 8 --time-limit-sub 1.5  # the 3-min budget
     .venv/bin/python bench/city_200k.py --profile out.prof
 """
 
