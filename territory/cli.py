@@ -14,13 +14,16 @@ import typer
 from rich.markup import escape
 
 from territory.cli_common import (
+    App,
     _errors,
     _fail,
     _table,
     console,
     err_console,
+    mark_start,
     parse_balance,
     require_crs,
+    search_time,
     warn,
     write_csv,
 )
@@ -31,7 +34,7 @@ from territory.errors import (
 )
 from territory.request import PlanRequest, default
 
-app = typer.Typer(
+app = App(
     add_completion=False, no_args_is_help=True,
     help="Draw and keep the grid map of a telecom operator's city.",
 )
@@ -49,6 +52,7 @@ def _options(
     """Draw and keep the grid map of a telecom operator's city."""
     if verbose and quiet:
         raise typer.BadParameter("give --verbose or --quiet, not both")
+    mark_start(ctx)
     configure(verbose=verbose, quiet=quiet, command=ctx.invoked_subcommand or "territory")
 
 
@@ -93,6 +97,8 @@ def partition(
         with stage(err_console, "units and graph read"):
             graph = load_units_graph(input, id_column=id_column, xy=xy, crs=crs,
                                      repair=repair)
+        # the limit is a promise for the whole command: the search gets what is left of it
+        partitioner.time_limit = search_time(ctx, time_limit)
         with stage(err_console, f"partitioning {graph.number_of_nodes()} units into {grids} grids"):
             labels, figures = run_partition(graph, partitioner)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ other, so any of them can be imported first.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +22,45 @@ from rich.table import Table
 from rich.text import Text
 
 from territory.atomic import atomic_path
+from territory.clock import process_started, time_left
 from territory.errors import InfeasibleError, InvalidInputError, TerritoryError
 
 console = Console()
 err_console = Console(stderr=True)
+
+#: ``ctx.meta`` key of the monotonic time the running command started (see :class:`App`)
+STARTED = "territory.started"
+
+
+class App(typer.Typer):
+    """The ``territory`` app. Called as the process's entry (the console script), it notes
+    the process's start, so that a command's time limit counts the imports too; invoked
+    within a running process (a test's ``CliRunner``) a command counts from its own start."""
+
+    _entry: float | None = None
+
+    def __call__(self, *args, **kwargs):
+        App._entry = process_started()
+        return super().__call__(*args, **kwargs)
+
+
+def mark_start(ctx: typer.Context) -> None:
+    """Note in ``ctx.meta`` when this command started (the app's callback calls it)."""
+    ctx.meta[STARTED] = App._entry if App._entry is not None else time.monotonic()
+    App._entry = None
+
+
+def search_time(ctx: typer.Context, time_limit: float) -> float:
+    """What is left of ``time_limit`` for the search, so that the whole command, from its
+    start (:func:`mark_start`) to its exit, fits in it; refuses when nothing is left."""
+    started = ctx.meta.get(STARTED, time.monotonic())
+    left = time_left(time_limit, started)
+    if left <= 0:
+        raise InvalidInputError(
+            f"`time_limit` {time_limit:g} s: {time.monotonic() - started:.1f} s went on "
+            "starting and reading the input, which leaves no time to search; give more time"
+        )
+    return left
 
 
 def as_flags(message: str, ctx: typer.Context | None,

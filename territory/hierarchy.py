@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import geopandas as gpd
@@ -214,22 +214,25 @@ def _solve(job: dict) -> dict:
 
 def _run(jobs: list[dict], workers: int, stage: str, progress: Progress) -> list[dict]:
     """Solve every job, reporting ``stage`` as it starts and after each job."""
-    results: list[dict] = []
+    done: dict[int, dict] = {}
 
     def step() -> None:
-        progress(stage, len(results), len(jobs))
+        progress(stage, len(done), len(jobs))
 
     step()
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(_solve(job))
+        for i, job in enumerate(jobs):
+            done[i] = _solve(job)
             step()
-        return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
-        for res in ex.map(_solve, jobs):
-            results.append(res)
-            step()
-    return results
+    else:
+        # largest first, so that no core is left with the largest job alone at the end
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["graph"].number_of_nodes())
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+            futures = {ex.submit(_solve, jobs[i]): i for i in order}
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()
+                step()
+    return [done[i] for i in range(len(jobs))]
 
 
 def _labels(res: dict, job: dict) -> dict:
@@ -281,10 +284,10 @@ def build_plan(
     staff_counts = _staff_branch_counts(units, spec, counts) if spec.joint else {}
     refuse_infeasible(units, spec, counts)
     # ---------------------------------------------------------------------------------
-    # many jobs: the annealing stops after 3 epochs without a better plan instead of
-    # spending every job's whole time limit
+    # many jobs: the annealing stops after 3 epochs without a plan better by half a
+    # percent instead of spending every job's whole time limit polishing
     base = {"measures": spec.measures, "objective": spec.objective,
-            "random_state": spec.random_state, "patience": 3}
+            "random_state": spec.random_state, "patience": 3, "min_gain": 0.005}
     locks = _locks_by_branch(units, spec.locked, counts)
     groups = _groups_by(units["branch_id"], spec.together)
     jobs = []

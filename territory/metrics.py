@@ -21,9 +21,11 @@ from territory.plan import LEVELS, PARENT, Plan
 from territory.units import projected
 
 
-def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None) -> gpd.GeoDataFrame:
-    """One row per grid: loads, deviation from the parent's mean, shape and contiguity."""
-    grids = plan.grids(level)
+def grid_table(plan: Plan, level: str, graph: nx.Graph | None = None, *,
+               grids: gpd.GeoDataFrame | None = None) -> gpd.GeoDataFrame:
+    """One row per grid: loads, deviation from the parent's mean, shape and contiguity.
+    ``grids``: the level's polygons when the caller has them (``plan.grids(level)``)."""
+    grids = plan.grids(level) if grids is None else grids.copy()
     proj = projected(grids)
     area = proj.area.to_numpy()
     perim = proj.length.to_numpy()
@@ -92,13 +94,15 @@ def level_summary(table: gpd.GeoDataFrame, measures: list[str]) -> dict:
     return out
 
 
-def coverage(plan: Plan, level: str, service_area: gpd.GeoDataFrame | None = None) -> dict:
+def coverage(plan: Plan, level: str, service_area: gpd.GeoDataFrame | None = None, *,
+             grids: gpd.GeoDataFrame | None = None) -> dict:
     """No gaps, no overlaps: grid areas against their union and against the service area.
 
     ``overlap_m2`` is the sum of grid areas minus the area of their union; ``gap_m2`` is the
     area of the service area not covered by any grid, ``outside_m2`` grid area outside it.
+    ``grids``: the level's polygons when the caller has them (``plan.grids(level)``).
     """
-    proj = projected(plan.grids(level))
+    proj = projected(plan.grids(level) if grids is None else grids)
     union = shapely.union_all(proj.geometry.values)
     res = {
         "area_km2": float(union.area / 1e6),
@@ -126,11 +130,11 @@ def plan_metrics(
 ) -> dict:
     """Every level's summary, coverage and boundary length; JSON-ready."""
     out: dict = {}
-    for level in LEVELS:
-        table = grid_table(plan, level, graph)
+    for level, grids in plan.all_grids().items():
+        table = grid_table(plan, level, graph, grids=grids)
         summary = level_summary(table, plan.measures)
         summary["boundary_km"] = internal_boundary_km(table)
-        summary["coverage"] = coverage(plan, level, service_area)
+        summary["coverage"] = coverage(plan, level, service_area, grids=table)
         summary["within"] = PARENT[level] or "city"
         out[level] = summary
     return out

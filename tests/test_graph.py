@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from networkx.readwrite import json_graph
 
 from territory.errors import InvalidInputError
-from territory.graph import build_graph, contiguous_grids, read_graph_json, write_graph_json
+from territory.graph import (
+    build_graph,
+    contiguous_grids,
+    induced_subgraph,
+    read_graph_json,
+    write_graph_json,
+)
 from territory.units import units_from_polygons
 
 
@@ -123,6 +129,26 @@ def test_round_trip_keeps_every_node_edge_and_attribute(tmp_path_factory, n, m, 
     assert {frozenset(e) for e in back.edges} == {frozenset(e) for e in g.edges}
     for u, v, d in g.edges(data=True):
         assert back.edges[u, v]["length_m"] == d["length_m"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 25), m=st.integers(0, 60), seed=st.integers(0, 10_000),
+       data=st.data())
+def test_induced_subgraph_is_the_subgraph_in_the_graphs_order(n, m, seed, data):
+    """The subgraph of a part (a branch, a main grid): its nodes and edges (self-loops
+    included) in the whole graph's order, so a plan never depends on how the part's nodes
+    were listed."""
+    g = nx.gnm_random_graph(n, m, seed=seed)
+    g = nx.relabel_nodes(g, {v: f"u{(v * 7) % n}" for v in g})  # ids not in g's order
+    g.add_edges_from((v, v) for v in list(g)[::5])
+    for u, v, d in g.edges(data=True):
+        d["length_m"] = float(hash((u, v)) % 97)
+    nodes = data.draw(st.lists(st.sampled_from(list(g)), unique=True))
+    keep = set(nodes)
+    sub = induced_subgraph(g, nodes[::-1])
+    assert list(sub.nodes) == [v for v in g if v in keep]
+    assert list(sub.edges(data=True)) == [(u, v, d) for u, v, d in g.edges(data=True)
+                                         if u in keep and v in keep]
 
 
 def test_node_link_links_key_and_named_coordinates(tmp_path):

@@ -304,6 +304,23 @@ def test_patience_ends_the_search_when_it_stops_improving():
     assert p.time_ < 30  # far from the time limit: a few short epochs at most
 
 
+def test_min_gain_counts_only_epochs_that_improve_enough():
+    """With patience, an epoch resets it only when it betters the plan by more than
+    min_gain: the same seeded walk stops no later, and after exactly `patience` epochs
+    when no epoch can gain that much; every plan stays valid."""
+    g = lattice(14, 14, seed=5)
+    measures = {"subscribers": 0.05}
+    kw = dict(measures=measures, objective="boundary", time_limit=60, random_state=1,
+              patience=2, max_epochs=12)
+    runs = {gain: Partitioner(4, min_gain=gain, **kw).solve(g) for gain in (0.0, 0.02, 0.9)}
+    for p in runs.values():
+        assert_valid(g, p, 4, measures)
+    assert runs[0.9].epochs_ == 2
+    assert runs[0.9].epochs_ <= runs[0.02].epochs_ <= runs[0.0].epochs_
+    with pytest.raises(InvalidInputError, match="min_gain"):
+        Partitioner(4, min_gain=1.5, **kw).solve(g)
+
+
 def test_limited_graph_distances_keep_the_nearest_candidates():
     """The start's Dijkstra stops at a radius; every unit's nearest centres and their path
     lengths are those of the full search, and no cut-off distance undercuts a true one."""

@@ -84,6 +84,26 @@ def test_coverage_no_gap_no_overlap(result):
         assert cov["gap_m2"] / area < 1e-6 and cov["outside_m2"] / area < 1e-6
 
 
+def test_grids_dissolved_from_the_level_below_are_those_from_the_units(result):
+    """all_grids (each level from the one below, as metrics and save use it) gives every
+    level's ids, parents, loads and land exactly as dissolving the units does; flags of a
+    kept failing grid are joined once."""
+    units = result.plan.units.copy()
+    units["flag"] = ""
+    first = units["sub_grid_id"].iloc[0]
+    units.loc[units["sub_grid_id"] == first, "flag"] = "sub-grids not balanced"
+    units.loc[units.index[-1], "flag"] = "main grids not balanced; sub-grids not balanced"
+    plan = Plan(units=units, measures=result.plan.measures, params=result.plan.params)
+    for level, fast in plan.all_grids().items():
+        slow = plan.grids(level)
+        assert list(fast.columns) == list(slow.columns), level
+        pd.testing.assert_frame_equal(fast.drop(columns="geometry"),
+                                      slow.drop(columns="geometry"), check_exact=False)
+        sym = fast.geometry.symmetric_difference(slow.geometry, align=False).to_crs(32650)
+        assert sym.area.max() < 1.0, level  # m², snapping noise at most
+        assert all(len(f.split("; ")) == len(set(f.split("; "))) for f in fast["flag"])
+
+
 def test_no_customer_lost(result, xiamen):
     rep = result.report["customers"]
     assert rep["rows"] == 20_000 == rep["inside"] + rep["outside"] + rep["invalid"]

@@ -244,19 +244,19 @@ def epoch_iterations(n: int, epoch: int) -> int:
 
 def anneal(search, deadline: float, seed: int, *, segments: int = 10,
            max_epochs: int | None = None, patience: int | None = None,
-           n_walks: int = 1) -> int:
+           min_gain: float = 0.0, n_walks: int = 1) -> int:
     """Anneal ``n_walks`` independent walks in parallel threads (the kernel releases the
     GIL) and keep the best plan; walk w is seeded ``seed + 7919 w``, so walk 0 is the
     single walk and more walks never give a worse plan. Returns the epochs of walk 0."""
     if n_walks <= 1:
-        return _walk(search, deadline, seed, segments, max_epochs, patience)
+        return _walk(search, deadline, seed, segments, max_epochs, patience, min_gain)
     from concurrent.futures import ThreadPoolExecutor
 
     walkers = [search.clone() for _ in range(n_walks)]
     with ThreadPoolExecutor(n_walks) as ex:
         epochs = list(ex.map(
             lambda w: _walk(walkers[w], deadline, seed + 7919 * w, segments, max_epochs,
-                            patience),
+                            patience, min_gain),
             range(n_walks)))
 
     def rank(w):  # within every band first, then the objective; else the least excess
@@ -270,9 +270,13 @@ def anneal(search, deadline: float, seed: int, *, segments: int = 10,
 
 
 def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | None,
-          patience: int | None) -> int:
+          patience: int | None, min_gain: float = 0.0) -> int:
     """Anneal from ``search.labels`` until ``deadline``; leave the best plan within every
     band in ``search`` (or the start, when no such plan was seen). Returns the epochs run.
+
+    ``patience`` stops the walk after that many epochs without a gain: an epoch whose best
+    plan betters the one it started from by more than ``min_gain`` (a share of its value;
+    0: any better plan), so that the hierarchy's many small jobs stop once good enough.
 
     Epoch e starts from the best plan so far (the start for e = 0) at twice a typical
     move's change and cools to a tenth of it while the balance penalty hardens; epochs
@@ -305,6 +309,7 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
     timed_out = False
     while not timed_out and (max_epochs is None or epoch < max_epochs) and (
             patience is None or best is None or epoch - last_gain < patience):
+        epoch_val = best_val  # the gain of this epoch is judged against it
         if best is not None:
             cur = best.copy()
             if recombine_starts and epoch > 0:
@@ -345,7 +350,8 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
                     seg_val = search.compactness()
                 if seg_val < best_val - 1e-9 * max(1.0, abs(best_val)):
                     best, best_val = seg_best, seg_val
-                    last_gain = epoch + 1
+                    if epoch_val == np.inf or best_val < epoch_val - min_gain * abs(epoch_val):
+                        last_gain = epoch + 1
             if timed_out:
                 break
         epoch += 1

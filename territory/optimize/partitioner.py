@@ -97,6 +97,10 @@ class Partitioner:
     patience : int, optional
         Stop the annealing after this many epochs without a better plan (the hierarchy's
         many small jobs); by default it runs until the time limit.
+    min_gain : float
+        With ``patience``: an epoch counts as a better plan only when it improves the
+        objective by more than this share (0.005: half a percent), so that a job whose
+        plan is good enough stops instead of polishing it to the time limit.
     n_jobs : int
         Independent annealing walks run in parallel threads (one per core you can spare;
         the hierarchy already runs one partition per worker process, so it keeps 1).
@@ -129,6 +133,7 @@ class Partitioner:
         random_state: int | None = 0,
         max_epochs: int | None = None,
         patience: int | None = None,
+        min_gain: float = 0.0,
         n_jobs: int = 1,
     ) -> None:
         self.n_grids = n_grids
@@ -145,6 +150,7 @@ class Partitioner:
         self.random_state = random_state
         self.max_epochs = max_epochs
         self.patience = patience
+        self.min_gain = min_gain
         self.n_jobs = n_jobs
 
     def __getattr__(self, name: str):
@@ -166,6 +172,8 @@ class Partitioner:
             )
         if not (isinstance(self.time_limit, int | float) and self.time_limit > 0):
             raise InvalidInputError(f"`time_limit` {self.time_limit!r}: give seconds > 0")
+        if not (isinstance(self.min_gain, int | float) and 0 <= self.min_gain < 1):
+            raise InvalidInputError(f"`min_gain` {self.min_gain!r}: give a share in [0, 1)")
         k = self.n_grids
         if not isinstance(k, int | np.integer) or k < 1:
             raise InvalidInputError(f"`n_grids` {k!r}: give a whole number >= 1")
@@ -411,7 +419,7 @@ class Partitioner:
         if balance.n_grids > 1 and movable.any():
             self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
                                   max_epochs=self.max_epochs, patience=self.patience,
-                                  n_walks=max(1, int(self.n_jobs)))
+                                  min_gain=self.min_gain, n_walks=max(1, int(self.n_jobs)))
             feasible = search.violation() <= 1e-12
         return search, feasible
 
