@@ -671,7 +671,8 @@ def test_a_failed_index_write_leaves_the_previous_index(data_dir: Path, versions
         index.save(path)
     monkeypatch.undo()
     assert {f.name: f.read_bytes() for f in path.iterdir()} == before
-    assert sorted(p.name for p in folder.iterdir()) == [PLAN_FILE, path.name]
+    # nothing half-written is left beside the plan, its index and its source tables
+    assert sorted(p.name for p in folder.iterdir()) == [PLAN_FILE, path.name, "tables"]
     assert isinstance(load_index(folder), LockedIndex)
 
 
