@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import geopandas as gpd
@@ -123,6 +124,29 @@ def induced_subgraph(g: nx.Graph, nodes) -> nx.Graph:
         (u, v, d) for u, v, d in g.edges(data=True) if u in keep and v in keep
     )
     return sub
+
+
+def induced_subgraphs(g: nx.Graph, labels: Mapping) -> dict:
+    """``{label: induced_subgraph(g, nodes with that label)}`` for every label, in one pass
+    over ``g`` (nodes without a label are left out). A city of 600 000 units cut into a
+    thousand main grids: one :func:`induced_subgraph` call per grid scans the whole graph
+    each time, about an hour of CPU; this is a second."""
+    nodes: dict = {}
+    edges: dict = {}
+    for n, d in g.nodes(data=True):
+        if n in labels:
+            nodes.setdefault(labels[n], []).append((n, d))
+    for u, v, d in g.edges(data=True):
+        lu = labels.get(u)
+        if lu is not None and lu == labels.get(v):
+            edges.setdefault(lu, []).append((u, v, d))
+    out = {}
+    for label, members in nodes.items():
+        sub = nx.Graph()
+        sub.add_nodes_from(members)
+        sub.add_edges_from(edges.get(label, ()))
+        out[label] = sub
+    return out
 
 
 def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
