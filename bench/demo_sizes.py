@@ -6,7 +6,8 @@ Each run is the real command (a child process, one at a time, the sizes chosen b
 what else runs on the machine) and CPU time (the command's and its workers', which depends
 much less); the plan it writes is then checked with the project's own validators:
 ``metrics.json`` (every branch, main grid and sub-grid contiguous on the unit graph, every
-measure within ±5 % of the parent's mean, no overlap, no gap beyond snapping slivers) and
+measure within ±5 % of the parent's mean, no overlap, no gap beyond
+``territory.metrics.GAP_TOLERANCE_M2``) and
 ``territory.metrics.nesting_ok`` on the saved plan.
 
     .venv/bin/python bench/demo_sizes.py                       # 5 000 ... 2 000 000, both cities
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 from territory.demo import DEMO_BALANCE, demo_areas, demo_job
-from territory.metrics import nesting_ok
+from territory.metrics import GAP_TOLERANCE_M2, nesting_ok
 from territory.plan import Plan
 from territory.sizing import demo_sizing
 
@@ -49,7 +50,7 @@ def failed_checks(metrics: dict, plan: Plan) -> list[str]:
         cov = m["coverage"]
         if cov["overlap_m2"] > 1.0:
             bad.append(f"{level} overlap {cov['overlap_m2']:.0f} m²")
-        if cov.get("gap_m2", 0.0) > 1e-6 * cov["area_km2"] * 1e6:
+        if cov.get("gap_m2", 0.0) > GAP_TOLERANCE_M2:
             bad.append(f"{level} gap {cov['gap_m2']:.0f} m²")
     for level in ("main_grid", "sub_grid"):
         for measure, tol in DEMO_BALANCE.items():
