@@ -165,10 +165,13 @@ def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
     nodes = list(g.nodes)
     xy = np.array([(g.nodes[n]["x"], g.nodes[n]["y"]) for n in nodes])
     pos = {n: i for i, n in enumerate(nodes)}
-    main = set(comps[0])
-    for comp in comps[1:]:
-        ci = np.sort([pos[n] for n in comp])
-        oi = np.sort([pos[n] for n in main])
+    comp_of = np.empty(len(nodes), dtype=np.int64)
+    for i, comp in enumerate(comps):
+        comp_of[[pos[n] for n in comp]] = i
+    in_main = comp_of == 0  # the largest, and every component joined to it so far
+    for i, comp in enumerate(comps[1:], start=1):
+        ci = np.flatnonzero(comp_of == i)
+        oi = np.flatnonzero(in_main)
         tree = shapely.STRtree(shapely.points(xy[oi]))
         idx, dist = tree.query_nearest(shapely.points(xy[ci]), return_distance=True)
         k = int(np.argmin(dist))
@@ -177,7 +180,7 @@ def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
         joins.append({"units": sorted(map(str, comp)), "joined": [u, v],
                       "distance_m": float(dist[k])})
         log.log(level, "island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
-        main |= comp
+        in_main[ci] = True
     return joins
 
 
