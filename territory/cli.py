@@ -126,6 +126,11 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
     for b, r in result.plan.params.get("main_grids_reduced", {}).items():
         console.print(f"[yellow]branch {escape(b)}: {r['used']} main grids instead of "
                       f"{r['requested']}[/] ({escape(r['reason'])})", highlight=False)
+    released = result.plan.params.get("key_account_groups_released", [])
+    if released:
+        console.print(f"[yellow]{len(released)} key accounts not kept in one grid[/] (each "
+                      "holds more than a mean sub-grid: key_account_groups_released in "
+                      "plan.json)", highlight=False)
     for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
         console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
                       f"{r['requested']}[/] (its load cannot be balanced over "
