@@ -60,6 +60,23 @@ def failed_checks(metrics: dict, plan: Plan) -> list[str]:
     return bad
 
 
+def adapted(params: dict) -> str:
+    """What the demo changed where the loads left no choice (see the README)."""
+    said = [f"{len(params.get(key) or ())} {what}" for key, what in (
+        ("main_grids_reduced", "branches with fewer main grids"),
+        ("sub_grids_reduced", "main grids with fewer sub-grids"),
+        ("key_account_groups_released", "key accounts let go")) if params.get(key)]
+    return f"; {', '.join(said)}" if said else ""
+
+
+def _peak_rss_mb() -> float:
+    """The largest resident set so far of this process or any child it waited for (the
+    command, or the plan's worker processes), MB: a run's peak when each size and city
+    runs in its own invocation."""
+    return max(resource.getrusage(who).ru_maxrss
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
 def _cpu_children() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -108,7 +125,7 @@ def main() -> None:
     cities = args.cities.split(",")
     runner = run_plan_only if args.plan_only else run_command
     head = (f"{'city':>9} {'customers':>9} {'branches':>8} {'main x sub':>10} {'unit':>5} "
-            f"{'res':>3} {'units':>6} {'wall s':>7} {'CPU s':>7}  valid")
+            f"{'res':>3} {'units':>6} {'wall s':>7} {'CPU s':>7} {'peak MB':>7}  valid")
     print(head, flush=True)
     for n in sizes:
         for city in cities:
@@ -125,10 +142,11 @@ def main() -> None:
                     dev = max(metrics[lv][m]["max_abs_deviation"]
                               for lv in ("main_grid", "sub_grid") for m in DEMO_BALANCE)
                     verdict = (f"yes (max dev {dev:.2%})" if not bad
-                               else "NO: " + "; ".join(bad))
+                               else "NO: " + "; ".join(bad)) + adapted(plan.params)
             print(f"{city:>9} {n:>9} {size.n_branches:>8} "
                   f"{f'{size.n_main} x {size.n_sub}':>10} {size.target_per_unit:>5g} "
-                  f"{size.resolution:>3} {units:>6} {dt:>7.1f} {cpu:>7.1f}  {verdict}", flush=True)
+                  f"{size.resolution:>3} {units:>6} {dt:>7.1f} {cpu:>7.1f} "
+                  f"{_peak_rss_mb():>7.0f}  {verdict}", flush=True)
 
 
 if __name__ == "__main__":
