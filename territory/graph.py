@@ -192,7 +192,8 @@ def contiguous_grids(g: nx.Graph, labels) -> dict:
     the rest by water or by the edge of the area, never by another grid, and does not break
     contiguity. A grid is contiguous when at most one of its components touches other units.
     """
-    lab = {n: labels[n] for n in g.nodes}
+    given = dict(labels.items())  # a Series looked up row by row costs ~10 µs a unit
+    lab = {n: given[n] for n in g.nodes}
     rook = nx.Graph()
     rook.add_nodes_from(g.nodes)
     rook.add_edges_from((u, v) for u, v, d in g.edges(data=True)
