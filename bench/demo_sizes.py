@@ -105,7 +105,8 @@ def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, fl
         job = demo_job(city, n, workers=workers)
         result = run(job.inputs, job.units, job.spec)
     except TerritoryError as exc:
-        return time.perf_counter() - t0, 0.0, str(exc)[:400]
+        cpu = time.process_time() + _cpu_children() - c0
+        return time.perf_counter() - t0, cpu, str(exc)[:400]
     dt = time.perf_counter() - t0
     cpu = time.process_time() + _cpu_children() - c0
     out.mkdir(parents=True, exist_ok=True)
