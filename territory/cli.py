@@ -143,6 +143,11 @@ def _plan_job(inputs, unit_opts, spec, out: Path, stores_as_centres: bool):
                       f"{staff['city_workload_per_staff']:,.1f} h in the city, every main grid "
                       f"within {staff['max_abs_deviation']:.1%} of it (tolerance "
                       f"±{staff['tolerance']:.0%})", highlight=False)
+    released = result.plan.params.get("key_account_groups_released", [])
+    if released:
+        console.print(f"[yellow]{len(released)} key accounts not kept in one grid[/] (each "
+                      "holds more than a mean sub-grid: key_account_groups_released in "
+                      "plan.json)", highlight=False)
     for mg, r in result.plan.params.get("sub_grids_reduced", {}).items():
         console.print(f"[yellow]main grid {escape(mg)}: {r['used']} sub-grids instead of "
                       f"{r['requested']}[/] (its load cannot be balanced over "

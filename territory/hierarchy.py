@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from territory.errors import InfeasibleError, InvalidInputError, PartialPlanError
-from territory.graph import induced_subgraph, join_components
+from territory.graph import induced_subgraph, induced_subgraphs, join_components
 from territory.optimize import OBJECTIVES, Partitioner
 from territory.optimize.balance import (
     Shortfall,
@@ -176,7 +176,16 @@ def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
     branch, and every island is joined again relative to this part (logged at DEBUG: the
     city's graph has warned of it already)."""
-    sub = induced_subgraph(graph, nodes)
+    return _own_bridges(induced_subgraph(graph, nodes))
+
+
+def part_graphs(graph: nx.Graph, labels: pd.Series) -> dict:
+    """:func:`part_graph` of every part ``labels`` (unit -> part) names, in one pass."""
+    return {k: _own_bridges(sub)
+            for k, sub in induced_subgraphs(graph, labels.to_dict()).items()}
+
+
+def _own_bridges(sub: nx.Graph) -> nx.Graph:
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
     sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
     return sub
@@ -280,9 +289,9 @@ def build_plan(
     # ---- pre-check: refuse, before any search, targets the unit loads cannot meet ----
     # (not a main grid's sub-grid count: by default it gets the most sub-grids its load
     # allows; when strict the grid is kept flagged in the saved plan, below)
-    main_reduced = _fit_main_counts(units, spec, counts) if spec.fit_main else {}
+    main_reduced, short = _fit_main_counts(units, spec, counts) if spec.fit_main else ({}, None)
     staff_counts = _staff_branch_counts(units, spec, counts) if spec.joint else {}
-    refuse_infeasible(units, spec, counts)
+    refuse_infeasible(units, spec, counts, None if staff_counts else short)  # counts changed
     # ---------------------------------------------------------------------------------
     # many jobs: the annealing stops after 3 epochs without a plan better by half a
     # percent instead of spending every job's whole time limit polishing
@@ -292,9 +301,10 @@ def build_plan(
     groups = _groups_by(units["branch_id"], spec.together)
     jobs = []
     islands: dict = {}
+    branch_graphs = part_graphs(graph, units["branch_id"])
     for b, k in counts.items():
         nodes = units.index[units["branch_id"] == b]
-        sub = part_graph(graph, nodes)
+        sub = branch_graphs[b]
         own = [isl["units"] for isl in sub.graph["islands"]
                if len(isl["units"]) >= spec.island_min_units] if spec.own_grid_islands else []
         islands[b] = len(own)
@@ -331,6 +341,8 @@ def build_plan(
     sub_jobs = []
     first = spec.sizing()
     joint = _staff_sub_counts(units, spec, island_grids) if spec.joint else None
+    main_graphs = part_graphs(graph, units["main_grid_id"])
+    main_groups = _groups_by(units["main_grid_id"], spec.together)
     for mg, nodes in units.groupby("main_grid_id").groups.items():
         n_sub = spec.n_sub
         if spec.sub_size:
@@ -341,11 +353,10 @@ def build_plan(
         if mg in island_grids:
             n_sub = 1  # an island is one beat
         sub_jobs.append({
-            "key": mg, "graph": part_graph(graph, nodes), "k": n_sub,
+            "key": mg, "graph": main_graphs[mg], "k": n_sub,
             "min_k": n_sub if spec.strict or joint is not None else 1,
             "params": {**base, "time_limit": spec.time_limit_sub,
-                       "together": _groups_by(units.loc[nodes, "main_grid_id"],
-                                              spec.together).get(mg)},
+                       "together": main_groups.get(mg)},
         })
     sub_results = _run(sub_jobs, spec.workers, MAIN_GRIDS, progress or silent)
     sub_id = {}
@@ -498,29 +509,36 @@ def precheck_plan(units: pd.DataFrame, spec: HierarchySpec,
 
 
 def refuse_infeasible(units: pd.DataFrame, spec: HierarchySpec,
-                      counts: pd.Series | None = None) -> None:
+                      counts: pd.Series | None = None,
+                      shortfalls: list[LevelShortfall] | None = None) -> None:
     """Raise :class:`InfeasibleError` for the branch-level shortfalls of
-    :func:`precheck_plan`, kept on the error as ``shortfalls`` so that a caller (the service)
-    can name the parameter of each fix. A main grid's sub-grid shortfall is not refused: by
+    :func:`precheck_plan` (``shortfalls``: its result for these ``counts`` when the caller
+    has it already), kept on the error as ``shortfalls`` so that a caller (the service) can
+    name the parameter of each fix. A main grid's sub-grid shortfall is not refused: by
     default it gets the most sub-grids its load allows (see :func:`build_plan`)."""
-    short = [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+    if shortfalls is None:
+        shortfalls = precheck_plan(units, spec, counts)
+    short = [s for s in shortfalls if s.level == "branch"]
     if short:
         err = InfeasibleError("; ".join(s.message() for s in short))
         err.shortfalls = short
         raise err
 
 
-def _fit_main_counts(units: pd.DataFrame, spec: HierarchySpec, counts: pd.Series) -> dict:
+def _fit_main_counts(units: pd.DataFrame, spec: HierarchySpec,
+                     counts: pd.Series) -> tuple[dict, list[LevelShortfall]]:
     """Lower, in place, each branch's main-grid count to the most its unit loads allow (the
     pre-check's ``max_grids``, over every measure); returns ``{branch: {requested, used,
-    reason}}`` for the branches changed."""
+    reason}}`` for the branches changed, and the pre-check of the final counts (for
+    :func:`refuse_infeasible`, so it is not run again)."""
     out: dict = {}
     while True:
-        short = [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+        checked = precheck_plan(units, spec, counts)
+        short = [s for s in checked if s.level == "branch"]
         lower = {s.key: s.shortfall.max_grids for s in short
                  if 1 <= s.shortfall.max_grids < counts[s.key]}
         if not lower:
-            return out
+            return out, checked
         for b, k in lower.items():
             reason = next(s.shortfall.reason for s in short if s.key == b)
             out.setdefault(str(b), {"requested": int(counts[b]), "reason": reason})

@@ -20,6 +20,7 @@ from territory.crs_check import Sample, Warn, report, service_area
 from territory.errors import InvalidInputError, PartialPlanError
 from territory.graph import build_graph
 from territory.hierarchy import HierarchySpec, apportion, build_plan, refuse_infeasible
+from territory.key_accounts import key_account_groups, split_heavy_groups
 from territory.metrics import plan_metrics
 from territory.plan import Plan
 from territory.progress import GRAPH, METRICS, UNITS, Progress, silent
@@ -282,22 +283,6 @@ def _planner_units(layer: gpd.GeoDataFrame, id_column: str | None, areas: gpd.Ge
     return units
 
 
-def key_account_groups(units: gpd.GeoDataFrame, key_accounts: pd.DataFrame | None) -> list[list]:
-    """Units a key account's footprint spans: they must stay in one grid."""
-    if key_accounts is None or "footprint_m" not in key_accounts:
-        return []
-    from territory.synth import key_account_footprints
-
-    ka = gpd.GeoDataFrame(
-        key_accounts, geometry=gpd.points_from_xy(key_accounts["lng"], key_accounts["lat"]),
-        crs="EPSG:4326",
-    )
-    foot = key_account_footprints(ka)
-    hits = gpd.sjoin(units[["geometry"]], foot[["geometry"]], predicate="intersects")
-    groups = hits.groupby("index_right").apply(lambda d: sorted(d.index.unique()))
-    return [g for g in groups if len(g) > 1]
-
-
 def store_centres(units: gpd.GeoDataFrame, stores: pd.DataFrame) -> dict:
     """Per branch, the units holding a store (one grid centred on each)."""
     pos = locate_points(units, stores["lng"].to_numpy(float), stores["lat"].to_numpy(float))
@@ -308,13 +293,32 @@ def store_centres(units: gpd.GeoDataFrame, stores: pd.DataFrame) -> dict:
     return out
 
 
+def _mean_sub_grid(units: pd.DataFrame, spec: HierarchySpec) -> dict[str, float] | None:
+    """Each balance measure's load of a mean sub-grid, when the grid counts are given."""
+    n_main = sum(spec.n_main.values()) if isinstance(spec.n_main, dict) else spec.n_main
+    if not n_main or not spec.n_sub:
+        return None
+    return {m: float(units[m].sum()) / (int(n_main) * int(spec.n_sub)) for m in spec.measures}
+
+
 def _unit_constraints(units: gpd.GeoDataFrame, inputs: Inputs, spec: HierarchySpec, *,
-                      stores_as_centres: bool) -> None:
-    """Set on ``spec`` what the units decide: key-account groups and store centres."""
+                      stores_as_centres: bool) -> list[dict]:
+    """Set on ``spec`` what the units decide: key-account groups and store centres. With
+    ``spec.fit_main`` (the demo, whose sizes follow the customers alone) a key account
+    heavier than a mean sub-grid is not held in one grid; those are returned (else [])."""
+    released: list[dict] = []
     if not spec.together:
         spec.together = key_account_groups(units, inputs.key_accounts)
+        caps = _mean_sub_grid(units, spec) if spec.fit_main else None
+        if caps:
+            spec.together, released = split_heavy_groups(units, spec.together, caps)
+            for r in released:
+                log.warning("key account over %d units not kept in one grid: it holds %.6g "
+                            "%s, more than a mean sub-grid (%.6g)", len(r["units"]),
+                            r["load"], r["measure"], r["cap"])
     if stores_as_centres:
         spec.centres = store_centres(units, inputs.stores)
+    return released
 
 
 def precheck_units(inputs: Inputs, opts: UnitOptions, spec: HierarchySpec, *,
@@ -357,12 +361,13 @@ def run(
     progress(GRAPH, 0, None)
     graph = build_graph(units)
     progress(GRAPH, graph.number_of_edges(), graph.number_of_edges())
-    _unit_constraints(units, inputs, spec, stores_as_centres=stores_as_centres)
+    released = _unit_constraints(units, inputs, spec, stores_as_centres=stores_as_centres)
     params = {"resolution": opts.resolution, "target_per_unit": opts.target_per_unit,
               "min_resolution": opts.min_resolution, "branch_column": inputs.branch_column,
               "islands": graph.graph["islands"], "enclaves": graph.graph["enclaves"],
               "slivers": units.attrs.get("slivers", []),
-              "key_account_groups": len(spec.together), "aggregation": report}
+              "key_account_groups": len(spec.together),
+              "key_account_groups_released": released, "aggregation": report}
     def result(plan: Plan) -> Result:
         progress(METRICS, 0, 1)
         metrics = plan_metrics(plan, graph, inputs.areas)

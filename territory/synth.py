@@ -67,7 +67,8 @@ The tables
 * ``key_accounts``: commercial buildings (商务楼宇, footprint radius 30-80 m) drawn from the core
   mixture, industrial parks (工业园区, 150-500 m) drawn from the background, thinned near dense
   cores so they land on the outskirts. Their subscribers are a separate measure, not rows of
-  ``customers``. :func:`key_account_footprints` turns them into circles.
+  ``customers``. :func:`territory.key_accounts.key_account_footprints` turns them into
+  circles.
 
 Same seed, same boundaries and same parameters give identical tables; only
 ``numpy.random.default_rng(seed)`` is used, never global random state.
@@ -90,6 +91,7 @@ from scipy.spatial import cKDTree
 
 from territory.atomic import atomic_path
 from territory.errors import InvalidInputError
+from territory.key_accounts import check_wgs84
 from territory.sizing import demo_sizing
 
 __all__ = [
@@ -100,7 +102,6 @@ __all__ = [
     "community_value_score",
     "relative_density",
     "generate_city",
-    "key_account_footprints",
     "write_city",
 ]
 
@@ -279,42 +280,6 @@ def community_value_score(
     return np.round(hh * composition * access, 1)
 
 
-def key_account_footprints(key_accounts: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
-    """Circles of radius ``footprint_m`` around each key account, in EPSG:4326.
-
-    The buffer is computed in the UTM zone of the accounts' centroid (metres, scale error at
-    most about 0.1 % within a zone) because a buffer in degrees would be an ellipse of the wrong
-    size. The circles are not clipped; the caller clips them to its own boundaries.
-
-    Raises:
-        InvalidInputError: ``key_accounts`` lacks ``footprint_m``, has negative radii or points
-            that are not in EPSG:4326.
-    """
-    if not isinstance(key_accounts, gpd.GeoDataFrame):
-        raise InvalidInputError(
-            "key_accounts must be a GeoDataFrame (the key_accounts table of generate_city), "
-            f"got {type(key_accounts).__name__}"
-        )
-    if "footprint_m" not in key_accounts.columns:
-        raise InvalidInputError(
-            "key_accounts has no 'footprint_m' column; add the footprint radius in metres"
-        )
-    _check_wgs84(key_accounts, "key_accounts")
-    radius = key_accounts["footprint_m"].to_numpy(dtype=float)
-    if np.any(~np.isfinite(radius)) or np.any(radius < 0):
-        raise InvalidInputError(
-            "key_accounts.footprint_m must be finite and >= 0 metres; fix or drop those rows"
-        )
-    out = key_accounts.copy()
-    if len(out) == 0:
-        return out
-    centre = shapely.union_all(out.geometry.values).centroid
-    utm = _utm_crs(centre.x, centre.y)
-    circles = out.geometry.to_crs(utm).buffer(radius, quad_segs=32)
-    out = out.set_geometry(circles.to_crs(4326))
-    return out
-
-
 def write_city(city: SyntheticCity, directory: Path) -> dict[str, Path]:
     """Write each table as ``<directory>/<table>.csv`` (UTF-8, with lng/lat, no geometry).
 
@@ -367,19 +332,6 @@ def _check_params(*, n_customers: object, seed: object, core_share: object) -> N
         )
 
 
-def _check_wgs84(frame: gpd.GeoDataFrame, param: str) -> None:
-    if frame.crs is None:
-        raise InvalidInputError(
-            f"{param} has no CRS; if its coordinates are WGS84 longitude/latitude, "
-            f"call {param}.set_crs(4326), otherwise {param}.to_crs(4326)"
-        )
-    if not pyproj.CRS(frame.crs).equals(pyproj.CRS(4326), ignore_axis_order=True):
-        raise InvalidInputError(
-            f"{param} must be in EPSG:4326 (WGS84), got {frame.crs.to_string()}; "
-            f"reproject with {param}.to_crs(4326) (GCJ-02/BD-09 data must be converted first)"
-        )
-
-
 def _check_boundaries(boundaries: object) -> tuple[list[str], list[shapely.Geometry]]:
     """Validate the boundary layer; return district names and valid polygonal geometries."""
     if isinstance(boundaries, gpd.GeoSeries):
@@ -394,7 +346,7 @@ def _check_boundaries(boundaries: object) -> tuple[list[str], list[shapely.Geome
             "boundaries is empty; pass at least one district polygon "
             "(e.g. geopandas.read_file('shenzhen_districts_wgs84.geojson'))"
         )
-    _check_wgs84(boundaries, "boundaries")
+    check_wgs84(boundaries, "boundaries")
     names: list[str] = []
     geoms: list[shapely.Geometry] = []
     has_names = "name" in boundaries.columns

@@ -21,7 +21,7 @@ from territory.cli import app
 from territory.demo import DEMO_BALANCE, demo_job, store_units_by_main_grid
 from territory.errors import InvalidInputError
 from territory.filenames import safe_filename
-from territory.metrics import nesting_ok
+from territory.metrics import GAP_TOLERANCE_M2, nesting_ok
 from territory.pipeline import run
 from territory.plan import Plan
 from territory.reports import page_name
@@ -107,8 +107,7 @@ def check_plan(result, n_customers):
     for level in ("branch", "main_grid", "sub_grid"):
         assert m[level]["all_contiguous"], level
         assert m[level]["coverage"]["overlap_m2"] < 1.0, level
-        # gaps are slivers where snapped unit edges meet the boundary, not missing land
-        assert m[level]["coverage"]["gap_m2"] < 1e-6 * m[level]["coverage"]["area_km2"] * 1e6
+        assert m[level]["coverage"]["gap_m2"] <= GAP_TOLERANCE_M2, level
     for level in ("main_grid", "sub_grid"):
         for measure, tol in DEMO_BALANCE.items():
             assert m[level][measure]["max_abs_deviation"] <= tol + 1e-9, (level, measure)

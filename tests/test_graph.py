@@ -20,6 +20,7 @@ from territory.graph import (
     build_graph,
     contiguous_grids,
     induced_subgraph,
+    induced_subgraphs,
     read_graph_json,
     write_graph_json,
 )
@@ -261,3 +262,23 @@ def test_unknown_write_form(tmp_path):
 def test_missing_graph_file(tmp_path):
     with pytest.raises(InvalidInputError, match="no such file"):
         read_graph_json(tmp_path / "none.json")
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(0, 120), k=st.integers(1, 5),
+       seed=st.integers(0, 10_000))
+def test_induced_subgraphs_in_one_pass_equal_one_call_per_part(n, m, k, seed):
+    """The hierarchy cuts the city graph into every main grid's at once; each part must be
+    the graph induced_subgraph gives (same node and edge order, same attributes: plans
+    must not change), and unlabelled nodes belong to none."""
+    g = nx.gnm_random_graph(n, m, seed=seed)
+    rng = np.random.default_rng(seed)
+    nx.set_node_attributes(g, {v: {"w": float(rng.random())} for v in g})
+    nx.set_edge_attributes(g, {e: {"length_m": float(rng.random())} for e in g.edges})
+    labels = {v: int(rng.integers(k)) for v in g if rng.random() < 0.9}
+    parts = induced_subgraphs(g, labels)
+    assert set(parts) == set(labels.values())
+    for label, sub in parts.items():
+        ref = induced_subgraph(g, [v for v in g if labels.get(v) == label])
+        assert list(sub.nodes(data=True)) == list(ref.nodes(data=True))
+        assert list(sub.edges(data=True)) == list(ref.edges(data=True))

@@ -132,3 +132,21 @@ def test_a_branch_that_cannot_be_split_is_kept_flagged_and_the_others_complete()
     assert (plan.units.loc[~a, "flag"].str.contains("main grids not balanced")).all()
     assert (plan.units.loc[a, "flag"] == "").all()
     assert plan.units["sub_grid_id"].notna().all()  # every unit of B placed all the same
+
+
+def test_must_stay_together_units_share_one_sub_grid():
+    """Key-account groups are split by main grid once for all the sub-grid problems; each
+    group must still come out whole in one sub-grid (and so one main grid)."""
+    g = lattice(6, 6, seed=4)
+    nx.set_node_attributes(g, "A", "branch_id")
+    frame = pd.DataFrame.from_dict(dict(g.nodes(data=True)), orient="index")
+    units = gpd.GeoDataFrame(frame, geometry=shapely.box(frame["x"], frame["y"],
+                                                          frame["x"] + 100, frame["y"] + 100))
+    units.index.name = "unit_id"
+    groups = [[0, 1], [14, 15, 21], [34, 35]]
+    spec = HierarchySpec(measures={"subscribers": 0.3}, n_main=2, n_sub=2, together=groups,
+                         objective="boundary", time_limit_main=2, time_limit_sub=2, workers=1)
+    plan = build_plan(units, g, spec)
+    for grp in groups:
+        assert plan.units.loc[grp, "sub_grid_id"].nunique() == 1, grp
+    assert plan.units["sub_grid_id"].nunique() == 4

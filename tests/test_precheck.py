@@ -152,11 +152,13 @@ def test_fit_main_lowers_each_branch_to_the_count_its_loads_allow():
     spec = HierarchySpec(measures={"subscribers": 0.05}, n_main=60, n_sub=1, fit_main=True)
     counts = _branch_counts(units, spec)
     asked = counts.copy()
-    reduced = _fit_main_counts(units, spec, counts)
+    reduced, last = _fit_main_counts(units, spec, counts)
     assert reduced and all(r["used"] < r["requested"] for r in reduced.values())
     assert {b: int(asked[b]) for b in asked.index if counts[b] != asked[b]} == {
         b: r["requested"] for b, r in reduced.items()}
-    assert not [s for s in precheck_plan(units, spec, counts) if s.level == "branch"]
+    # the fit hands back the pre-check of the counts it settled on
+    assert last == precheck_plan(units, spec, counts)
+    assert not [s for s in last if s.level == "branch"]
     # the most: one more main grid in a reduced branch is refused again
     for b, r in reduced.items():
         more = counts.copy()

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from pyproj import Geod
 
 from territory.errors import InvalidInputError
+from territory.key_accounts import key_account_footprints
 from territory.sizing import demo_sizing
 from territory.synth import (
     SEGMENT_SHARES,
     SyntheticCity,
     community_value_score,
     generate_city,
-    key_account_footprints,
     relative_density,
     write_city,
 )

@@ -213,3 +213,24 @@ def test_a_real_exclave_stays_with_its_area():
     a_area = projected(units[units["area_id"] == "A"]).area.sum()
     assert a_area == pytest.approx(projected(areas.iloc[[0]]).area.iloc[0], rel=1e-6)
     assert area_contiguity(units)["A"] is False  # what the plan checks must then report
+
+
+def test_units_cover_the_shipped_city_to_the_square_metre():
+    """Xiamen's districts have vertices off the units' 1 mm grid: units cut from them as
+    given left sub-millimetre slivers uncovered (31 m² in the 20 000-customer demo, 55.8 m²
+    as the metric measured it then, differencing after projecting; 1.9 m² here even against
+    the service area at the units' precision). The areas are snapped first: no gap."""
+    from territory.demo import demo_areas
+    from territory.metrics import GAP_TOLERANCE_M2, coverage
+    from territory.plan import Plan
+
+    areas = demo_areas("xiamen")
+    units = build_units(areas, area_column="branch", resolution=8)
+    ids = units["area_id"].astype(str)
+    units = units.assign(branch_id=ids, main_grid_id=ids + "-M01", sub_grid_id=ids + "-M01-S1",
+                         customers=1)
+    cov = coverage(Plan(units=units, measures=["customers"]), "branch", areas)
+    assert cov["gap_m2"] <= GAP_TOLERANCE_M2 and cov["outside_m2"] <= GAP_TOLERANCE_M2
+    assert cov["overlap_m2"] <= GAP_TOLERANCE_M2
+    # (not closer: the areas' long edges project as chords, the units' noded ones less so)
+    assert cov["area_km2"] == pytest.approx(projected(areas).area.sum() / 1e6, rel=1e-6)
