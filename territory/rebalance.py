@@ -28,8 +28,9 @@ grids) or main grids (sub-grids) are left out so no move crosses them.
 
 When the budget cannot reach the tolerances, the search is run again without a limit: the
 most it spent on its way is a budget that works (``smallest_budget``, the least found), and
-:meth:`~territory.optimize.constraints.DisruptionBudget.lower_bound` gives the least any
-plan needs (proven from the loads).
+:func:`churn_bound` gives the least any plan needs (proven by a MIP over the loads that
+drops contiguity: :mod:`territory.optimize.churn_bound`; when even that MIP has no solution,
+the message says no plan with these grids can meet the tolerances).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from territory.edits import locked, tolerances
 from territory.errors import InvalidInputError
 from territory.metrics import load_table
 from territory.optimize.balance import BalanceModel
+from territory.optimize.churn_bound import ChurnBound, churn_lower_bound
 from territory.optimize.constraints import DisruptionBudget, Held, SubGrids
 from territory.optimize.problem import Problem
 from territory.optimize.search import LocalSearch
@@ -242,11 +244,16 @@ class _Search:
                                       t0 + time_limit, extra.astype(np.int64))
         return main, sub, z, peak
 
-    def lower_bound(self) -> float:
+    def lower_bound(self, time_limit: float) -> ChurnBound:
+        """The least budget measure that must change main grid (see
+        :mod:`territory.optimize.churn_bound`): a main-grid move changes the sub-grid too,
+        so it bounds the budget as well."""
         Wn, model = self.normalised(self.main, self.branch, len(self.mains), self.closed_main)
         lo, hi = model.bounds()
-        budget = DisruptionBudget(self.B, self.main, np.inf, scale=1.0)
-        return budget.lower_bound(Wn, self.main, hi, lo, ~self.fixed)
+        group = np.zeros(len(self.mains), dtype=np.int64)
+        group[self.main] = self.branch
+        return churn_lower_bound(Wn, self.main, group, lo, hi, self.B, ~self.fixed,
+                                 self.closed_main, time_limit)
 
 
 #: the budget's weight in the score, lowered in turn while the bands are not met. Heavy
@@ -307,13 +314,8 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
     feasible: it carries the plan the budget reaches (never worse than the plan in force)
     and ``smallest_budget``, the least budget found that reaches them (None when none was).
     """
-    tol = tolerances(plan)
-    if isinstance(tolerance, dict):
-        tol.update(tolerance)
-    elif tolerance is not None:
-        tol = {m: float(tolerance) for m in tol}
-    weight = _weights(plan, budget.measure)
-    s = _Search(plan, graph, tol, weight, together, seed)
+    tol = _tolerances(plan, tolerance)
+    s = _Search(plan, graph, tol, _weights(plan, budget.measure), together, seed)
     t0 = time.monotonic()
     # a balanced plan ends the search early; only a short budget uses the time, and then
     # the search for a budget that works gets the rest
@@ -329,11 +331,21 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
     res = Result(new, feasible, z, int(moved.sum()), float(s.B[moved].sum()), _max_dev(new),
                  sub_deviation=_sub_dev(new, plan.units.index[moved]))
     if not feasible:
-        res.lower_bound = s.lower_bound()
+        bound = s.lower_bound(min(10.0, 0.2 * time_limit))
+        res.lower_bound = bound.value
+        if not np.isfinite(bound.value):
+            res.message = (
+                f"the tolerances cannot be met by any plan with these grids: no assignment of "
+                f"the movable units to the grids of their branch puts every grid within its "
+                f"band, even ignoring contiguity (proven by a MIP); the best plan within "
+                f"{budget.value:g} {budget.measure} stays {z:.2%} of the mean outside its band:"
+                " raise the tolerance, unlock units or change the number of grids")
+            return res
         left = max(time_limit - (time.monotonic() - t0), 0.2 * time_limit)
         _, _, z2, peak = s.run(np.inf, left, depth, sub_grids_of)
         if z2 <= 1e-9:
             res.smallest_budget = float(peak)
+        proof = "proven" if bound.exact else "a proven bound"
         res.message = (
             f"the tolerances cannot be met moving at most {budget.value:g} {budget.measure}: "
             f"the best plan within it stays {z:.2%} of the mean outside its band; "
@@ -341,9 +353,29 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
                if res.smallest_budget is not None else
                "no plan moving units across grid lines was found that meets them: raise the "
                "tolerance or re-plan")
-            + f" (at least {res.lower_bound:.6g} {budget.measure} is needed: proven from the "
-            "loads)")
+            + f" (any plan that meets them moves at least {res.lower_bound:.6g} "
+            f"{budget.measure} across main-grid lines, contiguity aside: {proof})")
     return res
+
+
+def _tolerances(plan: Plan, tolerance: float | dict[str, float] | None) -> dict[str, float]:
+    tol = tolerances(plan)
+    if isinstance(tolerance, dict):
+        tol.update(tolerance)
+    elif tolerance is not None:
+        tol = {m: float(tolerance) for m in tol}
+    return tol
+
+
+def churn_bound(plan: Plan, graph: nx.Graph, measure: str = "customers", *,
+                tolerance: float | dict[str, float] | None = None,
+                together: list[list] | None = None, time_limit: float = 10.0) -> ChurnBound:
+    """The least ``measure`` that any plan meeting the tolerances (with the same grids, the
+    locks and ``together`` groups held) moves across main-grid lines: a proven lower bound
+    (:mod:`territory.optimize.churn_bound`); infinite when no plan can meet them."""
+    s = _Search(plan, graph, _tolerances(plan, tolerance), _weights(plan, measure), together,
+                0)
+    return s.lower_bound(time_limit)
 
 
 def _excess_of(s: _Search, main: np.ndarray) -> float:
