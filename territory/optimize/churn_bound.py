@@ -71,8 +71,9 @@ def churn_lower_bound(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: 
             for us, gs in [(units[group[labels[units]] == b], grids[group[grids] == b])]]
     col_unit = np.concatenate([u for u, _ in cols] or [np.zeros(0, np.int64)])
     col_grid = np.concatenate([g for _, g in cols] or [np.zeros(0, np.int64)])
-    if not np.isin(units, col_unit).all():
-        return ChurnBound(math.inf, True, "Infeasible")  # a movable unit with no open grid
+    if not len(col_unit) or not np.isin(units, col_unit).all():
+        # nothing can move where a grid is out of its band, or a unit has nowhere to go
+        return ChurnBound(math.inf, True, "Infeasible")
     row_of_unit = np.full(len(labels), -1)
     row_of_unit[units] = np.arange(len(units))
     # balance rows: every active grid (open or closed) x measure, bounds minus what stays
