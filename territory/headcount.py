@@ -69,7 +69,7 @@ def change_headcount(plan: Plan, graph: nx.Graph, changes: dict[str, int], budge
     branches = set(units["branch_id"].astype(str))
     for b in changes:
         if b not in branches:
-            raise InvalidInputError(f"--headcount: branch {b!r} is not in the plan; choose one "
+            raise InvalidInputError(f"`headcount`: branch {b!r} is not in the plan; choose one "
                                     f"of {sorted(branches)}")
     tol = tolerances(plan)
     lead = list(tol)
@@ -89,7 +89,7 @@ def change_headcount(plan: Plan, graph: nx.Graph, changes: dict[str, int], budge
                               per[many.reindex(per.index) > 1].sort_values(kind="stable").index)
             if done is None:
                 raise InvalidInputError(
-                    f"--headcount {b}={n:+d}: no main grid of {b} can "
+                    f"`headcount` {b}={n:+d}: no main grid of {b} can "
                     + ("take one more sub-grid (each is one unit, or its locked units would be "
                        "parted)" if n > 0 else "give up a sub-grid (one sub-grid left, or "
                        "every other holds locked units)")

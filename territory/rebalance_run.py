@@ -8,6 +8,7 @@ builds what it needs (the unit graph, the locks, the budget) and reports each st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -42,7 +43,9 @@ class Rebalanced:
                 "moved": {b.measure: r.moved_budget, "units": r.moved_units},
                 "worst_excess": r.worst_excess, "max_deviation": r.max_deviation,
                 "smallest_budget": r.smallest_budget, "message": r.message,
-                "lower_bound": r.lower_bound, "sub_deviation": r.sub_deviation,
+                # infinite: proven that no plan with these grids meets the bands
+                "lower_bound": r.lower_bound if math.isfinite(r.lower_bound) else None,
+                "sub_deviation": r.sub_deviation,
                 "plan_id": r.plan.plan_id if r.plan else None, "parent": self.base.plan_id}
 
 

@@ -20,7 +20,7 @@ from territory.headcount import change_headcount
 from territory.metrics import load_table, nesting_ok
 from territory.plan import Plan
 from territory.progress import GRAPH, REBALANCE
-from territory.rebalance import Budget, _max_dev, rebalance
+from territory.rebalance import Budget, _max_dev, churn_bound, rebalance
 
 from .redraw_city import small_city
 from .redraw_lattice import lattice_plan
@@ -64,10 +64,16 @@ def test_rebalance_never_exceeds_its_budget_never_moves_a_lock_keeps_invariants(
     assert new.parent == plan.plan_id
     # never worse than where it started; feasible means within the band
     assert _worst(new) <= _worst(plan) + 1e-9
+    # the proven bound: no balanced plan moves less across main-grid lines
+    bound = churn_bound(plan, graph, measure, together=[group]).value
+    across = new.units["main_grid_id"] != plan.units["main_grid_id"]
     if res.feasible:
         assert _worst(new) <= tol + 1e-6
-    elif res.smallest_budget is not None:
-        assert res.smallest_budget > budget.value
+        assert w[across].sum() >= bound - 1e-6
+    else:
+        assert res.lower_bound == bound
+        if res.smallest_budget is not None:
+            assert res.smallest_budget > budget.value
 
 
 @settings(max_examples=6, deadline=None)

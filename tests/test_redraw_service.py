@@ -85,6 +85,22 @@ def test_rebalance_is_a_job_whose_result_is_a_child_version(server: Server) -> N
         stale = http.post(f"/plans/{base}/rebalance", json=body, headers=p)
         assert_problem(stale, 409)
         assert stale.headers["x-current-version"] == job["plan_id"]
+        # a headcount change: B1's team grows by one, so B1 gets one more sub-grid
+        v2 = job["plan_id"]
+        subs = http.get(f"/plans/{v2}", headers=p).json()["n_grids"]["sub_grid"]
+        more = {**body, "base": v2, "budget": "customers=50%", "tolerance": 0.9,
+                "headcount": {"B1": 1}}
+        job = wait_for_job(http, http.post(f"/plans/{v2}/rebalance", json=more,
+                                           headers=p).headers["location"])
+        assert job["status"] == "done", job
+        v3 = http.get(f"/plans/{job['plan_id']}", headers=p).json()
+        assert v3["parameters"]["parent"] == v2 and v3["n_grids"]["sub_grid"] == subs + 1
+        # a branch the plan does not have: the job fails, naming the field
+        r = http.post(f"/plans/{v3['plan_id']}/rebalance", headers=p,
+                      json={**more, "base": v3["plan_id"], "headcount": {"B9": 1}})
+        failed = wait_for_job(http, r.headers["location"])
+        assert failed["status"] == "failed", failed
+        assert "`headcount`: branch 'B9' is not in the plan" in failed["error"]["detail"]
 
 
 def test_the_rebalance_job_reports_its_stages_and_never_saves_over_a_newer_version(

@@ -6,8 +6,8 @@ A :class:`~territory.optimize.balance.BalanceModel` carries a tuple of them
 the same objects: the local search (:class:`~territory.optimize.search.LocalSearch`) scores
 its candidate moves with :meth:`MoveConstraint.cost`, applies a move only if
 :meth:`MoveConstraint.allows` it and tells every constraint :meth:`MoveConstraint.moved`
-(the partitioner's searches and :mod:`territory.rebalance` alike); the pre-check of a
-rebalance asks :meth:`DisruptionBudget.lower_bound`. A new rule (staffing, a store's
+(the partitioner's searches and :mod:`territory.rebalance` alike); the least budget any
+plan needs is :mod:`territory.optimize.churn_bound`'s. A new rule (staffing, a store's
 catchment...) is one class here, not a change in each consumer.
 
 Constraints are stateful (they follow the labels of the search that owns them) and applied
@@ -214,29 +214,6 @@ class DisruptionBudget(MoveConstraint):
             self.is_moved[i] = was
             self.labels[i] = lab
         self.spent = spent
-
-    def lower_bound(self, W: np.ndarray, labels: np.ndarray, hi: np.ndarray,
-                    lo: np.ndarray, movable: np.ndarray) -> float:
-        """A proven lower bound of the budget that meets the bands from ``labels``.
-
-        Each grid above its upper bound in a measure must shed that excess (each grid below
-        its lower bound must take it in) through units that move; the cheapest a unit can
-        carry one unit of the measure is its weight per load (a fractional knapsack), and
-        shedding and taking in can be the same move, hence the maximum of the two sides.
-        """
-        k, m = hi.shape
-        loads = np.zeros((k, m))
-        np.add.at(loads, labels, W)
-        need = 0.0
-        for t in range(m):
-            over = np.maximum(loads[:, t] - hi[:, t], 0)
-            under = np.maximum(lo[:, t] - loads[:, t], 0)
-            w = W[movable, t]
-            if not (w > 0).any() or (over.sum() <= 0 and under.sum() <= 0):
-                continue
-            rate = float(np.min(self.weight[movable][w > 0] / w[w > 0]))
-            need = max(need, rate * float(max(over.sum(), under.sum())))
-        return need
 
 
 def movable_mask(constraints: tuple[MoveConstraint, ...], n: int) -> np.ndarray:
