@@ -16,8 +16,8 @@ builds one, reproducibly, and labels it SYNTHETIC:
 * **Customers**: ``territory.synth.generate_city`` on those districts (dense Gaussian cores
   per district on a uniform background; ``--core-share`` of the customers in the cores),
   with its communities, stores and key accounts.
-* **Units**: one per resolution-9 cell, clipped to its district (``UnitOptions(9)``, no
-  adaptive coarsening): about 200 000 units. Each district is one piece of the mainland
+* **Units**: one per resolution-9 cell, clipped to its district
+  (``UnitOptions(9, target_per_unit=None)``: no adaptive coarsening): about 200 000 units. Each district is one piece of the mainland
   plus whole islands (:func:`_one_piece_of_land`), as a real district is.
 
 The request is what an operator of 1 000 000 customers there would ask, and what the units
@@ -202,7 +202,8 @@ def main(argv=None) -> int:
     if prof:
         prof.enable()
     try:
-        result = run(inputs, UnitOptions(resolution=RESOLUTION), spec, progress=clock)
+        result = run(inputs, UnitOptions(resolution=RESOLUTION, target_per_unit=None),
+                     spec, progress=clock)
         partial = None
     except PartialPlanError as exc:  # judged below like any plan: its failures are reported
         result, partial = exc.result, exc
