@@ -142,7 +142,7 @@ def test_partition_bad_arguments_exit_2(tmp_path, args, match):
 def test_partition_self_intersecting_polygon_exit_2(tmp_path):
     src = square_layer(tmp_path, n=3, bad=True)
     args = ["partition", str(src), "--grids", "2", "--id-column", "uid", "--balance",
-            "subscribers=0.3", "--out", str(tmp_path / "o.csv")]
+            "subscribers=0.3", "--time-limit", "5", "--out", str(tmp_path / "o.csv")]
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--repair" in res.output and "repair=True" not in res.output
     res = runner.invoke(app, [*args, "--repair"])
