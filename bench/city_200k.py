@@ -17,8 +17,9 @@ builds one, reproducibly, and labels it SYNTHETIC:
   per district on a uniform background; ``--core-share`` of the customers in the cores),
   with its communities, stores and key accounts.
 * **Units**: one per resolution-9 cell, clipped to its district
-  (``UnitOptions(9, target_per_unit=None)``: no adaptive coarsening): about 200 000 units. Each district is one piece of the mainland
-  plus whole islands (:func:`_one_piece_of_land`), as a real district is.
+  (``UnitOptions(9, target_per_unit=None)``: no adaptive coarsening): about 200 000
+  units. Each district is one piece of the mainland plus whole islands
+  (:func:`_one_piece_of_land`), as a real district is.
 
 The request is what an operator of 1 000 000 customers there would ask, and what the units
 allow: **80 main grids** apportioned to the 13 branches by subscribers (about 12 500

@@ -26,6 +26,31 @@ import numpy as np
 _EPS = 1e-6
 
 
+def leaves_connected(i: int, nbrs, labels, a: int) -> bool:
+    """Whether unit ``i`` can leave part ``a`` (its label in ``labels``) with the part still
+    one piece: its neighbours in ``a`` must stay linked without it. A breadth-first search
+    from one of them that stops as soon as it has met them all, so a move on a compact
+    part's boundary costs a few steps, not a walk over the whole part."""
+    same = [j for j in nbrs[i] if labels[j] == a]
+    if not same:
+        return False  # the unit is its part's last one
+    if len(same) == 1:
+        return True
+    targets = set(same[1:])
+    seen = {i, same[0]}
+    queue = deque([same[0]])
+    while queue:
+        u = queue.popleft()
+        for v in nbrs[u]:
+            if v not in seen and labels[v] == a:
+                targets.discard(v)
+                if not targets:
+                    return True
+                seen.add(v)
+                queue.append(v)
+    return False
+
+
 class MoveConstraint:
     """A rule on moves of unit ``i`` from grid ``a`` to grid ``b`` (positions and grid codes
     of the search). The base class allows every move at no cost."""
@@ -105,25 +130,7 @@ class SubGrids(MoveConstraint):
     def allows(self, i: int, a: int, b: int) -> bool:
         if self.target(i, b) < 0:
             return False
-        s = int(self.sub[i])
-        same = [j for j in self.nbrs[i] if self.sub[j] == s]
-        if not same:
-            return False  # the unit is its sub-grid's last one
-        if len(same) == 1:
-            return True
-        targets = set(same[1:])
-        seen = {i, same[0]}
-        queue = deque([same[0]])
-        while queue:
-            u = queue.popleft()
-            for v in self.nbrs[u]:
-                if v not in seen and self.sub[v] == s:
-                    targets.discard(v)
-                    if not targets:
-                        return True
-                    seen.add(v)
-                    queue.append(v)
-        return False
+        return leaves_connected(i, self.nbrs, self.sub, int(self.sub[i]))
 
     def moved(self, i: int, a: int, b: int) -> None:
         self._log.append((i, int(self.sub[i])))

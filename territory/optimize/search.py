@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from territory.optimize.balance import BalanceModel
-from territory.optimize.constraints import movable_mask
+from territory.optimize.constraints import leaves_connected, movable_mask
 from territory.optimize.problem import Problem
 
 
@@ -230,26 +229,7 @@ class LocalSearch:
 
     # -- applying moves ---------------------------------------------------------------
     def _stays_connected(self, i: int, a: int) -> bool:
-        lab, nbrs = self.lab, self.nbrs
-        same = [j for j in nbrs[i] if lab[j] == a]
-        if not same:
-            return False  # the unit is its grid's last one
-        if len(same) == 1:
-            return True
-        targets = set(same[1:])
-        seen = {i, same[0]}
-        queue = deque([same[0]])
-        while queue:
-            u = queue.popleft()
-            for v in nbrs[u]:
-                if v not in seen and lab[v] == a:
-                    if v in targets:
-                        targets.discard(v)
-                        if not targets:
-                            return True
-                    seen.add(v)
-                    queue.append(v)
-        return False
+        return leaves_connected(i, self.nbrs, self.lab, a)
 
     def _move(self, i: int, a: int, b: int) -> None:
         w = self.P.W[i]
