@@ -417,7 +417,7 @@ def rebalance_command(
                   if f is not None]
         together = None
         if key_accounts is not None:
-            from territory.pipeline import key_account_groups
+            from territory.key_accounts import key_account_groups
 
             crs = require_crs(points_crs, "--points-crs")
             together = key_account_groups(p.units, _points(key_accounts, crs, lng_column,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from territory.diagnose import Diagnosis, diagnose
 from territory.graph import build_graph
 from territory.importer import GridLayer, snap_to_units
+from territory.key_accounts import key_account_groups
 from territory.metrics import plan_metrics
-from territory.pipeline import Inputs, build_unit_table, key_account_groups
+from territory.pipeline import Inputs, build_unit_table
 from territory.plan import Plan
 from territory.progress import DIAGNOSIS, GRAPH, METRICS, SNAP, UNITS, Progress, silent
 from territory.request import ImportRequest

@@ -41,12 +41,20 @@ def _warp(geom, phase: float):
         [np.sin(c[:, 1] * FREQ + phase), np.cos(c[:, 0] * FREQ + phase)]))
 
 
+def _own_grids(plan, folder):
+    """The plan's own main grids and sub-grids, written as GeoPackages and read back as a
+    drawn map."""
+    layers = []
+    for level, name in (("main_grid", "main.gpkg"), ("sub_grid", "sub.gpkg")):
+        plan.grids(level).to_file(folder / name)
+        layers.append(read_grids(folder / name, grid_column="grid_id",
+                                 parent_column="parent_id"))
+    return layers
+
+
 def test_import_of_a_plans_own_grids_gives_back_the_same_plan(city, units, tmp_path):
     units, graph = units
-    city.plan.grids("main_grid").to_file(tmp_path / "main.gpkg")
-    city.plan.grids("sub_grid").to_file(tmp_path / "sub.gpkg")
-    main = read_grids(tmp_path / "main.gpkg", grid_column="grid_id", parent_column="parent_id")
-    sub = read_grids(tmp_path / "sub.gpkg", grid_column="grid_id", parent_column="parent_id")
+    main, sub = _own_grids(city.plan, tmp_path)
     plan, _ = snap_to_units(units, graph, main, sub, MEASURES)
     cols = ["branch_id", "main_grid_id", "sub_grid_id"]
     assert plan.units.index.equals(city.plan.units.index)
@@ -175,10 +183,7 @@ def test_cli_import_writes_the_plan_and_the_diagnosis(city, tmp_path):
 
 def test_snapping_keeps_each_key_account_in_one_grid(city, units, tmp_path):
     units, graph = units
-    city.plan.grids("main_grid").to_file(tmp_path / "main.gpkg")
-    city.plan.grids("sub_grid").to_file(tmp_path / "sub.gpkg")
-    main = read_grids(tmp_path / "main.gpkg", grid_column="grid_id", parent_column="parent_id")
-    sub = read_grids(tmp_path / "sub.gpkg", grid_column="grid_id", parent_column="parent_id")
+    main, sub = _own_grids(city.plan, tmp_path)
     # key accounts whose footprints straddle a drawn main-grid line: two touching units each
     u = city.plan.units
     groups, used = [], set()
