@@ -98,6 +98,29 @@ def test_exact_mip_proves_optimality_on_a_small_case():
     assert cut_edges >= 4  # a 4x4 lattice cannot be split in two with fewer than 4 cut edges
 
 
+@pytest.mark.parametrize("objective", ["boundary", "distance"])
+def test_a_tiny_instance_proven_optimal_returns_long_before_its_time_limit(objective):
+    # 9 units, the default 60 s: the search stops at the MIP's proof (it annealed ~50 s)
+    g = lattice(3, 3, seed=6)
+    measures = {"subscribers": 0.25}
+    p = Partitioner(2, measures=measures, objective=objective, time_limit=60).solve(g)
+    assert p.time_ < 15
+    assert_valid(g, p, 2, measures)
+    assert p.status_ == "optimal" and p.gap_ == 0.0
+    assert p.bound_ == pytest.approx(p.objective_)
+    assert "stopped" in p.bound_kind_
+    if objective == "boundary":  # brute force over every 2-colouring of the 9 units
+        best = math.inf
+        for mask in range(1, 2**9 - 1):
+            lab = {n: (mask >> n) & 1 for n in g.nodes}
+            parts = [[n for n in g.nodes if lab[n] == j] for j in (0, 1)]
+            ld = np.array([sum(g.nodes[n]["subscribers"] for n in q) for q in parts])
+            if (np.abs(ld / ld.mean() - 1) <= 0.25).all() and all(
+                    nx.is_connected(g.subgraph(q)) for q in parts):
+                best = min(best, 100.0 * sum(lab[u] != lab[v] for u, v in g.edges))
+        assert p.objective_ == pytest.approx(best)
+
+
 def test_time_limit_is_a_promise():
     # 100 units, k=5: the MIP runs (and cannot prove optimality) until the deadline
     g = lattice(10, 10, seed=4)

@@ -15,15 +15,70 @@ in the order given: a constraint that reads another's state comes after it (the 
 budget after the sub-grids it counts). :meth:`MoveConstraint.mark` and
 :meth:`MoveConstraint.restore` undo tentative moves exactly (a swap or a chain that fails
 half-way).
+
+The compiled annealing kernel (:mod:`.anneal`) cannot call Python objects in its inner loop,
+so each constraint also *lowers* itself (:meth:`MoveConstraint.lower`) into a small fixed
+set of array forms the kernel keeps, a :class:`KernelForm`: which units may move, which
+grids neither lose nor gain a unit, sub-grid nesting (sub-grid per unit, main grid per
+sub-grid, home sub-grid) and one disruption budget (weight per unit, the labels moves are
+counted against, a cap). :func:`kernel_form` combines a model's constraints into one form;
+after the walk, :func:`resume` hands the kernel's state back to the constraint objects. A
+constraint without an array form is refused (:class:`NotLowered`), never dropped: the
+anneal would otherwise break it silently. A new rule either lowers into these forms or
+adds one (the kernel's arguments and this module), and stays one class here.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from territory.errors import TerritoryError
+
 _EPS = 1e-6
+
+
+class NotLowered(TerritoryError, TypeError):
+    """A move constraint has no array form the annealing kernel keeps (or two constraints
+    need one form the kernel holds once): run :class:`~territory.optimize.search.
+    LocalSearch` alone with it, or give it a :meth:`MoveConstraint.lower`."""
+
+
+@dataclass
+class KernelForm:
+    """The array forms of a tuple of constraints, as the annealing kernel takes them.
+
+    ``movable`` (uint8, per unit): the unit may move. ``closed`` (uint8, per grid): the grid
+    neither loses nor gains a unit. Nesting (empty arrays: none): ``sub`` the sub-grid per
+    unit (the kernel updates it with its moves), ``sub_main`` the main grid per sub-grid,
+    ``home`` the sub-grid a unit rejoins when it comes back. Budget (empty ``weight``:
+    none): at most ``limit`` of ``weight`` may be on units whose label (``on_sub``: whose
+    sub-grid) differs from ``original``, ``spent`` already used by earlier phases;
+    ``peak`` is the most the kernel held at once.
+    """
+
+    movable: np.ndarray
+    closed: np.ndarray
+    sub: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sub_main: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    home: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    weight: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    original: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    limit: float = np.inf
+    spent: float = 0.0
+    on_sub: bool = False
+    peak: float = 0.0
+    #: which constraint lowered the nesting and the budget (each form is held once)
+    nesting: MoveConstraint | None = None
+    budget: MoveConstraint | None = None
+
+    @property
+    def recombinable(self) -> bool:
+        """Whether a recombination jump (:mod:`.recom`, which knows only ``movable``) keeps
+        every form: not with nesting, a budget or closed grids."""
+        return self.nesting is None and self.budget is None and not self.closed.any()
 
 
 def leaves_connected(i: int, nbrs, labels, a: int) -> bool:
@@ -76,6 +131,18 @@ class MoveConstraint:
     def restore(self, mark: object) -> None:
         """Back to the state of :meth:`mark` (undo tentative moves)."""
 
+    def lower(self, form: KernelForm) -> None:
+        """Add this rule's array forms to ``form`` (see :class:`KernelForm`); a rule the
+        kernel cannot keep raises :class:`NotLowered`."""
+        raise NotLowered(
+            f"{type(self).__name__} has no array form the annealing kernel keeps (a movable "
+            "mask, closed grids, sub-grid nesting, one disruption budget): give it a "
+            "lower() method in territory/optimize/constraints.py or search with "
+            "LocalSearch alone")
+
+    def resume(self, labels: np.ndarray, form: KernelForm) -> None:
+        """Take up the state the kernel left (its ``labels`` and ``form``) after a walk."""
+
 
 class Held(MoveConstraint):
     """Units that never move (locks, must-stay-together groups held whole) and grids that
@@ -93,6 +160,10 @@ class Held(MoveConstraint):
 
     def allows(self, i: int, a: int, b: int) -> bool:
         return not (self.fixed[i] or self.closed[a] or self.closed[b])
+
+    def lower(self, form: KernelForm) -> None:
+        form.movable &= ~self.fixed
+        form.closed |= self.closed
 
 
 class SubGrids(MoveConstraint):
@@ -143,6 +214,21 @@ class SubGrids(MoveConstraint):
         while len(self._log) > mark:
             i, s = self._log.pop()
             self.sub[i] = s
+
+    def lower(self, form: KernelForm) -> None:
+        """Nesting on the search's own adjacency: the kernel picks the same target (home
+        first, else the most shared boundary, ties to the lowest code)."""
+        if form.nesting is not None:
+            raise NotLowered("the annealing kernel keeps one sub-grid nesting; "
+                             "two SubGrids constraints were given")
+        form.nesting = self
+        form.sub = self.sub.copy()
+        form.sub_main = self.sub_main.copy()
+        form.home = self.home.copy()
+
+    def resume(self, labels: np.ndarray, form: KernelForm) -> None:
+        self.sub = form.sub.copy()
+        self._log.clear()
 
 
 class DisruptionBudget(MoveConstraint):
@@ -211,6 +297,26 @@ class DisruptionBudget(MoveConstraint):
         self.is_moved[i] = now
         self.peak = max(self.peak, self.spent)
 
+    def lower(self, form: KernelForm) -> None:
+        if form.budget is not None:
+            raise NotLowered("the annealing kernel keeps one disruption budget; two "
+                             "DisruptionBudget constraints were given")
+        if self.fine is not None and form.nesting is not self.fine:
+            raise NotLowered("a DisruptionBudget counted on sub-grids needs its SubGrids "
+                             "among the constraints, before it")
+        form.budget = self
+        form.weight = self.weight.copy()
+        form.on_sub = self.fine is not None
+        form.original = (self.fine_original if form.on_sub else self.original).astype(
+            np.int64)
+        form.limit, form.spent = self.limit, self.base
+
+    def resume(self, labels: np.ndarray, form: KernelForm) -> None:
+        peak = max(self.peak, form.peak)
+        self._log.clear()
+        self.bind(labels)
+        self.peak = max(peak, self.peak)
+
     def mark(self) -> tuple[int, float]:
         return len(self._log), self.spent
 
@@ -229,3 +335,26 @@ def movable_mask(constraints: tuple[MoveConstraint, ...], n: int) -> np.ndarray:
     for c in constraints:
         out &= c.movable(n)
     return out
+
+
+def kernel_form(constraints: tuple[MoveConstraint, ...], n: int, k: int,
+                movable: np.ndarray | None = None) -> KernelForm:
+    """The one array form of ``constraints`` (in order) for ``n`` units and ``k`` grids,
+    starting from ``movable``; raises :class:`NotLowered` for a rule the kernel cannot
+    keep."""
+    form = KernelForm(np.ones(n, dtype=bool) if movable is None
+                      else np.asarray(movable, dtype=bool).copy(), np.zeros(k, dtype=bool))
+    for c in constraints:
+        c.lower(form)
+    if len(form.sub) not in (0, n) or len(form.weight) not in (0, n):
+        raise NotLowered(f"a constraint's arrays do not match the search's {n} units")
+    form.peak = form.spent
+    return form
+
+
+def resume(constraints: tuple[MoveConstraint, ...], labels: np.ndarray,
+           form: KernelForm) -> None:
+    """Hand the kernel's final state back to ``constraints`` (in order: the budget reads
+    the nesting it counts)."""
+    for c in constraints:
+        c.resume(labels, form)

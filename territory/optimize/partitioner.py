@@ -17,6 +17,16 @@ The quality comes from a heuristic; the MIP certifies small cases and supplies b
    reserved for it and replaces the plan when it finds a better one, proving optimality
    when it can.
 
+A search that would run to its time limit (no ``patience``, no ``max_epochs``) on a tiny
+instance (up to :data:`PROVE_MAX_UNITS` units) first asks the MIP for a proof: a proven
+optimum ends the search at once (status ``optimal``, gap 0) instead of annealing a plan
+nothing can better for the rest of the time limit; an unproven MIP's dual bound still stops
+the annealing as soon as its plan reaches it.
+
+Locks and given centres reach every search as one
+:class:`~territory.optimize.constraints.Held` constraint of the balance model, which the
+local search and the annealing kernel both keep (:mod:`.constraints`).
+
 The balance rules (means, bounds, exemptions, the pre-check that refuses impossible targets
 before any search) live in :mod:`.balance`.
 
@@ -50,6 +60,7 @@ from territory.optimize.balance import (
     precheck,
     stranded_units,
 )
+from territory.optimize.constraints import Held
 from territory.optimize.lp import lp_lower_bound, solve_balanced_lp
 from territory.optimize.mip import solve_exact
 from territory.optimize.problem import Problem, problem_from_graph
@@ -60,6 +71,11 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("distance", "boundary")
 #: The exact MIP is attempted up to this many (contracted) units.
 EXACT_MAX_UNITS = 120
+#: Up to this many (contracted) units an anytime search asks the MIP for a proof first
+#: (a 9-unit partition annealed for 50 s of a 60 s limit a plan the MIP proves in 0.1 s).
+PROVE_MAX_UNITS = 30
+#: the share of the time left (and the most seconds) that proof may take
+PROVE_SHARE, PROVE_SECONDS = 0.25, 10.0
 
 
 class Partitioner:
@@ -219,11 +235,14 @@ class Partitioner:
         lo, hi = model.bounds()
         rng = np.random.default_rng(self.random_state)
         centre_pos = self._centre_positions(pos, rest, member, k_rest)
+        self._proof = None
         search, feasible = self._heuristic(C, model, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
         self._proven: str | None = None
-        if C.n <= EXACT_MAX_UNITS and (self.exact or not feasible):
+        if self._proof is not None:  # the MIP proved the plan optimal before the search
+            status, bound, bound_kind = self._proof
+        elif C.n <= EXACT_MAX_UNITS and (self.exact or not feasible):
             # small instances: the MIP proves optimality, or finds the balanced plan the
             # heuristic missed
             res = solve_exact(
@@ -379,10 +398,11 @@ class Partitioner:
         best = None
         attempt = 0
         self.epochs_ = 0
-        # what may move: not a locked unit, not a given centre (it anchors its grid)
-        movable = locked < 0
+        # what may not move: a locked unit, a given centre (it anchors its grid)
+        held = locked >= 0
         if centre_pos is not None:
-            movable[centre_pos] = False
+            held[centre_pos] = True
+        balance = balance.with_constraints(Held(held, np.zeros(balance.n_grids, bool)))
         while True:
             if balance.n_grids == 1:
                 labels = np.zeros(C.n, dtype=np.int64)
@@ -391,8 +411,8 @@ class Partitioner:
                 labels, centres = self._initial(C, balance, locked, centre_pos, rng,
                                                 deadline, attempt)
             search = LocalSearch(
-                C, labels, balance, objective=self.objective, movable=movable,
-                centres=centres, fixed_centres=centre_pos is not None, rng=rng,
+                C, labels, balance, objective=self.objective, centres=centres,
+                fixed_centres=centre_pos is not None, rng=rng,
             )
             feasible = search.balance(t0 + 0.7 * self.time_limit)
             if feasible:
@@ -415,13 +435,42 @@ class Partitioner:
             reserve = 0.02 * self.time_limit
         if feasible:
             search.compact(deadline - reserve)
-        # the anytime part: anneal until the budget is spent, minus the reserve
-        if balance.n_grids > 1 and movable.any():
+        stop_at = self._prove(C, balance, locked, centre_pos, search, feasible, deadline)
+        # the anytime part: anneal until the budget is spent, minus the reserve (or until
+        # its plan reaches a proven bound)
+        if self._proof is None and balance.n_grids > 1 and search.movable.any():
             self.epochs_ = anneal(search, deadline - reserve, int(rng.integers(2**31)),
                                   max_epochs=self.max_epochs, patience=self.patience,
-                                  min_gain=self.min_gain, n_walks=max(1, int(self.n_jobs)))
+                                  min_gain=self.min_gain, n_walks=max(1, int(self.n_jobs)),
+                                  stop_at=stop_at)
             feasible = search.violation() <= 1e-12
+            if feasible and search.compactness() <= stop_at + 1e-9 * max(1.0, abs(stop_at)):
+                self._proof = ("optimal", stop_at,
+                               "MIP dual bound: the search reached it and stopped")
         return search, feasible
+
+    def _prove(self, C, balance: BalanceModel, locked, centre_pos, search, feasible: bool,
+               deadline: float) -> float:
+        """On a tiny instance whose search would run to the time limit, the exact MIP,
+        warm-started from the search's plan: a proven optimum is taken and recorded in
+        ``self._proof`` (the anneal is skipped); else its dual bound is returned, where the
+        anneal may stop (-inf: no bound)."""
+        if not (feasible and balance.n_grids > 1 and C.n <= PROVE_MAX_UNITS
+                and self.patience is None and self.max_epochs is None):
+            return -np.inf
+        left = deadline - time.monotonic()
+        lo, hi = balance.bounds()
+        res = solve_exact(C, balance.n_grids, lo[0], hi[0], objective=self.objective,
+                          locked=locked, roots=centre_pos,
+                          deadline=time.monotonic() + min(PROVE_SHARE * left, PROVE_SECONDS),
+                          start=search.labels)
+        labels, status, bound, _ = self._take_exact(
+            res, C, search.labels, search.compactness(), locked, centre_pos, balance.n_grids)
+        search.set_labels(labels)  # the better of the two plans
+        if status == "optimal":
+            self._proof = (status, bound, "MIP dual bound: proven optimal, search stopped")
+            return bound
+        return -np.inf if bound is None else float(bound)
 
     @staticmethod
     def _root_labels(roots, locked, centre_pos, k) -> np.ndarray:
@@ -469,7 +518,8 @@ class Partitioner:
         self.bound_ = None if bound is None else bound / norm
         self.bound_kind_ = bound_kind
         self.gap_ = (
-            None if self.bound_ is None or self.objective_ <= 0
+            0.0 if status == "optimal"  # proven: not a rounding residue of the bound
+            else None if self.bound_ is None or self.objective_ <= 0
             else max(0.0, (self.objective_ - self.bound_) / self.objective_)
         )
         self.status_ = status

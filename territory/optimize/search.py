@@ -113,7 +113,7 @@ class LocalSearch:
         balance: BalanceModel,
         *,
         objective: str,
-        movable: np.ndarray,
+        movable: np.ndarray | None = None,
         centres: np.ndarray | None = None,
         fixed_centres: bool = False,
         rng: np.random.Generator,
@@ -123,7 +123,9 @@ class LocalSearch:
         k = self.k
         self.objective = objective
         self.constraints = balance.constraints
-        self.movable = movable & movable_mask(self.constraints, P.n)
+        self.movable = movable_mask(self.constraints, P.n)
+        if movable is not None:
+            self.movable &= movable
         self.rng = rng
         self.labels = labels.astype(np.int64).copy()
         self.lab = self.labels.tolist()
