@@ -142,6 +142,9 @@ def anneal_chunk(indptr, indices, elen, W, lo, hi, scale, movable, labels, xy, p
     n = labels.shape[0]
     k, m = lo.shape
     nested = sub.shape[0] == n
+    any_closed = False
+    for j in range(closed.shape[0]):
+        any_closed = any_closed or closed[j] != 0
     budgeted = bweight.shape[0] == n
     spent = bspent
     is_moved = np.zeros(n if budgeted else 0, np.bool_)
@@ -212,7 +215,7 @@ def anneal_chunk(indptr, indices, elen, W, lo, hi, scale, movable, labels, xy, p
         v = indices[indptr[i] + np.random.randint(0, deg)]
         a = labels[i]
         b = labels[v]
-        if a == b or size[a] <= 1 or closed[a] != 0 or closed[b] != 0:
+        if a == b or size[a] <= 1:
             continue
         # objective change
         if objective == BOUNDARY:
@@ -244,6 +247,8 @@ def anneal_chunk(indptr, indices, elen, W, lo, hi, scale, movable, labels, xy, p
         d_exc = ea + eb - exc[a] - exc[b]
         dE = d_obj + pen * d_exc
         if dE > 0 and np.random.random() >= np.exp(-dE / T):
+            continue
+        if any_closed and (closed[a] != 0 or closed[b] != 0):
             continue
         t_sub = -1
         if nested:  # the unit's sub-grid stays one piece; it joins one of b's
