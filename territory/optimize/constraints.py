@@ -298,6 +298,10 @@ class DisruptionBudget(MoveConstraint):
         self.peak = max(self.peak, self.spent)
 
     def lower(self, form: KernelForm) -> None:
+        """The cap, as a hard rule of every kernel move. The budget's cost (least churn as
+        a secondary objective) stays the local search's: a walk may spend up to the cap,
+        and :meth:`~territory.optimize.search.LocalSearch.settle` takes back what the
+        balance does not need."""
         if form.budget is not None:
             raise NotLowered("the annealing kernel keeps one disruption budget; two "
                              "DisruptionBudget constraints were given")
