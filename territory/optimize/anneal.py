@@ -9,6 +9,12 @@ are recorded as the best. Contiguity is a hard rule: a unit leaves its grid only
 grid stays connected, checked by a breadth-first search from one of the unit's same-grid
 neighbours that stops as soon as it has reached the others (a few steps for most moves).
 
+Every move also keeps the balance model's move constraints (:mod:`.constraints`), which
+reach the kernel in their array forms (:func:`~territory.optimize.constraints.kernel_form`):
+units that may not move, grids that neither lose nor gain, sub-grid nesting (the unit's
+sub-grid stays one piece and it joins one of the new grid's sub-grids) and a disruption
+budget's cap. A constraint without an array form is refused before the walk starts.
+
 The kernel is compiled by numba with a fixed signature when this module is imported, and
 cached on disk, so a solve's time limit never pays for compilation. It draws from numba's
 own generator, seeded per call: the same seed and the same number of calls give the same
