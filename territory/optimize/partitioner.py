@@ -235,7 +235,7 @@ class Partitioner:
         lo, hi = model.bounds()
         rng = np.random.default_rng(self.random_state)
         centre_pos = self._centre_positions(pos, rest, member, k_rest)
-        self._proof = None
+        self._proof = self._mip_bound = None
         search, feasible = self._heuristic(C, model, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
@@ -259,6 +259,8 @@ class Partitioner:
                 res, C, search.labels, search.compactness(), c_locked, centre_pos, k_rest
             )
             search.set_labels(c_labels)
+        if bound is None and self._mip_bound is not None:  # the unproven early MIP's
+            bound, bound_kind = self._mip_bound, "MIP dual bound (the exact MIP before the search)"
         c_labels = search.labels
         objective = search.compactness()
         if bound is None and self.objective == "distance":
@@ -470,7 +472,10 @@ class Partitioner:
         if status == "optimal":
             self._proof = (status, bound, "MIP dual bound: proven optimal, search stopped")
             return bound
-        return -np.inf if bound is None else float(bound)
+        if bound is None:
+            return -np.inf
+        self._mip_bound = float(bound)
+        return float(bound)
 
     @staticmethod
     def _root_labels(roots, locked, centre_pos, k) -> np.ndarray:
