@@ -121,6 +121,21 @@ def test_a_tiny_instance_proven_optimal_returns_long_before_its_time_limit(objec
         assert p.objective_ == pytest.approx(best)
 
 
+def test_given_centres_stop_the_search_at_their_lp_bound():
+    # wide bands: the best plan is every unit to its nearest given centre, which the LP
+    # bound (computed before the anneal, for the given centres) proves at once
+    from territory.optimize.problem import problem_from_graph
+
+    g = lattice(10, 10, seed=3)
+    p = Partitioner(2, measures={"subscribers": 0.3}, objective="distance",
+                    centres=[0, 99], time_limit=20).solve(g)
+    assert p.time_ < 10 and p.epochs_ == 0
+    assert p.status_ == "optimal" and p.gap_ == 0.0 and "given centres" in p.bound_kind_
+    P = problem_from_graph(g, ["subscribers"])
+    near = np.minimum(*(np.hypot(*(P.xy - P.xy[c]).T) for c in (0, 99)))
+    assert p.objective_ == pytest.approx((P.presence * near).sum() / P.presence.sum())
+
+
 def test_time_limit_is_a_promise():
     # 100 units, k=5: the MIP runs (and cannot prove optimality) until the deadline
     g = lattice(10, 10, seed=4)

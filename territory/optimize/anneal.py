@@ -43,6 +43,9 @@ REHEAT = (1.0,)
 GROWTH, MAX_GROWTH = 1.6, 1000.0
 #: proposals per kernel call: the deadline is checked between calls
 CHUNK = 200_000
+#: a plan within this share of a proven lower bound is optimal (the LP's and the MIP's own
+#: tolerances are of this order)
+PROVEN_RTOL = 1e-7
 
 @nb.njit(cache=True, nogil=True)
 def _leaves_connected(i, lab, indptr, indices, same, mark, queue, stamp):
@@ -444,7 +447,7 @@ def _walk(search, deadline: float, seed: int, segments: int, max_epochs: int | N
     last_gain = 0  # the epoch after the last improvement
 
     def proven() -> bool:
-        return best_val <= stop_at + 1e-9 * max(1.0, abs(stop_at))
+        return best_val <= stop_at + PROVEN_RTOL * max(1.0, abs(stop_at))
 
     timed_out = proven()
     while not timed_out and (max_epochs is None or epoch < max_epochs) and (

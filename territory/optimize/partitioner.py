@@ -52,7 +52,7 @@ from scipy.spatial import cKDTree
 
 from territory.errors import InfeasibleError, InvalidInputError, NotSolvedError
 from territory.graph import induced_subgraph, join_components
-from territory.optimize.anneal import anneal
+from territory.optimize.anneal import PROVEN_RTOL, anneal
 from territory.optimize.balance import (
     BalanceModel,
     locked_shortfalls,
@@ -235,7 +235,7 @@ class Partitioner:
         lo, hi = model.bounds()
         rng = np.random.default_rng(self.random_state)
         centre_pos = self._centre_positions(pos, rest, member, k_rest)
-        self._proof = self._mip_bound = None
+        self._proof = self._early_bound = None
         search, feasible = self._heuristic(C, model, c_locked, centre_pos, rng, t0,
                                            deadline)
         status, bound, bound_kind = "feasible", None, None
@@ -259,8 +259,8 @@ class Partitioner:
                 res, C, search.labels, search.compactness(), c_locked, centre_pos, k_rest
             )
             search.set_labels(c_labels)
-        if bound is None and self._mip_bound is not None:  # the unproven early MIP's
-            bound, bound_kind = self._mip_bound, "MIP dual bound (the exact MIP before the search)"
+        if bound is None and self._early_bound is not None:  # found before the search
+            bound, bound_kind = self._early_bound
         c_labels = search.labels
         objective = search.compactness()
         if bound is None and self.objective == "distance":
@@ -431,13 +431,15 @@ class Partitioner:
         small = C.n <= EXACT_MAX_UNITS
         if small and (self.exact or not feasible):
             reserve = left - min(0.5 * left, 0.05 * C.n)  # the MIP gets the larger share
-        elif self.objective == "distance" and C.xy is not None:
-            reserve = 0.15 * self.time_limit
+        elif self.objective == "distance" and C.xy is not None and centre_pos is None:
+            reserve = 0.15 * self.time_limit  # for the LP bound on the plan's centres
         else:
             reserve = 0.02 * self.time_limit
+        self._centres_bound(C, balance, locked, centre_pos, search, feasible, deadline)
         if feasible:
             search.compact(deadline - reserve)
-        stop_at = self._prove(C, balance, locked, centre_pos, search, feasible, deadline)
+        self._prove(C, balance, locked, centre_pos, search, feasible, deadline)
+        stop_at = -np.inf if self._early_bound is None else self._early_bound[0]
         # the anytime part: anneal until the budget is spent, minus the reserve (or until
         # its plan reaches a proven bound)
         if self._proof is None and balance.n_grids > 1 and search.movable.any():
@@ -446,20 +448,21 @@ class Partitioner:
                                   min_gain=self.min_gain, n_walks=max(1, int(self.n_jobs)),
                                   stop_at=stop_at)
             feasible = search.violation() <= 1e-12
-            if feasible and search.compactness() <= stop_at + 1e-9 * max(1.0, abs(stop_at)):
+            if feasible and search.compactness() <= stop_at + PROVEN_RTOL * max(
+                    1.0, abs(stop_at)):
                 self._proof = ("optimal", stop_at,
-                               "MIP dual bound: the search reached it and stopped")
+                               f"{self._early_bound[1]}: the search reached it and stopped")
         return search, feasible
 
     def _prove(self, C, balance: BalanceModel, locked, centre_pos, search, feasible: bool,
-               deadline: float) -> float:
+               deadline: float) -> None:
         """On a tiny instance whose search would run to the time limit, the exact MIP,
         warm-started from the search's plan: a proven optimum is taken and recorded in
-        ``self._proof`` (the anneal is skipped); else its dual bound is returned, where the
-        anneal may stop (-inf: no bound)."""
+        ``self._proof`` (the anneal is skipped); else its dual bound is kept in
+        ``self._early_bound``, where the anneal stops if its plan reaches it."""
         if not (feasible and balance.n_grids > 1 and C.n <= PROVE_MAX_UNITS
                 and self.patience is None and self.max_epochs is None):
-            return -np.inf
+            return
         left = deadline - time.monotonic()
         lo, hi = balance.bounds()
         res = solve_exact(C, balance.n_grids, lo[0], hi[0], objective=self.objective,
@@ -471,11 +474,26 @@ class Partitioner:
         search.set_labels(labels)  # the better of the two plans
         if status == "optimal":
             self._proof = (status, bound, "MIP dual bound: proven optimal, search stopped")
-            return bound
-        if bound is None:
-            return -np.inf
-        self._mip_bound = float(bound)
-        return float(bound)
+        elif bound is not None and (self._early_bound is None
+                                    or bound > self._early_bound[0]):
+            self._early_bound = (float(bound), "MIP dual bound (the exact MIP before the "
+                                 "search)")
+
+    def _centres_bound(self, C, balance: BalanceModel, locked, centre_pos, search,
+                       feasible: bool, deadline: float) -> None:
+        """With given centres (the distance objective), the LP bound over balanced
+        assignments to them bounds every plan and does not change with the plan: it is
+        computed before the anneal (in the time the bound after it would take) and kept in
+        ``self._early_bound``, so the anneal stops if its plan reaches it."""
+        left = deadline - time.monotonic()
+        if not (feasible and self.objective == "distance" and centre_pos is not None
+                and C.xy is not None and balance.n_grids > 1 and left > 0.5):
+            return
+        lo, hi = balance.bounds()
+        bound, how = lp_lower_bound(C.xy, C.presence, C.W, search.centres, lo, hi,
+                                    locked=locked,
+                                    time_limit=min(0.8 * left, 0.12 * self.time_limit))
+        self._early_bound = (bound, f"{how}, for balanced assignments to the given centres")
 
     @staticmethod
     def _root_labels(roots, locked, centre_pos, k) -> np.ndarray:
