@@ -21,7 +21,9 @@ A search that would run to its time limit (no ``patience``, no ``max_epochs``) o
 instance (up to :data:`PROVE_MAX_UNITS` units) first asks the MIP for a proof: a proven
 optimum ends the search at once (status ``optimal``, gap 0) instead of annealing a plan
 nothing can better for the rest of the time limit; an unproven MIP's dual bound still stops
-the annealing as soon as its plan reaches it.
+the annealing as soon as its plan reaches it. With given centres and the distance objective
+the LP bound over balanced assignments to them bounds every plan, so it is computed before
+the annealing and stops it the same way.
 
 Locks and given centres reach every search as one
 :class:`~territory.optimize.constraints.Held` constraint of the balance model, which the
