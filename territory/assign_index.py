@@ -202,6 +202,7 @@ class AssignmentIndex:
         self._geoms = np.asarray(plan.units.geometry.values, dtype=object)
         shapely.prepare(self._geoms)
         self._seg_tree: shapely.STRtree | None = None
+        self._far: tuple | None = None  # boundary vertices on the unit sphere, lon, lat
         self._utm: pyproj.Transformer | None = None  # made on first use: it costs ~0.3 ms
         self._segs = _Segments(arrays.seg_xy)
         self._seg_unit = arrays.seg_unit.astype(np.int64)
@@ -603,12 +604,15 @@ class AssignmentIndex:
         boundary vertex nearest on the ellipsoid's great circles (a chord on the unit
         sphere orders them the same) and the geodesic distance to it; a boundary segment is
         metres long, the distance thousands of kilometres."""
-        from scipy.spatial import cKDTree  # rare path: not imported by every batch run
+        if self._far is None:  # made on first use: rare, and ~0.7 ms to make
+            from scipy.spatial import cKDTree  # not imported by every batch run
 
-        a = self._a
-        lon, lat = self._to_utm().transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
-                                            direction="INVERSE")
-        near = cKDTree(_unit_sphere(lon, lat)).query(_unit_sphere(x, y))[1]
+            a = self._a
+            lon, lat = self._to_utm().transform(a.seg_xy[:, 0], a.seg_xy[:, 1],
+                                                direction="INVERSE")
+            self._far = cKDTree(_unit_sphere(lon, lat)), lon, lat
+        tree, lon, lat = self._far
+        near = tree.query(_unit_sphere(x, y))[1]
         _, _, metres = pyproj.Geod(ellps="WGS84").inv(x, y, lon[near], lat[near])
         return self._seg_unit[near], np.asarray(metres, dtype=np.float64)
 
