@@ -77,8 +77,9 @@ arrays for one point in plain Python arithmetic: the same IEEE operations in the
 so the same answers to the bit (held by the tests against the array path). A point near a
 boundary costs one orientation test or a few prepared point-in-polygon tests, an outside
 point its raster cell's few candidate segments, a point off the raster one STRtree query:
-about 1.3 µs per point located and 7 µs per outside point's nearest grid on the bench's
-Xiamen plan, against 50-90 µs through the array path.
+on a Xiamen plan, 1 µs a point inside, 3 µs near a boundary, 5 µs outside on the raster
+and 11 µs off it (nearest grid included), against 20-80 µs through the array path
+(``bench/assign_one.py``).
 
 Size and speed (Shenzhen, 31 000 units, 7 900 boundary segments, one core): built in about
 6 s, 31 MB of arrays (raster 17 MB, outside lookup 6 MB, node grid 7 MB), loaded in well
