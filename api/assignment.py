@@ -76,6 +76,14 @@ class LockedIndex(AssignmentIndex):
     def locate(self, lng: np.ndarray, lat: np.ndarray) -> np.ndarray:
         return np.concatenate(self._chunks(super().locate, lng, lat))
 
+    def locate_one(self, lng: float, lat: float) -> int:
+        with self._lock:
+            return super().locate_one(lng, lat)
+
+    def nearest_one(self, lng: float, lat: float) -> tuple[int, float]:
+        with self._lock:
+            return super().nearest_one(lng, lat)
+
     def nearest(self, lng: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         units, distances = zip(*self._chunks(super().nearest, lng, lat), strict=True)
         return np.concatenate(units), np.concatenate(distances)

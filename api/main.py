@@ -92,7 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        open_paths=[p for p in (app.docs_url, app.redoc_url, app.openapi_url,
                                                app.swagger_ui_oauth2_redirect_url, "/health")
                                    if p])
-    # assignment first: its routes are the hot path, and routes are matched in order
+    # assignment first: its routes are the hot path, and routes are matched in order; the
+    # single lookup on the plan in force before every other route
+    assign.add_single_route(app)
     for module in (assign, health, plans, jobs, grids, datasets, maps, exports, reports, staff,
                    redraw):
         app.include_router(module.router)

@@ -94,25 +94,78 @@ def test_one_owner_per_point_property(plan, index, data):
     got = index.locate(x, y)
     assert got.shape == x.shape
     np.testing.assert_array_equal(got, locate_points(plan.units, x, y))
-    for xi, yi, owner in zip(x.tolist(), y.tolist(), got.tolist(), strict=True):
-        assert index.locate_one(xi, yi) in (owner, None)  # the raster's answer, or none
+    _assert_single_path_agrees(index, x, y)
 
 
-def test_locate_one_answers_most_points_as_locate_does(plan, index):
-    """The single-point path agrees with the array path wherever it answers, and answers
-    most points of the plan's box (not: ambiguous pixels, off the raster)."""
+def _assert_single_path_agrees(index: AssignmentIndex, x: np.ndarray, y: np.ndarray) -> None:
+    """locate_one and nearest_one give the array path's answers to the bit, point by point
+    (the service's single lookups take them)."""
+    owner = index.locate(x, y)
+    units, dist = index.nearest(x, y)
+    for i, (xi, yi) in enumerate(zip(x.tolist(), y.tolist(), strict=True)):
+        assert index.locate_one(xi, yi) == owner[i], (xi, yi)
+        if owner[i] < 0:  # nearest is asked of outside points only
+            u, d = index.nearest_one(xi, yi)
+            assert u == units[i] and (d == dist[i] or np.isnan(d) and np.isnan(dist[i])), (
+                xi, yi, u, d, units[i], dist[i])
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_single_point_path_equals_array_path_property(plan, index, data):
+    """Near the service area's outer boundary (on it, ulps off it), beyond the raster's
+    margin, on another continent, non-finite: the single-point path answers as the
+    array path does."""
+    b = plan.units.total_bounds
+    outer = shapely.get_coordinates(shapely.get_exterior_ring(shapely.get_parts(
+        shapely.union_all(plan.units.geometry.values))))
+    xs, ys = [], []
+    for _ in range(data.draw(st.integers(1, 20))):
+        kind = data.draw(st.sampled_from(["boundary", "beyond", "margin", "globe", "odd"]))
+        if kind == "boundary":
+            j = data.draw(st.integers(0, len(outer) - 2))
+            t = data.draw(st.just(0.0) | st.floats(0, 1))  # a vertex: nearest-segment ties
+            p = outer[j] + t * (outer[j + 1] - outer[j])
+            offset = st.sampled_from([0.0, 1e-12, -1e-9, 3e-6, 2e-4, -2e-4, 2e-3, -2e-3])
+            p = p + np.array(data.draw(st.tuples(offset, offset)))
+        elif kind == "beyond":  # off the raster, within the local projection's reach
+            p = np.array([data.draw(st.floats(b[0] - 0.5, b[2] + 0.5)),
+                          data.draw(st.floats(b[1] - 0.5, b[3] + 0.5))])
+        elif kind == "margin":  # the raster's margin cells, and just past them
+            p = np.array([data.draw(st.floats(b[0] - 0.006, b[0] + 0.001)),
+                          data.draw(st.floats(b[1] - 0.006, b[3] + 0.006))])
+        elif kind == "globe":  # beyond the local projection: the geodesic path
+            p = np.array([data.draw(st.floats(-180, 180)), data.draw(st.floats(-90, 90))])
+        else:
+            p = np.array([data.draw(st.sampled_from([np.nan, np.inf, b[0]])),
+                          data.draw(st.sampled_from([np.nan, -np.inf, b[1]]))])
+        xs.append(float(p[0]))
+        ys.append(float(p[1]))
+    _assert_single_path_agrees(index, np.array(xs), np.array(ys))
+
+
+def test_single_point_path_answers_as_the_array_path(plan, index, monkeypatch):
+    """Random points over the plan's box and well beyond: inside, near boundaries (both
+    kinds of ambiguous pixel), outside on and off the raster, all met."""
     rng = np.random.default_rng(9)
     b = plan.units.total_bounds
-    x = rng.uniform(b[0] - 0.003, b[2] + 0.003, 20_000)
-    y = rng.uniform(b[1] - 0.003, b[3] + 0.003, 20_000)
-    want = index.locate(x, y)
-    got = [index.locate_one(xi, yi) for xi, yi in zip(x.tolist(), y.tolist(), strict=True)]
-    answered = np.array([g is not None for g in got])
-    assert answered.mean() > 0.8
-    np.testing.assert_array_equal(np.array([g for g in got if g is not None]), want[answered])
-    assert {-1, 0} <= {min(g, 0) for g in got if g is not None}  # inside and outside met
-    assert index.locate_one(float("nan"), 24.5) is None
-    assert index.locate_one(b[0] - 5, b[1]) is None  # off the raster
+    x = rng.uniform(b[0] - 0.05, b[2] + 0.05, 6_000)
+    y = rng.uniform(b[1] - 0.05, b[3] + 0.05, 6_000)
+    resolved = []  # the ambiguous pixels met: an edge's (>= n_sets) or a candidate set's
+    resolve = index._resolve_one
+    monkeypatch.setattr(index, "_resolve_one",
+                        lambda *a: resolved.append(a[2]) or resolve(*a))
+    _assert_single_path_agrees(index, x, y)
+    n_sets = len(index._a.amb_free)
+    assert sum(e >= n_sets for e in resolved) > 20 and sum(e < n_sets for e in resolved) > 5
+    inr = index._pixels(x, y)[0]
+    owner = index.locate(x, y)
+    assert (~inr).sum() > 500 and (inr & (owner < 0)).sum() > 500  # outside, off and on
+    assert (owner >= 0).sum() > 1_000
+    assert index.locate_one(float("nan"), 24.5) == -1
+    unit, dist = index.nearest_one(float("nan"), 24.5)
+    assert unit == -1 and np.isnan(dist)
 
 
 # -- statuses and outside points -------------------------------------------------------------

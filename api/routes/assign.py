@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -181,17 +181,20 @@ _INSIDE = '"status":"ok","nearest_grid_id":null,"distance_m":0.0,"reason":null'
 def _single(index: LockedIndex, plan_json: str, lng: float, lat: float, crs: str) -> Response:
     """One point's :class:`SingleAssignment` as JSON, assembled from the index's
     precomputed parts (:meth:`LockedIndex.unit_json`) and the plan's: building and
-    validating the pydantic model cost more than the lookup itself. A WGS84 point the
-    index's raster answers alone (:meth:`~territory.assign_index.AssignmentIndex.locate_one`:
-    most of a counter's) skips the engine's array work: inside a unit it is done, outside
-    only its nearest grid is left to find; any other point goes through the engine."""
-    unit = index.locate_one(lng, lat) if crs in AS_WGS84 else None
-    if unit is not None and unit >= 0:
-        return Response(f'{{"id":null,{index.unit_json(unit)},{_INSIDE},"plan":{plan_json}}}',
-                        media_type="application/json")
-    if unit is not None:  # outside the service area, as the engine would find
-        units, distances = index.nearest(np.array([lng]), np.array([lat]))
-        status, nearest, distance, reason = "outside", int(units[0]), float(distances[0]), None
+    validating the pydantic model cost more than the lookup itself. A WGS84 point in range
+    (most of a counter's) is answered by the index's single-point path
+    (:meth:`~territory.assign_index.AssignmentIndex.locate_one`, then
+    :meth:`~territory.assign_index.AssignmentIndex.nearest_one` outside the service area),
+    plain Python arithmetic with the array path's answers, without its per-call numpy
+    overhead; any other point goes through the engine (CRS conversion, invalid reasons)."""
+    if crs in AS_WGS84 and -180 <= lng <= 180 and -90 <= lat <= 90:
+        unit = index.locate_one(lng, lat)
+        if unit >= 0:
+            return Response(f'{{"id":null,{index.unit_json(unit)},{_INSIDE},'
+                            f'"plan":{plan_json}}}', media_type="application/json")
+        # outside the service area, as the engine would find
+        status, reason = "outside", None
+        nearest, distance = index.nearest_one(lng, lat)
     else:
         result = assign(index, np.array([lng]), np.array([lat]), crs=crs)
         status = STATUSES[int(result.code[0])]
@@ -368,9 +371,6 @@ async def assign_file_on_plan(plan: PlanDep, user: Operator, indexes: IndexesDep
 
 
 # -- on the plan in force ------------------------------------------------------------------
-@router.get("/assign", response_model=SingleAssignment, responses=ERRORS,
-            summary="Assign one point on the plan in force on a day",
-            openapi_extra={**KEY_SECURITY, "parameters": query_parameters(PointOnDay)})
 async def assign_one(request: Request) -> Response:
     """Needs the ``operations`` role."""
     # The counter's lookup, the service's hot path: the caller's role and the app's state
@@ -385,6 +385,19 @@ async def assign_one(request: Request) -> Response:
     crs = resolve_crs(q.crs, settings, window.service_area)
     return _single(await state.indexes.get(window.plan_id), _window_json(window), q.lng, q.lat,
                    crs)
+
+
+def add_single_route(app: FastAPI) -> None:
+    """``GET /assign`` first on the app's own router, ahead of the documentation's routes
+    and the included routers: FastAPI matches a path against every route of an included
+    router in turn, twice per request (the router, then its route), which cost the
+    counter's lookup more than the lookup itself did."""
+    app.add_api_route("/assign", assign_one, methods=["GET"], response_model=SingleAssignment,
+                      responses=ERRORS, tags=["assign"],
+                      summary="Assign one point on the plan in force on a day",
+                      openapi_extra={**KEY_SECURITY,
+                                     "parameters": query_parameters(PointOnDay)})
+    app.router.routes.insert(0, app.router.routes.pop())  # routes are matched in order
 
 
 @router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
