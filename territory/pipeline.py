@@ -312,10 +312,14 @@ def _unit_constraints(units: gpd.GeoDataFrame, inputs: Inputs, spec: HierarchySp
         caps = _mean_sub_grid(units, spec) if spec.fit_main else None
         if caps:
             spec.together, released = split_heavy_groups(units, spec.together, caps)
-            for r in released:
-                log.warning("key account over %d units not kept in one grid: it holds %.6g "
-                            "%s, more than a mean sub-grid (%.6g)", len(r["units"]),
-                            r["load"], r["measure"], r["cap"])
+            for r in released:  # one line per account only with --verbose: 100+ at 2 M
+                log.debug("key account over %d units not kept in one grid: it holds %.6g "
+                          "%s, more than a mean sub-grid (%.6g)", len(r["units"]),
+                          r["load"], r["measure"], r["cap"])
+            if released:
+                log.warning("%d key accounts not kept in one grid: each holds more than a "
+                            "mean sub-grid (key_account_groups_released in plan.json)",
+                            len(released))
     if stores_as_centres:
         spec.centres = store_centres(units, inputs.stores)
     return released
