@@ -49,9 +49,10 @@ from territory.errors import InvalidInputError
 from territory.metrics import load_table
 from territory.optimize.balance import BalanceModel
 from territory.optimize.churn_bound import ChurnBound, churn_lower_bound
+from territory.optimize.churn_guide import Guide, least_churn_labels
 from territory.optimize.constraints import DisruptionBudget, Held, SubGrids
 from territory.optimize.problem import Problem
-from territory.optimize.search import LocalSearch
+from territory.optimize.search import LocalSearch, grid_components
 from territory.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -188,15 +189,25 @@ class _Search:
                              frozenset(np.flatnonzero(lone).tolist()))
         return self.W / per, model
 
-    def main_level(self, limit: float, deadline: float, depth: int | None,
-                   weights: tuple[float, ...]
-                   ) -> tuple[LocalSearch, DisruptionBudget, SubGrids]:
-        k = len(self.mains)
-        Wn, model = self.normalised(self.main, self.branch, k, self.closed_main)
+    def main_problem(self, depth: int | None) -> tuple[Problem, BalanceModel, np.ndarray]:
+        """The main grids' problem (loads divided by their branch's mean), its model and
+        the units that stay (``depth``: only units within that many hops of a grid line
+        may move)."""
+        Wn, model = self.normalised(self.main, self.branch, len(self.mains), self.closed_main)
         P = self.problem(Wn, self.branch)
         fixed = self.fixed.copy()
-        if depth is not None:  # only units within `depth` hops of a grid line may move
+        if depth is not None:
             fixed |= ~_near_lines(P, self.main, depth)
+        return P, model, fixed
+
+    def main_level(self, limit: float, deadline: float, depth: int | None,
+                   weights: tuple[float, ...], guide: float = 0.0
+                   ) -> tuple[LocalSearch, DisruptionBudget, SubGrids]:
+        """The main grids' search; with ``guide`` seconds, it first walks towards the
+        least-churn assignments of :meth:`guide` (each from where the last walk ended,
+        until balanced or the time is spent), then balances what is left its own way."""
+        P, model, fixed = self.main_problem(depth)
+        Wn = P.W
         subs = SubGrids(self.sub, self.sub_main, P.indptr, P.indices, P.elen)
         scale = self.B.sum() / max(model.n_balanced, 1)
         budget = DisruptionBudget(self.B, self.main, limit, scale=scale, fine=subs,
@@ -205,6 +216,24 @@ class _Search:
         ls = LocalSearch(P, self.main, model, objective="boundary",
                          movable=np.ones(len(Wn), dtype=bool),
                          rng=np.random.default_rng(self.seed))
+        end = min(deadline, time.monotonic() + guide)
+        levels = ((lambda: ls.labels, len(self.mains)), (lambda: subs.sub, len(self.subs)))
+        pieces = [_pieces_per_grid(P, now(), k) for now, k in levels]
+
+        def valid(ls: LocalSearch) -> bool:  # the rules a jump to a guide must keep
+            if budget.spent > limit + 1e-6:
+                return False
+            for (now, k), before in zip(levels, pieces, strict=True):
+                after = _pieces_per_grid(P, now(), k)  # none split, none emptied
+                if ((after > before) | ((after == 0) & (before > 0))).any():
+                    return False
+            return True
+
+        while ls.violation() > 1e-12 and time.monotonic() < end:
+            g = self.guide(limit, depth, end - time.monotonic(), ls.labels, subs.sub,
+                           max_rounds=GUIDE_ROUNDS)
+            if g.labels is None or ls.follow(g.labels, deadline, valid) == 0:
+                break
         _balance(ls, budget, deadline, weights)
         return ls, budget, subs
 
@@ -234,20 +263,36 @@ class _Search:
         return ls.labels, max(spent_peak, budget.peak), budget
 
     def run(self, limit: float, time_limit: float, depth: int | None,
-            also: Iterable[str] = (), weights: tuple[float, ...] | None = None
-            ) -> tuple[np.ndarray, np.ndarray, float, float]:
+            also: Iterable[str] = (), weights: tuple[float, ...] | None = None,
+            guide: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float]:
         """(main codes, sub codes, worst main excess, the most the budget held at once);
         the sub-grids of main grids ``also`` are balanced whether or not they changed.
         ``weights``: the budget's weights in the main grids' search (:data:`CHURN_WEIGHTS`
-        unless given)."""
+        unless given); ``guide``: seconds of least-churn guides first (:meth:`main_level`)."""
         t0 = time.monotonic()
         ls, budget, subs = self.main_level(limit, t0 + 0.7 * time_limit, depth,
-                                           weights or CHURN_WEIGHTS)
+                                           weights or CHURN_WEIGHTS, guide)
         main, z = ls.labels.copy(), _worst_excess(ls)
         extra = np.searchsorted(self.mains, np.array(sorted(map(str, also)), dtype=object))
         sub, peak, _ = self.sub_level(main, subs.sub.copy(), limit, budget.peak,
                                       t0 + time_limit, extra.astype(np.int64))
         return main, sub, z, peak
+
+    def guide(self, limit: float, depth: int | None, time_limit: float,
+              main: np.ndarray | None = None, sub: np.ndarray | None = None,
+              max_rounds: int = 100) -> Guide:
+        """The least-churn contiguous assignment of :mod:`territory.optimize.churn_guide`
+        from labels ``main``/``sub`` (the plan in force unless given), churn counted from
+        the plan in force: main-grid labels for the search to walk towards."""
+        P, model, fixed = self.main_problem(depth)
+        lo, hi = model.bounds()
+        group = np.zeros(len(self.mains), dtype=np.int64)
+        group[self.main] = self.branch
+        return least_churn_labels(P.W, self.main if main is None else main, group, lo, hi,
+                                  self.B, ~fixed, self.closed_main, P.adjacency(),
+                                  self.sub if sub is None else sub, limit=limit,
+                                  time_limit=time_limit, original=self.main,
+                                  max_rounds=max_rounds)
 
     def lower_bound(self, time_limit: float) -> ChurnBound:
         """The least budget measure that must change main grid (see
@@ -260,6 +305,11 @@ class _Search:
         return churn_lower_bound(Wn, self.main, group, lo, hi, self.B, ~self.fixed,
                                  self.closed_main, time_limit)
 
+
+#: rounds of contiguity cuts per guide (:mod:`territory.optimize.churn_guide`): the walk
+#: towards an almost contiguous guide and a new guide from where it ended converge faster
+#: than cutting the last pieces off one MIP
+GUIDE_ROUNDS = 3
 
 #: the budget's weight in the score, lowered in turn while the bands are not met. Heavy
 #: first: of the moves that cut the excess, those carrying least of the budget measure per
@@ -293,6 +343,14 @@ def _worst_excess(ls: LocalSearch) -> float:
     lo, hi = ls.lo, ls.hi
     over = np.maximum(ls.loads - hi, 0) + np.maximum(lo - ls.loads, 0)
     return float(over.max()) if over.size else 0.0
+
+
+def _pieces_per_grid(P: Problem, labels: np.ndarray, k: int) -> np.ndarray:
+    """How many pieces each of the ``k`` labels has over ``P``'s edges (0: empty; a grid
+    may be one piece only over another branch's bridge: the count before a change is the
+    reference, not 1)."""
+    comp = grid_components(P, labels)
+    return pd.Series(comp).groupby(labels).nunique().reindex(range(k), fill_value=0).to_numpy()
 
 
 def _near_lines(P: Problem, labels: np.ndarray, depth: int) -> np.ndarray:
@@ -339,6 +397,13 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
         m2, s2, z2, _ = s.run(budget.value, 0.2 * time_limit / len(FALLBACK_WEIGHTS), depth,
                               sub_grids_of, weights)
         if z2 < z - 1e-9:
+            main, sub, z = m2, s2, z2
+    if z > 1e-9 or (main != s.main).any():  # moves were needed: a least-churn guide's turn
+        left = max(min(0.6 * time_limit, time_limit - (time.monotonic() - t0)),
+                   0.2 * time_limit)
+        m2, s2, z2, _ = s.run(budget.value, left, depth, sub_grids_of, guide=0.5 * left)
+        if z2 < z - 1e-9 or (z2 <= z + 1e-9 and s.B[m2 != s.main].sum()
+                             < s.B[main != s.main].sum()):
             main, sub, z = m2, s2, z2
     new = _apply(plan, s, main, sub, tol, author=author, message=message or (
         f"rebalance within {budget.measure}={budget.value:g}"))

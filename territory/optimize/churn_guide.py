@@ -1,0 +1,238 @@
+"""The least-churn assignment with contiguity: a guide for the rebalance's local search.
+
+The local search (:class:`~territory.optimize.search.LocalSearch`) balances by moving one
+boundary unit at a time, scoring each move by the balance it gains against the customers it
+costs. It sees one move ahead, so it moves what is next to the line, not what is cheapest
+to move: on the shipped city it moved 4-7 times the customers of the proven bound
+(:mod:`.churn_bound`). The bound's MIP sees every unit at once but drops contiguity, so its
+optimum moves units scattered through the grids, which no real plan can.
+
+This module solves the bound's MIP with contiguity put back, in part by rows and in part
+lazily:
+
+* only units within ``reach`` hops of a grid line may move, and only to grids found within
+  ``reach`` hops of them (the band where a rebalance's moves lie);
+* every piece of every grid and sub-grid keeps a root (a unit that stays: a held one, else
+  its deepest);
+* hop-order rows (:func:`_local_rows`): a unit joins grid ``g`` only beside a unit of ``g``
+  one hop nearer ``g``'s present units (so joiners never form an island: the hops lead
+  back), and a unit stays in its grid (and sub-grid) only beside one that stays and is no
+  farther from its root. Strict order on this side too (one hop nearer) would make every
+  solution one piece without cuts, but on the shipped city it cost 1.1-1.8 times the
+  churn; with ``<=`` a ring of stayers can still lose its way to the root, which the cuts
+  catch:
+* the MIP is solved, the pieces of each grid (and of each sub-grid's staying units) left
+  without a root are found, and for each piece ``S`` of grid ``g`` a cut ``x[i,g] <= sum
+  of x[j,g] over the neighbours j of S`` (for i in S) is added: a grid that holds ``i`` and
+  its root must hold a unit on the way out of S. Repeated until no piece is cut off, for
+  ``max_rounds`` rounds, or until the time is spent.
+
+The answer is a set of target labels; the search then moves to them
+(:meth:`~territory.optimize.search.LocalSearch.follow`), keeping every hard rule, and
+balances what is left its own way. The restrictions (band, roots, hop orders) make this
+MIP's bound no bound for other plans: the proven bound stays
+:func:`.churn_bound.churn_lower_bound`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from territory.optimize.churn_bound import AssignmentModel, ChurnBound, assignment_model
+from territory.optimize.highs import checked_status
+
+#: rows added for one cut-off piece at most (one per unit of it: the piece's far units are
+#: cut again in a later round if still needed)
+_CUTS_PER_PIECE = 12
+#: a guide need not be optimal: 2 % above the best bound is found much sooner
+GAP = 0.02
+
+
+@dataclass
+class Guide:
+    """Target labels (``None``: the MIP found no assignment in time), whether every grid
+    and sub-grid of them is one piece, the churn they cost and how many cut rounds ran."""
+
+    labels: np.ndarray | None
+    contiguous: bool
+    churn: float
+    rounds: int
+
+
+def _hops(A: sp.csr_matrix, seeds: np.ndarray, limit: int) -> np.ndarray:
+    """Hops from ``seeds`` (booleans) over ``A``, ``limit + 1`` beyond ``limit``."""
+    dist = np.where(seeds, 0, limit + 1)
+    front = seeds.copy()
+    for d in range(1, limit + 1):
+        nxt = (A @ front.astype(np.int8)) > 0
+        nxt &= dist > limit
+        dist[nxt] = d
+        front = nxt
+    return dist
+
+
+def least_churn_labels(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: np.ndarray,
+                       hi: np.ndarray, weight: np.ndarray, movable: np.ndarray,
+                       closed: np.ndarray, adjacency: sp.csr_matrix, sub: np.ndarray, *,
+                       limit: float = np.inf, reach: int = 4, time_limit: float = 10.0,
+                       original: np.ndarray | None = None, max_rounds: int = 100) -> Guide:
+    """The module's guide for units with loads ``W`` in grids ``labels`` (arguments as
+    :func:`.churn_bound.churn_lower_bound`), ``adjacency`` the units' graph (edges inside a
+    group only), ``sub`` their sub-grid codes; at most ``limit`` weight changes grid from
+    ``original`` (``labels`` unless given: a guide from a plan already partly changed).
+    Stops after ``max_rounds`` rounds of cuts."""
+    t_end = time.monotonic() + time_limit
+    labels = np.asarray(labels, dtype=np.int64)
+    n, k = len(labels), len(group)
+    A = sp.csr_matrix(adjacency, dtype=float)
+    A.data[:] = 1.0
+    rows, cols = A.nonzero()
+    line = np.zeros(n, dtype=bool)
+    line[rows[labels[rows] != labels[cols]]] = True
+    depth = _hops(A, line, n)  # hops to the nearest grid line
+    # grids within `reach` hops of each unit
+    near = sp.csr_matrix((np.ones(n), (np.arange(n), labels)), shape=(n, k))
+    seen = near.copy()
+    for _ in range(reach):
+        seen = ((seen + A @ seen) > 0).astype(float)
+    allowed = seen.toarray() > 0
+    free = np.asarray(movable, bool) & (depth < reach) & (allowed.sum(axis=1) > 1)
+    # a root per piece of each grid and sub-grid (a grid may be one piece only through
+    # another branch's units, over a bridge): a unit that stays, the piece's deepest one
+    # when all may move
+    roots = []
+    for codes in (labels, sub):
+        piece = _pieces(A, codes)
+        order = np.lexsort((-depth, piece))
+        first = order[np.r_[True, piece[order][1:] != piece[order][:-1]]]
+        held = np.bincount(piece, weights=(~free).astype(float)) > 0
+        free[first[~held[piece[first]]]] = False
+        stays = np.flatnonzero(~free)
+        roots.append(stays[np.unique(piece[stays], return_index=True)[1]])
+    model = assignment_model(W, labels, group, lo, hi, weight, free, closed, allowed,
+                             original)
+    if isinstance(model, ChurnBound):  # balanced already, or out of reach
+        return Guide(labels.copy() if model.value == 0 else None, model.value == 0, 0.0, 0)
+    col = {(int(i), int(g)): c for c, (i, g) in enumerate(zip(model.col_unit, model.col_grid,
+                                                            strict=True))}
+    cost = model.cost + np.where(model.cost > 0, 1e-3, 0.0)  # fewer units at equal churn
+    h = model.highs(max(t_end - time.monotonic(), 0.1))
+    h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
+    h.setOptionValue("mip_rel_gap", GAP)
+    _add(h, _local_rows(model, labels, sub, free, A, reach, roots, col))
+    # what the units that stay away from ``original`` already cost
+    home = labels if original is None else np.asarray(original, dtype=np.int64)
+    away = (labels != home) & ~np.isin(np.arange(n), model.units)
+    spent = float(np.asarray(weight, float)[away].sum())
+    if np.isfinite(limit):
+        moved = np.flatnonzero(model.cost > 0)
+        _add(h, [(moved.tolist(), model.cost[moved].tolist(), -np.inf, float(limit) - spent)])
+    best, rounds = None, 0
+    while time.monotonic() < t_end:
+        h.setOptionValue("time_limit", max(t_end - time.monotonic(), 0.1))
+        h.run()
+        status = checked_status(h, "least-churn guide MIP")
+        x = np.asarray(h.getSolution().col_value)
+        if status == "Infeasible" or len(x) != len(cost) or not h.getInfo().primal_solution_status:
+            break
+        target = labels.copy()
+        on = x > 0.5
+        target[model.col_unit[on]] = model.col_grid[on]
+        rounds += 1
+        cuts = _cuts(target, labels, sub, A, roots, col)
+        best = Guide(target, not cuts, spent + float(model.cost[on].sum()), rounds)
+        if not cuts or status != "Optimal" or rounds >= max_rounds:
+            break
+        _add(h, cuts)
+    return best or Guide(None, False, np.inf, rounds)
+
+
+def _pieces(A: sp.csr_matrix, codes: np.ndarray, keep: np.ndarray | None = None
+            ) -> np.ndarray:
+    """The connected piece of each unit within its code (units ``keep`` only, if given)."""
+    rows, cols = A.nonzero()
+    same = codes[rows] == codes[cols]
+    if keep is not None:
+        same &= keep[rows] & keep[cols]
+    B = sp.csr_matrix((np.ones(same.sum()), (rows[same], cols[same])), shape=A.shape)
+    return connected_components(B, directed=False)[1]
+
+
+def _local_rows(model: AssignmentModel, labels: np.ndarray, sub: np.ndarray,
+                free: np.ndarray, A: sp.csr_matrix, reach: int, roots: list[np.ndarray],
+                col: dict) -> list:
+    """The hop-order rows of the module docstring: a unit joins grid g only beside a unit
+    of g one hop nearer g's present units; a unit stays in its grid (sub-grid) only beside
+    one that stays there and is no farther from the root of its piece."""
+    out = []
+    nbrs = np.split(A.indices, A.indptr[1:-1])
+    rows, cols = A.nonzero()
+    to_root = []
+    for codes, r in zip((labels, sub), roots, strict=True):
+        same = codes[rows] == codes[cols]
+        B = sp.csr_matrix((np.ones(same.sum()), (rows[same], cols[same])), shape=A.shape)
+        seeds = np.zeros(len(labels), dtype=bool)
+        seeds[r] = True
+        to_root.append(_hops(B, seeds, len(labels)))
+    dist = {}
+    for c in range(len(model.col_unit)):
+        i, g = int(model.col_unit[c]), int(model.col_grid[c])
+        nb = nbrs[i]
+        if g == labels[i]:
+            ways = [nb[(codes[nb] == codes[i]) & (d[nb] <= d[i])]
+                    for codes, d in zip((labels, sub), to_root, strict=True)]
+        else:
+            if g not in dist:
+                dist[g] = _hops(A, labels == g, reach + 1)
+            ways = [nb[dist[g][nb] == dist[g][i] - 1]]
+        for way in ways:
+            if ((labels[way] == g) & ~free[way]).any():
+                continue  # a neighbour surely in g
+            idx = [col[(int(j), g)] for j in way if (int(j), g) in col]
+            out.append(([c] + idx, [1.0] + [-1.0] * len(idx), -np.inf, 0.0))
+    return out
+
+
+def _cuts(target: np.ndarray, labels: np.ndarray, sub: np.ndarray, A: sp.csr_matrix,
+          roots: list[np.ndarray], col: dict) -> list:
+    """Rows cutting off the pieces of each grid (and of each sub-grid's staying units) that
+    ``target`` leaves without a root."""
+    out = []
+    n = len(target)
+    for level, region, inside in ((0, target, np.ones(n, dtype=bool)),
+                                  (1, sub, target == labels)):
+        # pieces of each grid; of each sub-grid, its staying units' pieces
+        comp = _pieces(A, region, inside)
+        ok = np.zeros(comp.max() + 1, dtype=bool)
+        ok[comp[roots[level]]] = True
+        for c in np.unique(comp[inside & ~ok[comp]]):
+            S = np.flatnonzero(comp == c)
+            g = int(target[S[0]])
+            nb = np.setdiff1d(np.unique(A[S].indices), S)
+            if level:  # the sub-grid's units that left: one of them must stay after all
+                nb = nb[region[nb] == region[S[0]]]
+            way = [col[(int(j), g)] for j in nb if (int(j), g) in col]
+            own = [col[(int(i), g)] for i in S if (int(i), g) in col][:_CUTS_PER_PIECE]
+            if not own:  # the piece is held in g: a way out must be in g
+                out.append((way, [1.0] * len(way), 1.0, np.inf))
+            for c_i in own:
+                out.append(([c_i] + way, [1.0] + [-1.0] * len(way), -np.inf, 0.0))
+    return out
+
+
+def _add(h, rows: list) -> None:
+    """Add ``(columns, values, lower, upper)`` rows to HiGHS model ``h``."""
+    if not rows:
+        return
+    starts = np.cumsum([0] + [len(r[0]) for r in rows[:-1]]).astype(np.int32)
+    idx = np.concatenate([np.asarray(r[0], dtype=np.int32) for r in rows])
+    val = np.concatenate([np.asarray(r[1], dtype=float) for r in rows])
+    lo = np.array([r[2] for r in rows], dtype=float)
+    hi = np.array([r[3] for r in rows], dtype=float)
+    inf = 1e30
+    h.addRows(len(rows), np.maximum(lo, -inf), np.minimum(hi, inf), len(idx), starts, idx, val)
