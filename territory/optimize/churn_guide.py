@@ -79,7 +79,7 @@ def _hops(A: sp.csr_matrix, seeds: np.ndarray, limit: int) -> np.ndarray:
 def least_churn_labels(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: np.ndarray,
                        hi: np.ndarray, weight: np.ndarray, movable: np.ndarray,
                        closed: np.ndarray, adjacency: sp.csr_matrix, sub: np.ndarray, *,
-                       limit: float = np.inf, reach: int = 4, time_limit: float = 10.0,
+                       limit: float = np.inf, reach: int = 6, time_limit: float = 10.0,
                        original: np.ndarray | None = None, max_rounds: int = 100) -> Guide:
     """The module's guide for units with loads ``W`` in grids ``labels`` (arguments as
     :func:`.churn_bound.churn_lower_bound`), ``adjacency`` the units' graph (edges inside a
