@@ -43,13 +43,15 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from territory.edits import locked, tolerances
 from territory.errors import InvalidInputError
 from territory.metrics import load_table
 from territory.optimize.balance import BalanceModel
 from territory.optimize.churn_bound import ChurnBound, churn_lower_bound
-from territory.optimize.churn_guide import Guide, least_churn_labels
+from territory.optimize.churn_guide import Guide, contiguous_churn_bound, least_churn_labels
 from territory.optimize.constraints import DisruptionBudget, Held, SubGrids
 from territory.optimize.problem import Problem
 from territory.optimize.search import LocalSearch, grid_components
@@ -154,13 +156,15 @@ class _Search:
         keep = ~(np.isnan(self.er) | np.isnan(self.ec))
         self.er, self.ec = self.er[keep].astype(np.int64), self.ec[keep].astype(np.int64)
         self.elen = np.maximum(e["length_m"].fillna(1.0).to_numpy(dtype=float)[keep], 1e-6)
+        bridge = e["bridge"].fillna(False).to_numpy(dtype=bool) if "bridge" in e else \
+            np.zeros(len(e), dtype=bool)
+        self.rook = ~bridge[keep]
 
     def problem(self, W: np.ndarray, group: np.ndarray) -> Problem:
         """The units with edges only inside one ``group`` (branch, or main grid)."""
         same = group[self.er] == group[self.ec]
         r = np.concatenate([self.er[same], self.ec[same]])
         c = np.concatenate([self.ec[same], self.er[same]])
-        import scipy.sparse as sp
 
         n = len(W)
         A = sp.csr_matrix((np.concatenate([self.elen[same]] * 2), (r, c)), shape=(n, n))
@@ -294,16 +298,25 @@ class _Search:
                                   time_limit=time_limit, original=self.main,
                                   max_rounds=max_rounds)
 
-    def lower_bound(self, time_limit: float) -> ChurnBound:
+    def lower_bound(self, time_limit: float, contiguous: bool = False) -> ChurnBound:
         """The least budget measure that must change main grid (see
         :mod:`territory.optimize.churn_bound`): a main-grid move changes the sub-grid too,
-        so it bounds the budget as well."""
+        so it bounds the budget as well. ``contiguous``: with contiguity cuts
+        (:func:`territory.optimize.churn_guide.contiguous_churn_bound`, higher, slower)."""
         Wn, model = self.normalised(self.main, self.branch, len(self.mains), self.closed_main)
         lo, hi = model.bounds()
         group = np.zeros(len(self.mains), dtype=np.int64)
         group[self.main] = self.branch
-        return churn_lower_bound(Wn, self.main, group, lo, hi, self.B, ~self.fixed,
-                                 self.closed_main, time_limit)
+        if not contiguous:
+            return churn_lower_bound(Wn, self.main, group, lo, hi, self.B, ~self.fixed,
+                                     self.closed_main, time_limit)
+        P = self.problem(Wn, self.branch)
+        same = (self.branch[self.er] == self.branch[self.ec]) & self.rook
+        n = len(Wn)
+        rook = sp.csr_matrix((np.ones(same.sum()), (self.er[same], self.ec[same])), (n, n))
+        island = connected_components(rook, directed=False)[1]
+        return contiguous_churn_bound(Wn, self.main, group, lo, hi, self.B, ~self.fixed,
+                                      self.closed_main, P.adjacency(), island, time_limit)
 
 
 #: rounds of contiguity cuts per guide (:mod:`territory.optimize.churn_guide`): the walk
@@ -461,13 +474,16 @@ def _tolerances(plan: Plan, tolerance: float | dict[str, float] | None) -> dict[
 
 def churn_bound(plan: Plan, graph: nx.Graph, measure: str = "customers", *,
                 tolerance: float | dict[str, float] | None = None,
-                together: list[list] | None = None, time_limit: float = 10.0) -> ChurnBound:
+                together: list[list] | None = None, time_limit: float = 10.0,
+                contiguous: bool = False) -> ChurnBound:
     """The least ``measure`` that any plan meeting the tolerances (with the same grids, the
     locks and ``together`` groups held) moves across main-grid lines: a proven lower bound
-    (:mod:`territory.optimize.churn_bound`); infinite when no plan can meet them."""
+    (:mod:`territory.optimize.churn_bound`); infinite when no plan can meet them.
+    ``contiguous``: a higher one, for plans whose grids are each one piece
+    (:func:`territory.optimize.churn_guide.contiguous_churn_bound`)."""
     s = _Search(plan, graph, _tolerances(plan, tolerance), _weights(plan, measure), together,
                 0)
-    return s.lower_bound(time_limit)
+    return s.lower_bound(time_limit, contiguous)
 
 
 def _excess_of(s: _Search, main: np.ndarray) -> float:

@@ -36,10 +36,12 @@ MIP's bound no bound for other plans: the proven bound stays
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
@@ -236,3 +238,85 @@ def _add(h, rows: list) -> None:
     hi = np.array([r[3] for r in rows], dtype=float)
     inf = 1e30
     h.addRows(len(rows), np.maximum(lo, -inf), np.minimum(hi, inf), len(idx), starts, idx, val)
+
+
+def contiguous_churn_bound(W: np.ndarray, labels: np.ndarray, group: np.ndarray,
+                           lo: np.ndarray, hi: np.ndarray, weight: np.ndarray,
+                           movable: np.ndarray, closed: np.ndarray, adjacency: sp.csr_matrix,
+                           island: np.ndarray, time_limit: float = 10.0) -> ChurnBound:
+    """A lower bound of the churn of any plan whose grids meet their bands and are each one
+    piece: :func:`.churn_bound.churn_lower_bound`'s MIP (no band, no roots, every unit of an
+    unbalanced branch may join every grid of it) with valid contiguity cuts added lazily.
+
+    The cut: a set ``S`` of units that cannot hold grid ``g`` alone - its load, with every
+    unit outside ``S``'s ``island`` (the piece of the area it lies in, over rook edges: a
+    grid may own whole islands besides its main piece), is below ``g``'s band in some
+    measure - holds unit ``i`` in ``g`` only if one of ``S``'s neighbours (``adjacency``,
+    bridges included) is in ``g`` too. Every contiguous plan keeps it, so HiGHS's dual bound
+    stays a bound for them, whenever it stops; each round cuts off the pieces of the last
+    solution (one unit alone first: every unit, upfront). Infinite when the cut MIP has no
+    solution: no contiguous plan meets the bands."""
+    t_end = time.monotonic() + time_limit
+    model = assignment_model(W, labels, group, lo, hi, weight, movable, closed)
+    if isinstance(model, ChurnBound):
+        return model
+    labels = np.asarray(labels, dtype=np.int64)
+    A = sp.csr_matrix(adjacency, dtype=float)
+    A.data[:] = 1.0
+    col = {(int(i), int(g)): c for c, (i, g) in enumerate(zip(model.col_unit, model.col_grid,
+                                                            strict=True))}
+    held = ~np.isin(np.arange(len(labels)), model.units)
+    outside = {}  # per island: the load of the units off it (in the branch)
+    total = np.zeros((group.max() + 1, W.shape[1]))
+    np.add.at(total, group[labels], W)
+    per_island = pd.DataFrame(W).groupby([group[labels], island]).sum()
+
+    def cuts_for(S: np.ndarray, g: int) -> list:
+        b = int(group[g])
+        key = (b, int(island[S[0]]))
+        if key not in outside:
+            outside[key] = total[b] - per_island.loc[key].to_numpy()
+        if not ((W[S].sum(axis=0) + outside[key]) < lo[g] - 1e-9).any():
+            return []  # S with the islands could be all of g
+        nb = np.setdiff1d(np.unique(A[S].indices), S)
+        if ((labels[nb] == g) & held[nb]).any():
+            return []  # a neighbour surely in g
+        way = [col[(int(j), g)] for j in nb if (int(j), g) in col]
+        own = [col[(int(i), g)] for i in S if (int(i), g) in col][:_CUTS_PER_PIECE]
+        if not own:
+            return [(way, [1.0] * len(way), 1.0, np.inf)]
+        return [([c] + way, [1.0] + [-1.0] * len(way), -np.inf, 0.0) for c in own]
+
+    h = model.highs(max(t_end - time.monotonic(), 0.1))
+    _add(h, [r for c in range(len(model.col_unit))
+             for r in cuts_for(np.array([model.col_unit[c]]), int(model.col_grid[c]))
+             if r[0][0] == c])
+    bound, exact = 0.0, False
+    while True:
+        h.setOptionValue("time_limit", max(t_end - time.monotonic(), 0.1))
+        h.run()
+        status = checked_status(h, "contiguous churn bound MIP")
+        if status == "Infeasible":
+            return ChurnBound(math.inf, True, status)
+        dual = float(h.getInfo().mip_dual_bound)
+        bound = max(bound, dual if math.isfinite(dual) else 0.0)
+        x = np.asarray(h.getSolution().col_value)
+        if status != "Optimal" or len(x) != len(model.cost) or time.monotonic() >= t_end:
+            break
+        target = labels.copy()
+        on = x > 0.5
+        target[model.col_unit[on]] = model.col_grid[on]
+        comp = _pieces(A, target)
+        rows, split = [], False
+        for g in np.unique(target[model.units]):
+            parts = np.unique(comp[target == g])
+            split |= len(parts) > 1
+            for p in parts if len(parts) > 1 else ():
+                rows += cuts_for(np.flatnonzero(comp == p), int(g))
+        if not rows:  # one piece per grid: the least churn of a contiguous plan
+            exact = not split
+            break
+        _add(h, rows)
+    if np.allclose(model.cost, np.round(model.cost)):  # whole weights: a whole optimum
+        bound = float(math.ceil(bound - 1e-6))
+    return ChurnBound(bound, exact, status)
