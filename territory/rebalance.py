@@ -207,9 +207,14 @@ class _Search:
     def main_level(self, limit: float, deadline: float, depth: int | None,
                    weights: tuple[float, ...], guide: float = 0.0
                    ) -> tuple[LocalSearch, DisruptionBudget, SubGrids]:
-        """The main grids' search; with ``guide`` seconds, it first walks towards the
-        least-churn assignments of :meth:`guide` (each from where the last walk ended,
-        until balanced or the time is spent), then balances what is left its own way."""
+        """The main grids' search; with ``guide`` seconds, it first moves to the
+        least-churn assignments of :meth:`guide` (each from where the last move ended: until
+        balanced, then while a guide around the new lines is cheaper and lands balanced and
+        whole), then balances what is left its own way and takes back what is not needed.
+
+        A guide is taken all at once when the end state keeps every rule (no grid or
+        sub-grid split or emptied, the budget held: ``valid``; the held units never move,
+        as the guide keeps them), else move by move as far as the rules allow."""
         P, model, fixed = self.main_problem(depth)
         Wn = P.W
         subs = SubGrids(self.sub, self.sub_main, P.indptr, P.indices, P.elen)
@@ -233,10 +238,24 @@ class _Search:
                     return False
             return True
 
-        while ls.violation() > 1e-12 and time.monotonic() < end:
-            g = self.guide(limit, depth, end - time.monotonic(), ls.labels, subs.sub,
-                           max_rounds=GUIDE_ROUNDS)
-            if g.labels is None or ls.follow(g.labels, deadline, valid) == 0:
+        def better(ls: LocalSearch) -> bool:  # a jump from a balanced plan keeps it so
+            return ls.violation() <= 1e-12 and valid(ls)
+
+        while time.monotonic() < end:
+            balanced = ls.violation() <= 1e-12
+            # the first guide leaves time for one from where its walk ends (a guide whose
+            # last pieces were undone is out of its bands: the next one mends that)
+            share = 1.0 if balanced or time.monotonic() > end - 0.4 * guide else 0.6
+            g = self.guide(limit, depth, share * (end - time.monotonic()), ls.labels,
+                           subs.sub, max_rounds=GUIDE_ROUNDS)
+            if g.labels is None:
+                break
+            if balanced:  # a cheaper guide around the new lines, taken whole or not at all
+                churn = self.B[ls.labels != self.main].sum()
+                if g.churn >= churn - 1e-9 or not ls.follow(g.labels, deadline, better,
+                                                             partial=False):
+                    break
+            elif ls.follow(g.labels, deadline, valid) == 0:
                 break
         _balance(ls, budget, deadline, weights)
         return ls, budget, subs
@@ -272,10 +291,12 @@ class _Search:
         """(main codes, sub codes, worst main excess, the most the budget held at once);
         the sub-grids of main grids ``also`` are balanced whether or not they changed.
         ``weights``: the budget's weights in the main grids' search (:data:`CHURN_WEIGHTS`
-        unless given); ``guide``: seconds of least-churn guides first (:meth:`main_level`)."""
+        unless given); ``guide``: seconds of least-churn guides first (:meth:`main_level`; at
+        most 55 % of the time, so that the search has time to balance what they leave)."""
         t0 = time.monotonic()
         ls, budget, subs = self.main_level(limit, t0 + 0.7 * time_limit, depth,
-                                           weights or CHURN_WEIGHTS, guide)
+                                           weights or CHURN_WEIGHTS,
+                                           min(guide, 0.55 * time_limit))
         main, z = ls.labels.copy(), _worst_excess(ls)
         extra = np.searchsorted(self.mains, np.array(sorted(map(str, also)), dtype=object))
         sub, peak, _ = self.sub_level(main, subs.sub.copy(), limit, budget.peak,
@@ -319,10 +340,10 @@ class _Search:
                                       self.closed_main, P.adjacency(), island, time_limit)
 
 
-#: rounds of contiguity cuts per guide (:mod:`territory.optimize.churn_guide`): the walk
-#: towards an almost contiguous guide and a new guide from where it ended converge faster
-#: than cutting the last pieces off one MIP
-GUIDE_ROUNDS = 3
+#: solves in the lenient hop order per guide before the strict one
+#: (:mod:`territory.optimize.churn_guide`): on the shipped city a round of cuts costs as
+#: much as the first solve and rarely closes the last pieces, where the strict order does
+GUIDE_ROUNDS = 1
 
 #: the budget's weight in the score, lowered in turn while the bands are not met. Heavy
 #: first: of the moves that cut the excess, those carrying least of the budget measure per
@@ -412,9 +433,9 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
         if z2 < z - 1e-9:
             main, sub, z = m2, s2, z2
     if z > 1e-9 or (main != s.main).any():  # moves were needed: a least-churn guide's turn
-        left = max(min(0.6 * time_limit, time_limit - (time.monotonic() - t0)),
+        left = max(min(0.8 * time_limit, time_limit - (time.monotonic() - t0)),
                    0.2 * time_limit)
-        m2, s2, z2, _ = s.run(budget.value, left, depth, sub_grids_of, guide=0.5 * left)
+        m2, s2, z2, _ = s.run(budget.value, left, depth, sub_grids_of, guide=left)
         if z2 < z - 1e-9 or (z2 <= z + 1e-9 and s.B[m2 != s.main].sum()
                              < s.B[main != s.main].sum()):
             main, sub, z = m2, s2, z2

@@ -91,7 +91,8 @@ def assignment_model(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: n
     bound itself when it needs no solve (no grid out of its band: 0; a grid out of its band
     that nothing can reach: infinite). ``allowed`` (n x k booleans, optional) restricts the
     grids a unit may join (its own always stays allowed); ``original`` (optional) the grids
-    that churn is counted from, when ``labels`` are already a step away from them."""
+    that churn is counted from, when ``labels`` are already a step away from them (the
+    groups changed are modelled too, in or out of their bands)."""
     W = np.asarray(W, dtype=float)
     labels = np.asarray(labels, dtype=np.int64)
     k, m = lo.shape
@@ -100,6 +101,8 @@ def assignment_model(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: n
     out = ((loads > hi + 1e-9) | (loads < lo - 1e-9)).any(axis=1)
     active = np.zeros(group.max() + 1 if len(group) else 0, dtype=bool)
     active[group[out]] = True
+    if original is not None:  # and the groups already changed, whose churn may fall
+        active[group[labels[labels != np.asarray(original)]]] = True
     if not active.any():
         return ChurnBound(0.0, True, "Optimal")
     free = np.asarray(movable, bool) & ~closed[labels] & active[group[labels]]

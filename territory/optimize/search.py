@@ -458,7 +458,8 @@ class LocalSearch:
         return total
 
     def follow(self, target: np.ndarray, deadline: float,
-               valid: Callable[[LocalSearch], bool] | None = None) -> int:
+               valid: Callable[[LocalSearch], bool] | None = None, partial: bool = True
+               ) -> int:
         """Walk towards ``target`` labels (a guide: :mod:`.churn_guide`); return how many
         units moved.
 
@@ -468,10 +469,13 @@ class LocalSearch:
         has) moves in no order that one-at-a-time checks allow. The units are moved in
         waves, each unit once it is beside its new grid, so that the constraints follow
         (a unit joins the sub-grid it is beside). Otherwise, or if ``valid`` refuses,
-        boundary moves that every rule allows, in rounds until none is left."""
+        boundary moves that every rule allows, in rounds until none is left (unless not
+        ``partial``)."""
         if valid is not None and self._jump(target, valid):
             return int((self.labels != self._jump_from).sum())
         total = 0
+        if not partial:
+            return total
 
         def score_of(i, a, b):
             return np.where(target[i] == b, -1.0, np.inf)
