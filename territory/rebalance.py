@@ -253,7 +253,7 @@ class _Search:
             balanced = ls.violation() <= 1e-12
             # the first guide leaves time for one from where its walk ends (a guide whose
             # last pieces were undone is out of its bands: the next one mends that)
-            share = 1.0 if balanced or time.monotonic() > end - 0.4 * guide else 0.6
+            share = 1.0 if balanced or time.monotonic() > end - 0.4 * guide else 0.8
             g = self.guide(limit, depth, share * (end - time.monotonic()), ls.labels,
                            subs.sub, max_rounds=GUIDE_ROUNDS)
             if g.labels is None:
@@ -349,9 +349,10 @@ class _Search:
 
 
 #: solves in the lenient hop order per guide before the strict one
-#: (:mod:`territory.optimize.churn_guide`): on the shipped city a round of cuts costs as
-#: much as the first solve and rarely closes the last pieces, where the strict order does
-GUIDE_ROUNDS = 1
+#: (:mod:`territory.optimize.churn_guide`): on the shipped city the lenient rounds closed
+#: their last pieces in 3-8 rounds (workload +30 %: 275 customers in 5 s; the strict order
+#: at once: 501 in 11 s), when their time share lets them
+GUIDE_ROUNDS = 8
 
 #: the budget's weight in the score, lowered in turn while the bands are not met. Heavy
 #: first: of the moves that cut the excess, those carrying least of the budget measure per
