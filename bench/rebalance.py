@@ -61,7 +61,7 @@ least a fresh plan is seen to move. The partitioner takes no seed to draw anothe
 The rebalance (``rb_*``) runs the plain least-churn search, then the search guided by
 least-churn MIPs with contiguity rows (:mod:`territory.optimize.churn_guide`), and keeps the
 plan that moves fewer customers across main-grid lines; both within ``--time-limit``
-(20 s: the guided run gets up to 80 % of it, so a balanced scenario takes 10-16 s of wall).
+(20 s: the guided run gets up to 80 % of it; a balanced scenario took 9-10 s of wall).
 
     .venv/bin/python bench/rebalance.py            # about 6 min on 2 busy cores
     .venv/bin/python bench/rebalance.py --customers 100000 --main-grids 40 --depth 4

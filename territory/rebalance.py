@@ -426,7 +426,7 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
     first ended early, at least 20 %: the plan that moves fewer of the budget's measure
     across main-grid lines is kept), and when the budget falls short the search for a
     budget that works (the rest, at least 20 %, and the bound, up to 20 %: at most about 1.4
-    times ``time_limit`` in all; 22 s for 20 on the shipped city's hardest case). When the
+    times ``time_limit`` in all; 23 s for 20 on the shipped city's hardest case). When the
     budget cannot reach the tolerances the result is not feasible: it carries the plan the
     budget reaches (never worse than the plan in force) and ``smallest_budget``, the least
     budget found that reaches them (None when none was).

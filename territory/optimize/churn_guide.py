@@ -24,7 +24,7 @@ lazily:
   its root must hold a unit on the way out of S. After ``max_rounds`` solves with pieces
   left, the staying rows are made strict (one hop nearer the root) for a last solve: every
   solution is then one piece at both levels (the hops lead down to a root), at some cost
-  (on the shipped city 1.1-1.8 times the churn of the lenient order alone, which is why
+  (on the shipped city 1.1-1.9 times the churn of the lenient order alone, which is why
   it is not the first try). When the time runs out with pieces left, they are undone
   (:func:`_repaired`: the guide is whole then, but maybe out of its bands).
 
