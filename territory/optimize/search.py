@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -457,6 +458,58 @@ class LocalSearch:
             if moved == 0:
                 break
         return total
+
+    def follow(self, target: np.ndarray, deadline: float,
+               valid: Callable[[LocalSearch], bool] | None = None, partial: bool = True
+               ) -> int:
+        """Walk towards ``target`` labels (a guide: :mod:`.churn_guide`); return how many
+        units moved.
+
+        First all at once, when ``valid`` says the end state keeps every rule: a unit
+        that must leave with the ones behind it (a strip that would be cut off from its
+        grid if it left first, and cannot join before the unit between it and its new grid
+        has) moves in no order that one-at-a-time checks allow. The units are moved in
+        waves, each unit once it is beside its new grid, so that the constraints follow
+        (a unit joins the sub-grid it is beside). Otherwise, or if ``valid`` refuses,
+        boundary moves that every rule allows, in rounds until none is left (unless not
+        ``partial``)."""
+        if valid is not None and self._jump(target, valid):
+            return int((self.labels != self._jump_from).sum())
+        total = 0
+        if not partial:
+            return total
+
+        def score_of(i, a, b):
+            return np.where(target[i] == b, -1.0, np.inf)
+
+        while time.monotonic() < deadline:
+            i, a, b = self._candidates()
+            moved = self._round(score_of(i, a, b), i, a, b, limit=-0.5, rescore=score_of,
+                                deadline=deadline)
+            total += moved
+            if moved == 0:
+                break
+        return total
+
+    def _jump(self, target: np.ndarray, valid: Callable[[LocalSearch], bool]) -> bool:
+        """All of ``target`` at once (see :meth:`follow`); undone unless ``valid``."""
+        self._jump_from = self.labels.copy()
+        marks = [c.mark() for c in self.constraints]
+        done: list[tuple[int, int, int]] = []
+        todo = np.flatnonzero((target != self.labels) & self.movable)
+        while len(todo):
+            beside = [i for i in todo.tolist()
+                      if any(self.lab[j] == target[i] for j in self.nbrs[i])]
+            if not beside:
+                break
+            for i in beside:
+                done.append((i, self.lab[i], int(target[i])))
+                self._move(*done[-1])
+            todo = todo[target[todo] != self.labels[todo]]
+        if len(todo) == 0 and valid(self):
+            return True
+        self._undo(done, marks)
+        return False
 
     def compact(self, deadline: float) -> None:
         """Phase 2: strictly improving, feasibility-keeping moves."""
