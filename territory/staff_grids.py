@@ -88,9 +88,9 @@ def sub_counts(workload: pd.Series, beats: pd.Series, max_sub: pd.Series,
     ub = np.minimum(max_sub.reindex(W.index).to_numpy(int),
                     np.floor(s_ * hi / (1 - tol) + 1e-9)).astype(int)
     prob = pulp.LpProblem("sub_counts", pulp.LpMinimize)
-    n = [pulp.LpVariable(f"n_{i}", lowBound=int(a), upBound=int(max(a, b)), cat="Integer")
+    n = [prob.add_variable(f"n_{i}", lowBound=int(a), upBound=int(max(a, b)), cat="Integer")
          for i, (a, b) in enumerate(zip(lb, ub, strict=True))]
-    d = [pulp.LpVariable(f"d_{i}", lowBound=0) for i in range(len(n))]
+    d = [prob.add_variable(f"d_{i}", lowBound=0) for i in range(len(n))]
     N = pulp.lpSum(n)
     for i, (s, ti) in enumerate(zip(share.to_numpy(), t.to_numpy(), strict=True)):
         prob += s * N <= (1 + tol) * n[i]
@@ -159,15 +159,13 @@ def branch_counts(workload: pd.Series, beats: pd.Series, asked: pd.Series,
     if total <= 0:
         return asked
     S = beats.reindex(asked.index).astype(float).clip(lower=0)
-    options: dict[tuple, pulp.LpVariable] = {}
-    for b, k0 in asked.items():
-        for k in count_range(int(k0), int(max_main[b])):
-            per = S[b] / k
-            for n in range(max(1, math.floor(per / 2)), math.ceil(per * 1.5) + 2):
-                options[(b, k, n)] = pulp.LpVariable(f"x_{len(options)}", cat="Binary")
+    keys = [(b, k, n) for b, k0 in asked.items()
+            for k in count_range(int(k0), int(max_main[b]))
+            for n in range(max(1, math.floor(S[b] / k / 2)), math.ceil(S[b] / k * 1.5) + 2)]
     room = (1 + tolerance) / (1 + main_tolerance) - 1 if main_tolerance < tolerance else 0.0
     for eps in (room / 2, room) if room > 0 else (tolerance / 4, tolerance / 2):
         prob = pulp.LpProblem("branch_counts", pulp.LpMinimize)
+        options = {key: prob.add_variable(f"x_{j}", cat="Binary") for j, key in enumerate(keys)}
         N = pulp.lpSum(k * n * x for (_, k, n), x in options.items())
         for b in asked.index:
             mine = [(k, n, x) for (bb, k, n), x in options.items() if bb == b]

@@ -212,14 +212,14 @@ def min_max_counts(W: np.ndarray, lo: np.ndarray, hi: np.ndarray, H: int, *, wha
             f"(one wherever there is work, and the minimums) and take at most {int(hi.sum())}")
     slack = H - int(low.sum())
     prob = pulp.LpProblem("counts", pulp.LpMinimize)
-    y = {(g, k): pulp.LpVariable(f"y_{g}_{k}", cat="Binary")
+    y = {(g, k): prob.add_variable(f"y_{g}_{k}", cat="Binary")
          for g in range(len(W)) for k in range(low[g], min(hi[g], low[g] + slack) + 1)}
     by_grid: dict[int, list] = {}
     for (g, k), v in y.items():
         by_grid.setdefault(g, []).append((k, v))
     load = {g: pulp.lpSum((W[g] / k if k else 0.0) * v for k, v in kv)
             for g, kv in by_grid.items()}
-    z = pulp.LpVariable("z", lowBound=0)
+    z = prob.add_variable("z", lowBound=0)
     for g, kv in by_grid.items():
         prob += pulp.lpSum(v for _, v in kv) == 1
         prob += z >= load[g]
@@ -232,7 +232,7 @@ def min_max_counts(W: np.ndarray, lo: np.ndarray, hi: np.ndarray, H: int, *, wha
         # the best maximum, from the whole-number solution (not z, which carries the solver's
         # tolerances), with a margin the solver's feasibility tolerance respects
         best = float(np.max(np.where(n > 0, W / np.maximum(n, 1), 0.0)))
-        w = pulp.LpVariable("w", lowBound=0)
+        w = prob.add_variable("w", lowBound=0)
         prob += z <= best * (1 + 1e-7) + 1e-6
         for g in work:
             prob += w <= load[g]
@@ -402,7 +402,7 @@ class StaffAllocator:
         W = rows["workload_hours"].to_numpy(float)
         big = 1.0 + km.max(axis=1).sum()
         prob = pulp.LpProblem("people", pulp.LpMinimize)
-        x = {(p, g): pulp.LpVariable(f"x_{p}_{g}", cat="Binary")
+        x = {(p, g): prob.add_variable(f"x_{p}_{g}", cat="Binary")
              for p in range(len(ids)) for g in range(len(rows)) if n[g] > 0}
         for p in range(len(ids)):
             prob += pulp.lpSum(x[p, g] for g in range(len(rows)) if (p, g) in x) == 1

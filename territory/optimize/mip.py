@@ -37,7 +37,7 @@ def _build(P: Problem, k: int, lo, hi, objective: str, locked: np.ndarray,
     n = P.n
     R = list(range(n)) if roots is None else [int(r) for r in roots]
     prob = pulp.LpProblem("partition", pulp.LpMinimize)
-    x = {(i, j): pulp.LpVariable(f"x_{i}_{j}", cat="Binary") for i in range(n) for j in R
+    x = {(i, j): prob.add_variable(f"x_{i}_{j}", cat="Binary") for i in range(n) for j in R
          if not (objective == "boundary" and roots is None and i < j)}
     for i in range(n):
         prob += pulp.lpSum(x[i, j] for j in R if (i, j) in x) == 1
@@ -57,7 +57,7 @@ def _build(P: Problem, k: int, lo, hi, objective: str, locked: np.ndarray,
     arcs = [(u, int(v)) for u in range(n) for v in P.neighbours(u)]
     cap = n - k + 1
     for j in R:
-        f = {a: pulp.LpVariable(f"f_{j}_{a[0]}_{a[1]}", lowBound=0) for a in arcs if a[1] != j}
+        f = {a: prob.add_variable(f"f_{j}_{a[0]}_{a[1]}", lowBound=0) for a in arcs if a[1] != j}
         inflow: dict[int, list] = {i: [] for i in range(n)}
         outflow: dict[int, list] = {i: [] for i in range(n)}
         for (u, v), var in f.items():
@@ -88,7 +88,7 @@ def _build(P: Problem, k: int, lo, hi, objective: str, locked: np.ndarray,
                 v = int(v)
                 if u < v:
                     length = float(P.elen[P.indptr[u]:P.indptr[u + 1]][P.neighbours(u) == v][0])
-                    c = pulp.LpVariable(f"c_{u}_{v}", lowBound=0)
+                    c = prob.add_variable(f"c_{u}_{v}", lowBound=0)
                     for j in R:
                         prob += c >= x.get((u, j), 0) - x.get((v, j), 0)
                         prob += c >= x.get((v, j), 0) - x.get((u, j), 0)
