@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, dijkstra
 
 from territory.optimize.churn_bound import AssignmentModel, ChurnBound, assignment_model
 from territory.optimize.highs import checked_status
@@ -70,14 +70,11 @@ class Guide:
 
 def _hops(A: sp.csr_matrix, seeds: np.ndarray, limit: int) -> np.ndarray:
     """Hops from ``seeds`` (booleans) over ``A``, ``limit + 1`` beyond ``limit``."""
-    dist = np.where(seeds, 0, limit + 1)
-    front = seeds.copy()
-    for d in range(1, limit + 1):
-        nxt = (A @ front.astype(np.int8)) > 0
-        nxt &= dist > limit
-        dist[nxt] = d
-        front = nxt
-    return dist
+    if not seeds.any():
+        return np.full(len(seeds), limit + 1, dtype=np.int64)
+    dist = dijkstra(A, unweighted=True, indices=np.flatnonzero(seeds), min_only=True,
+                    limit=limit)
+    return np.where(np.isfinite(dist), dist, limit + 1).astype(np.int64)
 
 
 def least_churn_labels(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo: np.ndarray,
