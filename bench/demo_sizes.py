@@ -13,6 +13,7 @@ measure within ±5 % of the parent's mean, no overlap, no gap beyond
     .venv/bin/python bench/demo_sizes.py                       # 5 000 ... 2 000 000, both cities
     .venv/bin/python bench/demo_sizes.py --sizes 5000,20000 --cities xiamen
     .venv/bin/python bench/demo_sizes.py --plan-only          # skip assignment, reports, maps
+    .venv/bin/python bench/demo_sizes.py --sizes 2000000 --keep /tmp/runs   # keep the output
 
 ``--plan-only`` times the plan alone (``territory.demo.demo_job`` then the pipeline, as the
 command runs them) and skips the customer assignment, reports and maps the command writes
@@ -121,6 +122,8 @@ def main() -> None:
     ap.add_argument("--cities", default=",".join(CITIES))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--plan-only", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each run's output in KEEP/CITY-N (to inspect a failing plan)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cities = args.cities.split(",")
@@ -132,7 +135,7 @@ def main() -> None:
         for city in cities:
             size = demo_sizing(n, len(demo_areas(city)))
             with tempfile.TemporaryDirectory(prefix=f"demo-{city}-{n}-") as tmp:
-                out = Path(tmp)
+                out = args.keep / f"{city}-{n}" if args.keep else Path(tmp)
                 dt, cpu, error = runner(city, n, out, args.workers)
                 units, verdict = "—", f"FAILED: {error}"
                 if not error:
