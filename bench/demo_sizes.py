@@ -98,13 +98,16 @@ def run_command(city: str, n: int, out: Path, workers: int) -> tuple[float, floa
 
 def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, float, str]:
     """The plan alone, in this process: the same two steps the command runs first."""
-    from territory.errors import TerritoryError
+    from territory.errors import PartialPlanError, TerritoryError
     from territory.pipeline import run
 
     t0, c0 = time.perf_counter(), time.process_time() + _cpu_children()
+    error = ""
     try:
         job = demo_job(city, n, workers=workers)
         result = run(job.inputs, job.units, job.spec)
+    except PartialPlanError as exc:  # the plan with its failing grids flagged: kept too
+        result, error = exc.result, str(exc)[:400]
     except TerritoryError as exc:
         cpu = time.process_time() + _cpu_children() - c0
         return time.perf_counter() - t0, cpu, str(exc)[:400]
@@ -113,7 +116,7 @@ def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, fl
     out.mkdir(parents=True, exist_ok=True)
     result.plan.save(out / "plan.gpkg")
     (out / "metrics.json").write_text(json.dumps(result.metrics, default=str))
-    return dt, cpu, ""
+    return dt, cpu, error
 
 
 def main() -> None:
