@@ -194,12 +194,12 @@ def test_an_island_heavier_than_a_grid_is_never_cut_across_its_bridge(seed):
         assert all(contiguous_grids(g, p.labels_).values())
 
 
-def test_an_island_lighter_than_a_grid_is_held_whole_and_joins_any_grid():
+def test_an_island_lighter_than_a_grid_is_held_whole_off_the_main_land():
     """An island that fits in one grid is held whole, like a key account: Xiang'an's
     106-unit islet (757 subscribers against sub-grids of 791) was cut 83 + 23 across its
-    bridge. An islet beyond it is bridged to the main land, not to that island, so it can
-    go with either (chained, the islet of 196 could only join the island's grid, 953
-    subscribers, more than a grid may hold: the pre-check refused the main grid)."""
+    bridge. An islet beyond it is bridged to the main land, not to that island: chained,
+    held whole, the islet of 196 could only share the island's grid, 953 subscribers, more
+    than a grid may hold (the pre-check refused the main grid)."""
     g = _with_islands(lattice(8, 8, seed=3), (3, 3, 1000.0, 0.0), (2, 2, 1500.0, 0.0))
     joined_to = {int(isl["units"][0]) // 1000: isl["joined"][1] for isl in g.graph["islands"]}
     assert joined_to == {1: 56, 2: 56}  # both hang off the main land (unit 56 at x=700)
