@@ -176,9 +176,10 @@ def join_components(g: nx.Graph, level: int = logging.WARNING, main=None) -> lis
     city whose largest piece is an island: the piece touching the rest of the city by land
     is its mainland). Nearest means the closest pair of centroids between the component
     and the main one, in metres. Every island is joined to the main component itself, never
-    to another island, so a planner holding each island whole can put it with any grid on
-    the main land. The added edge carries ``bridge=True`` and ``length_m=0`` so compactness
-    measures do not count it as a shared boundary. Each join is logged at ``level``: a
+    to another island: a planner holding each island whole puts it with a grid of the main
+    land, never in one grid with the island it would hang off. The added edge carries
+    ``bridge=True`` and ``length_m=0`` so compactness measures do not count it as a shared
+    boundary. Each join is logged at ``level``: a
     warning for the city's graph, where the planner learns of it once; parts of it that
     re-join the same islands for their own solve log at DEBUG.
     """
