@@ -179,9 +179,9 @@ def join_components(g: nx.Graph, level: int = logging.WARNING, main=None) -> lis
     to another island: a planner holding each island whole puts it with a grid of the main
     land, never in one grid with the island it would hang off. The added edge carries
     ``bridge=True`` and ``length_m=0`` so compactness measures do not count it as a shared
-    boundary. Each join is logged at ``level``: a
-    warning for the city's graph, where the planner learns of it once; parts of it that
-    re-join the same islands for their own solve log at DEBUG.
+    boundary. Each join is logged at ``level``: a warning for the city's graph, where the
+    planner learns of it once; parts of it that re-join the same islands for their own
+    solve log at DEBUG.
     """
     comps = sorted(nx.connected_components(g), key=len, reverse=True)
     joins: list[dict] = []
