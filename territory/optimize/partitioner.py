@@ -211,8 +211,9 @@ class Partitioner:
             )
         sub = _connected_subproblem(P, rest, graph)
         locked = self._locked_positions(pos, rest, k_rest)
-        groups = self._together_groups(pos, rest) + _island_groups(
-            sub, tol, k_rest, graph.graph.get("islands"))
+        islands = graph.graph.get("islands")
+        self._mainland = _islands(P, islands)[1] < 0
+        groups = self._together_groups(pos, rest) + _island_groups(sub, tol, k_rest, islands)
         C, member = _contract(sub, groups)
         c_locked = _contract_locks(locked, member, C.n, sub.ids)
         model = BalanceModel.for_units(C.W, tol, k_rest)
@@ -459,7 +460,7 @@ class Partitioner:
         np.add.at(arr, labels, P.W)
         loads = pd.DataFrame(arr, index=range(k), columns=list(full.measures))
         violations = full.violations(arr)
-        contiguous = is_contiguous(P, labels)
+        contiguous = is_contiguous(P, labels, self._mainland)
         self.labels_ = pd.Series(labels, index=pd.Index(P.ids, name="unit_id"), name="grid")
         self.loads_ = loads
         self.max_deviation_ = full.max_deviation(arr)
@@ -553,20 +554,28 @@ def _island_groups(P: Problem, tol: dict[str, float], k: int,
     """
     if k == 1:
         return []
+    comp, island = _islands(P, islands)
+    isle = np.unique(island[island >= 0])
+    sizes = np.bincount(comp)
+    hi = (1 + np.array(list(tol.values()))) * P.W.sum(axis=0) / k
+    loads = np.zeros((len(sizes), P.W.shape[1]))
+    np.add.at(loads, comp, P.W)
+    return [np.flatnonzero(comp == c) for c in isle
+            if sizes[c] > 1 and (loads[c] <= hi).all()]
+
+
+def _islands(P: Problem, islands: list[dict] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every unit's land component, and that component where it is an island (else -1):
+    the components holding a unit of the graph's islands report, or without a report every
+    component but the largest."""
     comp = P.land_components()
     sizes = np.bincount(comp)
-    if len(sizes) == 1:
-        return []
     if islands:
         where = {str(u): i for i, u in enumerate(P.ids)}
         isle = {int(comp[where[u]]) for isl in islands for u in isl["units"] if u in where}
     else:
         isle = set(range(len(sizes))) - {int(np.argmax(sizes))}
-    hi = (1 + np.array(list(tol.values()))) * P.W.sum(axis=0) / k
-    loads = np.zeros((len(sizes), P.W.shape[1]))
-    np.add.at(loads, comp, P.W)
-    return [np.flatnonzero(comp == c) for c in sorted(isle)
-            if sizes[c] > 1 and (loads[c] <= hi).all()]
+    return comp, np.where(np.isin(comp, sorted(isle)), comp, -1)
 
 
 def _contract(P: Problem, groups: list[np.ndarray]) -> tuple[Problem, np.ndarray]:
