@@ -13,6 +13,7 @@ measure within ±5 % of the parent's mean, no overlap, no gap beyond
     .venv/bin/python bench/demo_sizes.py                       # 5 000 ... 2 000 000, both cities
     .venv/bin/python bench/demo_sizes.py --sizes 5000,20000 --cities xiamen
     .venv/bin/python bench/demo_sizes.py --plan-only          # skip assignment, reports, maps
+    .venv/bin/python bench/demo_sizes.py --sizes 2000000 --keep /tmp/runs   # keep the output
 
 ``--plan-only`` times the plan alone (``territory.demo.demo_job`` then the pipeline, as the
 command runs them) and skips the customer assignment, reports and maps the command writes
@@ -97,13 +98,16 @@ def run_command(city: str, n: int, out: Path, workers: int) -> tuple[float, floa
 
 def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, float, str]:
     """The plan alone, in this process: the same two steps the command runs first."""
-    from territory.errors import TerritoryError
+    from territory.errors import PartialPlanError, TerritoryError
     from territory.pipeline import run
 
     t0, c0 = time.perf_counter(), time.process_time() + _cpu_children()
+    error = ""
     try:
         job = demo_job(city, n, workers=workers)
         result = run(job.inputs, job.units, job.spec)
+    except PartialPlanError as exc:  # the plan with its failing grids flagged: kept too
+        result, error = exc.result, str(exc)[:400]
     except TerritoryError as exc:
         cpu = time.process_time() + _cpu_children() - c0
         return time.perf_counter() - t0, cpu, str(exc)[:400]
@@ -112,7 +116,7 @@ def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, fl
     out.mkdir(parents=True, exist_ok=True)
     result.plan.save(out / "plan.gpkg")
     (out / "metrics.json").write_text(json.dumps(result.metrics, default=str))
-    return dt, cpu, ""
+    return dt, cpu, error
 
 
 def main() -> None:
@@ -121,6 +125,8 @@ def main() -> None:
     ap.add_argument("--cities", default=",".join(CITIES))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--plan-only", action="store_true")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each run's output in KEEP/CITY-N (to inspect a failing plan)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     cities = args.cities.split(",")
@@ -132,7 +138,7 @@ def main() -> None:
         for city in cities:
             size = demo_sizing(n, len(demo_areas(city)))
             with tempfile.TemporaryDirectory(prefix=f"demo-{city}-{n}-") as tmp:
-                out = Path(tmp)
+                out = args.keep / f"{city}-{n}" if args.keep else Path(tmp)
                 dt, cpu, error = runner(city, n, out, args.workers)
                 units, verdict = "—", f"FAILED: {error}"
                 if not error:

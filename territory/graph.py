@@ -168,30 +168,34 @@ def induced_subgraphs(g: nx.Graph, labels: Mapping) -> dict:
     return out
 
 
-def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
-    """Join every component but the largest to its nearest unit elsewhere; report the joins.
+def join_components(g: nx.Graph, level: int = logging.WARNING, main=None) -> list[dict]:
+    """Join every component but the main one to its nearest unit in the main one; report
+    the joins.
 
-    Nearest means the closest pair of centroids between the component and the rest, in
-    metres. The added edge carries ``bridge=True`` and ``length_m=0`` so compactness
-    measures do not count it as a shared boundary. Each join is logged at ``level``: a
-    warning for the city's graph, where the planner learns of it once; parts of it that
-    re-join the same islands for their own solve log at DEBUG.
+    The main component is the largest, or the one holding node ``main`` (a part of the
+    city whose largest piece is an island: the piece touching the rest of the city by land
+    is its mainland). Nearest means the closest pair of centroids between the component
+    and the main one, in metres. Every island is joined to the main component itself, never
+    to another island: a planner holding each island whole puts it with a grid of the main
+    land, never in one grid with the island it would hang off. The added edge carries
+    ``bridge=True`` and ``length_m=0`` so compactness measures do not count it as a shared
+    boundary. Each join is logged at ``level``: a warning for the city's graph, where the
+    planner learns of it once; parts of it that re-join the same islands for their own
+    solve log at DEBUG.
     """
     comps = sorted(nx.connected_components(g), key=len, reverse=True)
     joins: list[dict] = []
     if len(comps) <= 1:
         return joins
+    if main is not None:
+        comps.sort(key=lambda c: main not in c)  # stable: the rest stay largest first
     nodes = list(g.nodes)
     xy = np.array([(g.nodes[n]["x"], g.nodes[n]["y"]) for n in nodes])
     pos = {n: i for i, n in enumerate(nodes)}
-    comp_of = np.empty(len(nodes), dtype=np.int64)
-    for i, comp in enumerate(comps):
-        comp_of[[pos[n] for n in comp]] = i
-    in_main = comp_of == 0  # the largest, and every component joined to it so far
-    for i, comp in enumerate(comps[1:], start=1):
-        ci = np.flatnonzero(comp_of == i)
-        oi = np.flatnonzero(in_main)
-        tree = shapely.STRtree(shapely.points(xy[oi]))
+    oi = np.array([pos[n] for n in comps[0]])
+    tree = shapely.STRtree(shapely.points(xy[oi]))
+    for comp in comps[1:]:
+        ci = np.array([pos[n] for n in comp])
         idx, dist = tree.query_nearest(shapely.points(xy[ci]), return_distance=True)
         k = int(np.argmin(dist))
         u, v = nodes[ci[idx[0][k]]], nodes[oi[idx[1][k]]]
@@ -199,7 +203,6 @@ def join_components(g: nx.Graph, level: int = logging.WARNING) -> list[dict]:
         joins.append({"units": sorted(map(str, comp)), "joined": [u, v],
                       "distance_m": float(dist[k])})
         log.log(level, "island of %d units joined to %s (%.0f m)", len(comp), v, dist[k])
-        in_main[ci] = True
     return joins
 
 

@@ -176,18 +176,38 @@ def part_graph(graph: nx.Graph, nodes) -> nx.Graph:
     """The units' graph with its own island bridges: city-level bridges may lead to another
     branch, and every island is joined again relative to this part (logged at DEBUG: the
     city's graph has warned of it already)."""
-    return _own_bridges(induced_subgraph(graph, nodes))
+    sub = induced_subgraph(graph, nodes)
+    return _own_bridges(sub, _mainland(graph, sub))
 
 
 def part_graphs(graph: nx.Graph, labels: pd.Series) -> dict:
     """:func:`part_graph` of every part ``labels`` (unit -> part) names, in one pass."""
-    return {k: _own_bridges(sub)
-            for k, sub in induced_subgraphs(graph, labels.to_dict()).items()}
+    lab = labels.to_dict()
+    border: dict = {}  # part -> a unit of it with land contact with another part
+    for u, v, d in graph.edges(data=True):
+        lu, lv = lab.get(u), lab.get(v)
+        if lu != lv and not d.get("bridge"):
+            border.setdefault(lu, u)
+            border.setdefault(lv, v)
+    return {k: _own_bridges(sub, border.get(k))
+            for k, sub in induced_subgraphs(graph, lab).items()}
 
 
-def _own_bridges(sub: nx.Graph) -> nx.Graph:
+def _mainland(graph: nx.Graph, sub: nx.Graph) -> object:
+    """A unit of the part ``sub`` with land contact outside it, or None."""
+    for u in sub:
+        if any(v not in sub and not d.get("bridge") for v, d in graph.adj[u].items()):
+            return u
+    return None
+
+
+def _own_bridges(sub: nx.Graph, mainland=None) -> nx.Graph:
+    """Drop the city's bridges and join the part's islands to its mainland: the piece
+    holding ``mainland`` (a unit touching the rest of the city by land), else the largest.
+    A district's piece of the island city can be smaller than an islet it holds
+    (Siming's Gulangyu); it is still the land its islands hang off."""
     sub.remove_edges_from([(u, v) for u, v, d in sub.edges(data=True) if d.get("bridge")])
-    sub.graph["islands"] = join_components(sub, level=logging.DEBUG)
+    sub.graph["islands"] = join_components(sub, level=logging.DEBUG, main=mainland)
     return sub
 
 

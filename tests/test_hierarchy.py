@@ -134,6 +134,56 @@ def test_a_branch_that_cannot_be_split_is_kept_flagged_and_the_others_complete()
     assert plan.units["sub_grid_id"].notna().all()  # every unit of B placed all the same
 
 
+def test_a_part_whose_islet_outweighs_its_land_hangs_the_islet_off_the_land():
+    """Siming's main grid M01 of the 2 000 000-customer Xiamen demo held 126 units of land
+    and a 237-unit islet: its own graph took the larger islet for the main land and the
+    land for the island, so the sub-grid search held the wrong piece whole. The part's
+    main land is the piece that touches the rest of the city by land."""
+    from territory.graph import join_components
+    from territory.hierarchy import part_graph, part_graphs
+
+    g = lattice(6, 6, seed=5)
+    islet = nx.relabel_nodes(lattice(3, 3, seed=6), lambda n: 100 + n)
+    for _, d in islet.nodes(data=True):
+        d["x"] -= 1000.0
+    g = nx.union(g, islet)
+    g.graph["islands"] = join_components(g)
+    land_a = [n for n in range(36) if g.nodes[n]["x"] == 0.0]  # 6 units along the water
+    labels = pd.Series({n: "A" if n in land_a or n >= 100 else "B" for n in g.nodes})
+    for sub in (part_graphs(g, labels)["A"], part_graph(g, labels.index[labels == "A"])):
+        (isl,) = sub.graph["islands"]
+        assert sorted(isl["units"]) == sorted(map(str, islet.nodes))
+        assert isl["joined"][1] in land_a and sub.edges[isl["joined"]]["bridge"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_main_grid_mostly_islet_is_split_only_as_the_city_check_allows(seed):
+    """Nanshan's main grid M01 of the 2 000 000-customer Shenzhen demo: a 419-unit islet
+    (several sub-grids' worth) and 29 units of land. Its sub-grid S4 held that land and a
+    piece of the islet: within the main grid the land touched no other sub-grid, so the
+    partitioner passed it; in the city it touches the next main grid, and the plan check
+    counts two pieces. The land of a part counts as touching the rest, always."""
+    from territory.errors import InfeasibleError
+    from territory.graph import contiguous_grids, join_components
+    from territory.hierarchy import part_graph
+    from territory.optimize import Partitioner
+
+    g = lattice(6, 6, seed=seed)
+    islet = nx.relabel_nodes(lattice(5, 5, seed=seed + 7), lambda n: 100 + n)
+    for _, d in islet.nodes(data=True):
+        d["x"] -= 800.0
+    g = nx.union(g, islet)
+    g.graph["islands"] = join_components(g)
+    part = [n for n in g.nodes if n >= 100 or g.nodes[n]["x"] == 0.0]
+    try:
+        p = Partitioner(4, measures={"subscribers": 0.2}, time_limit=1,
+                        random_state=seed).solve(part_graph(g, part))
+    except InfeasibleError:
+        return  # no split the check allows: the hierarchy gives it fewer sub-grids
+    labels = {n: "rest" for n in g.nodes} | {n: f"S{j}" for n, j in p.labels_.items()}
+    assert all(contiguous_grids(g, labels).values())
+
+
 def test_must_stay_together_units_share_one_sub_grid():
     """Key-account groups are split by main grid once for all the sub-grid problems; each
     group must still come out whole in one sub-grid (and so one main grid)."""

@@ -196,6 +196,58 @@ def test_islands_are_bridged_and_grids_stay_contiguous():
     assert all(contiguous_grids(g, p.labels_).values())
 
 
+def _with_islands(g: nx.Graph, *islands: tuple[int, int, float, float]) -> nx.Graph:
+    """``g`` and lattices of ``(w, h)`` units offset by ``(dx, dy)`` metres, joined by
+    bridges as the city's graph joins its islands (the report in ``graph["islands"]``)."""
+    from territory.graph import join_components
+
+    parts = [g]
+    for i, (w, h, dx, dy) in enumerate(islands, start=1):
+        isl = nx.relabel_nodes(lattice(w, h, seed=50 + i), lambda n, i=i: 1000 * i + n)
+        for _, d in isl.nodes(data=True):
+            d["x"] += dx
+            d["y"] += dy
+        parts.append(isl)
+    g = nx.union_all(parts)
+    g.graph["islands"] = join_components(g)
+    return g
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_island_heavier_than_a_grid_is_never_cut_across_its_bridge(seed):
+    """Issue 12 (Xiamen at 2 000 000 customers): a grid held part of an islet and the land
+    across its bridge. Connected over the bridge, so the search took it for one piece; the
+    plan check (``contiguous_grids``) counts two pieces that each touch another grid. A
+    25-unit island holding more than a grid: the partitioner used to return such a grid
+    (24 units of the island in one grid, the one at the bridge with the land); now every
+    plan it returns passes the check, or it says why it found none."""
+    g = _with_islands(lattice(8, 8, seed=seed), (5, 5, 1100.0, 0.0))
+    try:
+        p = Partitioner(4, measures={"subscribers": 0.1}, time_limit=1,
+                        random_state=seed).solve(g)
+    except InfeasibleError as exc:
+        assert "could not be made contiguous" in str(exc) and "island" in str(exc)
+        assert not all(contiguous_grids(g, exc.partitioner.labels_).values())
+    else:
+        assert all(contiguous_grids(g, p.labels_).values())
+
+
+def test_an_island_lighter_than_a_grid_is_held_whole_off_the_main_land():
+    """An island that fits in one grid is held whole, like a key account: Xiang'an's
+    106-unit islet (757 subscribers against sub-grids of 791) was cut 83 + 23 across its
+    bridge. An islet beyond it is bridged to the main land, not to that island: chained,
+    held whole, the islet of 196 could only share the island's grid, 953 subscribers, more
+    than a grid may hold (the pre-check refused the main grid)."""
+    g = _with_islands(lattice(8, 8, seed=3), (3, 3, 1000.0, 0.0), (2, 2, 1500.0, 0.0))
+    joined_to = {int(isl["units"][0]) // 1000: isl["joined"][1] for isl in g.graph["islands"]}
+    assert joined_to == {1: 56, 2: 56}  # both hang off the main land (unit 56 at x=700)
+    p = Partitioner(4, measures={"subscribers": 0.1}, time_limit=2, random_state=3).solve(g)
+    labels = p.labels_
+    for first in (1000, 2000):
+        assert labels[(labels.index >= first) & (labels.index < first + 1000)].nunique() == 1
+    assert all(contiguous_grids(g, labels).values())
+
+
 def test_infeasible_targets_name_the_measure_and_a_way_out():
     g = lattice(6, 6, seed=10)
     g.nodes[0]["subscribers"] = 5000.0

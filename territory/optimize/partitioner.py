@@ -229,7 +229,9 @@ class Partitioner:
             )
         sub = _connected_subproblem(P, rest, graph)
         locked = self._locked_positions(pos, rest, k_rest)
-        groups = self._together_groups(pos, rest)
+        islands = graph.graph.get("islands")
+        self._mainland = _islands(P, islands)[1] < 0
+        groups = self._together_groups(pos, rest) + _island_groups(sub, tol, k_rest, islands)
         C, member = _contract(sub, groups)
         c_locked = _contract_locks(locked, member, C.n, sub.ids)
         model = BalanceModel.for_units(C.W, tol, k_rest)
@@ -532,7 +534,7 @@ class Partitioner:
         np.add.at(arr, labels, P.W)
         loads = pd.DataFrame(arr, index=range(k), columns=list(full.measures))
         violations = full.violations(arr)
-        contiguous = is_contiguous(P, labels)
+        contiguous = is_contiguous(P, labels, self._mainland)
         self.labels_ = pd.Series(labels, index=pd.Index(P.ids, name="unit_id"), name="grid")
         self.loads_ = loads
         self.max_deviation_ = full.max_deviation(arr)
@@ -561,7 +563,8 @@ class Partitioner:
             ] if violations else []
             if not self.contiguous_:
                 lines.append(f"grids {np.flatnonzero(~contiguous).tolist()} could not be made "
-                             "contiguous (locked units of one grid far apart?)")
+                             "contiguous (locked units of one grid far apart, or an island "
+                             "heavier than a grid cut across its bridge?)")
             err = InfeasibleError("; ".join(lines))
             err.partitioner = self  # the best plan found, for inspection
             raise err
@@ -606,6 +609,48 @@ def _with_edges(sub: Problem, g: nx.Graph) -> Problem:
     A.sort_indices()
     return Problem(sub.ids, sub.W, sub.measures, A.indptr, A.indices, A.data, sub.xy,
                    sub.presence)
+
+
+def _island_groups(P: Problem, tol: dict[str, float], k: int,
+                   islands: list[dict] | None = None) -> list[np.ndarray]:
+    """Islands (pieces joined to the rest by bridges alone) light enough for one grid, to
+    be held whole like a must-stay-together group.
+
+    A grid may hold an island whole beside its piece of land (Gulangyu with the quay it is
+    ferried from): the island touches no other grid, so the grid is still one walkable
+    piece plus an island (:func:`territory.graph.contiguous_grids`). A grid holding part
+    of an island and land across the bridge is two pieces that each touch another grid:
+    not contiguous, although the bridge makes it look connected to the search. Held whole,
+    an island can never be cut that way. ``islands`` is the graph's report
+    (:func:`territory.graph.join_components`), which says which pieces are islands (a
+    part of a city can hold an islet larger than its own piece of land); without it every
+    piece but the largest is one. An island heavier than a grid may hold is left to the
+    search, and a plan that cuts it across its bridge is refused (:func:`is_contiguous`).
+    """
+    if k == 1:
+        return []
+    comp, island = _islands(P, islands)
+    isle = np.unique(island[island >= 0])
+    sizes = np.bincount(comp)
+    hi = (1 + np.array(list(tol.values()))) * P.W.sum(axis=0) / k
+    loads = np.zeros((len(sizes), P.W.shape[1]))
+    np.add.at(loads, comp, P.W)
+    return [np.flatnonzero(comp == c) for c in isle
+            if sizes[c] > 1 and (loads[c] <= hi).all()]
+
+
+def _islands(P: Problem, islands: list[dict] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every unit's land component, and that component where it is an island (else -1):
+    the components holding a unit of the graph's islands report, or without a report every
+    component but the largest."""
+    comp = P.land_components()
+    sizes = np.bincount(comp)
+    if islands:
+        where = {str(u): i for i, u in enumerate(P.ids)}
+        isle = {int(comp[where[u]]) for isl in islands for u in isl["units"] if u in where}
+    else:
+        isle = set(range(len(sizes))) - {int(np.argmax(sizes))}
+    return comp, np.where(np.isin(comp, sorted(isle)), comp, -1)
 
 
 def _contract(P: Problem, groups: list[np.ndarray]) -> tuple[Problem, np.ndarray]:

@@ -12,6 +12,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from territory.errors import InvalidInputError
 
@@ -46,8 +47,21 @@ class Problem:
     def neighbours(self, i: int) -> np.ndarray:
         return self.indices[self.indptr[i] : self.indptr[i + 1]]
 
-    def adjacency(self) -> sp.csr_matrix:
-        return sp.csr_matrix((self.elen, self.indices, self.indptr), shape=(self.n, self.n))
+    def adjacency(self, land_only: bool = False) -> sp.csr_matrix:
+        """The weighted adjacency; ``land_only``: without the island bridges (length 0),
+        the land contacts :func:`territory.graph.contiguous_grids` judges grids by."""
+        if not land_only:
+            return sp.csr_matrix((self.elen, self.indices, self.indptr),
+                                 shape=(self.n, self.n))
+        land = self.elen > _BRIDGE_LEN
+        A = sp.csr_matrix((np.where(land, self.elen, 0.0), self.indices, self.indptr),
+                          shape=(self.n, self.n), copy=True)  # pruned below: not ours
+        A.eliminate_zeros()
+        return A
+
+    def land_components(self) -> np.ndarray:
+        """Component id of every node over land contacts alone: the mainland and islands."""
+        return connected_components(self.adjacency(land_only=True), directed=False)[1]
 
     def subproblem(self, nodes: np.ndarray) -> Problem:
         """The problem restricted to ``nodes`` (positions), renumbered."""

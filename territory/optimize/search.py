@@ -34,20 +34,34 @@ from territory.optimize.constraints import leaves_connected, movable_mask
 from territory.optimize.problem import Problem
 
 
-def grid_components(P: Problem, labels: np.ndarray) -> np.ndarray:
-    """Component id of every node within its own grid (edges joining equal labels only)."""
-    A = P.adjacency().tocoo()
+def grid_components(P: Problem, labels: np.ndarray, land_only: bool = False) -> np.ndarray:
+    """Component id of every node within its own grid (edges joining equal labels only;
+    ``land_only``: island bridges left out)."""
+    A = P.adjacency(land_only).tocoo()
     same = labels[A.row] == labels[A.col]
     B = sp.csr_matrix((np.ones(same.sum()), (A.row[same], A.col[same])), shape=(P.n, P.n))
     return connected_components(B, directed=False)[1]
 
 
-def is_contiguous(P: Problem, labels: np.ndarray) -> np.ndarray:
-    """Per grid label (0..k-1) whether the grid is one connected piece."""
+def is_contiguous(P: Problem, labels: np.ndarray,
+                  mainland: np.ndarray | None = None) -> np.ndarray:
+    """Per grid label (0..k-1) whether the grid is one connected piece, judged as
+    :func:`territory.graph.contiguous_grids` judges a plan: besides being connected (over
+    bridges too), at most one of its land pieces touches another grid by land, so a grid
+    may hold whole islands beside its land but not part of an island across a bridge.
+    ``mainland`` (booleans): units not on an island, whose pieces count as touching in
+    any case (a main grid's land touches the city's other grids, which ``P`` lacks)."""
     comp = grid_components(P, labels)
     k = int(labels.max()) + 1
     pieces = pd.Series(comp).groupby(labels).nunique().reindex(range(k), fill_value=0)
-    return pieces.to_numpy() == 1
+    land = grid_components(P, labels, land_only=True)
+    A = P.adjacency(land_only=True).tocoo()
+    out = A.row[labels[A.row] != labels[A.col]]  # land contacts with another grid
+    if mainland is not None:
+        out = np.concatenate([out, np.flatnonzero(mainland)])
+    touching = pd.Series(land[out]).groupby(labels[out]).nunique()
+    touching = touching.reindex(range(k), fill_value=0).to_numpy()
+    return (pieces.to_numpy() == 1) & (touching <= 1)
 
 
 def repair_contiguity(
