@@ -487,8 +487,9 @@ class LocalSearch:
         (a unit joins the sub-grid it is beside). Otherwise, or if ``valid`` refuses,
         boundary moves that every rule allows, in rounds until none is left (unless not
         ``partial``)."""
-        if valid is not None and self._jump(target, valid):
-            return int((self.labels != self._jump_from).sum())
+        jumped = self._jump(target, valid) if valid is not None else None
+        if jumped is not None:
+            return jumped
         total = 0
         if not partial:
             return total
@@ -505,9 +506,10 @@ class LocalSearch:
                 break
         return total
 
-    def _jump(self, target: np.ndarray, valid: Callable[[LocalSearch], bool]) -> bool:
-        """All of ``target`` at once (see :meth:`follow`); undone unless ``valid``."""
-        self._jump_from = self.labels.copy()
+    def _jump(self, target: np.ndarray, valid: Callable[[LocalSearch], bool]) -> int | None:
+        """All of ``target`` at once (see :meth:`follow`): how many units moved, or None
+        (undone) unless ``valid``."""
+        before = self.labels.copy()
         marks = [c.mark() for c in self.constraints]
         done: list[tuple[int, int, int]] = []
         todo = np.flatnonzero((target != self.labels) & self.movable)
@@ -521,9 +523,9 @@ class LocalSearch:
                 self._move(*done[-1])
             todo = todo[target[todo] != self.labels[todo]]
         if len(todo) == 0 and valid(self):
-            return True
+            return int((self.labels != before).sum())
         self._undo(done, marks)
-        return False
+        return None
 
     def compact(self, deadline: float) -> None:
         """Phase 2: strictly improving, feasibility-keeping moves."""
