@@ -45,6 +45,10 @@ class Rebalanced:
                 "smallest_budget": r.smallest_budget, "message": r.message,
                 # infinite: proven that no plan with these grids meets the bands
                 "lower_bound": r.lower_bound if math.isfinite(r.lower_bound) else None,
+                # the same for plans whose grids are each one piece (higher or equal)
+                "lower_bound_contiguous": (r.lower_bound_contiguous
+                                           if math.isfinite(r.lower_bound_contiguous)
+                                           else None),
                 "sub_deviation": r.sub_deviation,
                 "plan_id": r.plan.plan_id if r.plan else None, "parent": self.base.plan_id}
 

@@ -96,6 +96,10 @@ def test_an_impossible_budget_says_so_with_the_smallest_that_works():
     enough = rebalance(plan, graph, Budget("customers", first.smallest_budget), time_limit=20)
     assert enough.feasible and enough.moved_budget <= first.smallest_budget + 1e-6
     assert _worst(enough.plan) <= 0.03 + 1e-6
+    # both proven bounds hold for the balanced plan, whose grids are each one piece
+    across = enough.plan.units["main_grid_id"] != plan.units["main_grid_id"]
+    moved = plan.units.loc[across, "customers"].sum()
+    assert first.lower_bound <= first.lower_bound_contiguous <= moved + 1e-6
 
 
 def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
@@ -120,6 +124,8 @@ def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
     short = CliRunner().invoke(app, ["rebalance", str(tmp_path / "p.gpkg"), "--budget",
                                      "customers=0", "--out", str(tmp_path / "s")])
     assert short.exit_code == 3 and "smallest budget" in short.output
+    short_figures = json.loads((tmp_path / "s" / "rebalance.json").read_text())
+    assert 0 < short_figures["lower_bound"] <= short_figures["lower_bound_contiguous"]
 
 
 def _estate(plan: Plan, graph, share: float) -> Plan:
