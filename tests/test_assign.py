@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyproj
 import pytest
 import shapely
 from hypothesis import HealthCheck, given, settings
@@ -601,3 +602,44 @@ def test_cli_geocoding_service_needs_its_crs(plan_file, tmp_path):
                                    "--geocoder-service", "nominatim"])
     assert res.exit_code == 2 and "--geocoder-crs is required" in " ".join(res.output.split())
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_outside_points_off_a_corner_two_units_share(plan, index):
+    """A point 10 cm off a convex corner of the service area where two units' outer edges
+    meet is as near to both as arithmetic can tell (the same vertex, reached along two
+    segments): both paths name the same one of the two, at the distance to the corner, so
+    the counter and the nightly batch agree on these near-ties."""
+    geoms = plan.units.geometry.values
+    tree = shapely.STRtree(geoms)
+    box = plan.units.total_bounds
+    utm = local_projected_crs(box[[0, 2]], box[[1, 3]])
+    to_utm = pyproj.Transformer.from_crs(4326, utm, always_xy=True).transform
+    to_wgs = pyproj.Transformer.from_crs(utm, 4326, always_xy=True).transform
+    checked = 0
+    for ring in shapely.get_exterior_ring(shapely.get_parts(shapely.union_all(geoms))):
+        lnglat = shapely.get_coordinates(ring)[:-1]
+        xy = np.column_stack(to_utm(lnglat[:, 0], lnglat[:, 1]))  # angles in metres
+        sign = 1.0 if shapely.is_ccw(ring) else -1.0
+        for j in range(len(xy)):
+            v, a, b = xy[j], xy[j - 1], xy[(j + 1) % len(xy)]
+            (ux, uy), (wx, wy) = v - a, b - v
+            if sign * (ux * wy - uy * wx) <= 0:
+                continue  # a reflex corner: its nearest points lie on the edges
+            normals = [sign * np.array([e[1], -e[0]]) / np.hypot(*e) for e in (v - a, b - v)]
+            out = normals[0] + normals[1]
+            x, y = map(float, to_wgs(*(v + 0.1 * out / np.hypot(*out))))
+            # the units owning the two outer edges that meet there
+            owners = [tree.query(shapely.Point((lnglat[j] + lnglat[k]) / 2),
+                                 predicate="intersects") for k in (j - 1, (j + 1) % len(xy))]
+            touching = tree.query(shapely.Point(lnglat[j]), predicate="intersects")
+            near = tree.query(shapely.Point(x, y).buffer(3e-6), predicate="intersects")
+            if (any(len(o) != 1 for o in owners) or owners[0][0] == owners[1][0]
+                    or set(near) - set(touching)):
+                continue  # one unit's corner, or another unit too near to judge by eye
+            assert index.locate_one(x, y) == -1
+            units, dist = index.nearest(np.array([x]), np.array([y]))
+            assert index.nearest_one(x, y) == (int(units[0]), float(dist[0]))
+            assert units[0] in (owners[0][0], owners[1][0]), (x, y, owners)
+            assert dist[0] == pytest.approx(0.1, rel=1e-3), (x, y)
+            checked += 1
+    assert checked >= 10
