@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batches = BatchGate(settings.max_concurrent_batches, settings.batch_wait_seconds)
     app.state.layers = maps.LayerCache(store)
     problems.install(app)
+    # added first, so it runs last of the middleware: inside the key check and body limit
+    app.add_middleware(assign.SingleAssignFastPath)
     app.add_middleware(problems.BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # added last, so it runs first: no body is read and no id looked up for an anonymous caller
     app.add_middleware(AuthMiddleware, keys=KeyRing(settings),

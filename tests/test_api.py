@@ -16,11 +16,13 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import anyio
+import fastapi.routing
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,6 +52,12 @@ DEMO_REQUEST = {"service_area": "xiamen", "parameters": SMALL_PARAMETERS,
 INSIDE = (118.10, 24.50)  # Siming district, Xiamen island (WGS84)
 OUTSIDE = (119.50, 24.50)  # the sea east of Xiamen
 JOB_TIMEOUT_S = 120.0
+
+
+def service_today() -> date:
+    """The service's today: effective dates and ``as_of`` are in its time zone (Asia/Shanghai
+    by default), where a UTC evening is already tomorrow."""
+    return datetime.now(ZoneInfo(Settings.model_fields["timezone"].default)).date()
 
 
 def headers(role: str) -> dict[str, str]:
@@ -324,7 +332,7 @@ def test_metrics(client: TestClient, versions: dict) -> None:
 # -- effective plans -----------------------------------------------------------------------
 def test_activation_dates_and_as_of(client: TestClient, versions: dict) -> None:
     v1, v2 = versions[1]["plan_id"], versions[2]["plan_id"]
-    today = date.today()
+    today = service_today()
     later = today + timedelta(days=30)
     p, o = headers("planner"), headers("operations")
     assert client.post(f"/plans/{v1}/activate", headers=p).json()["state"] == "in_force"
@@ -379,6 +387,53 @@ def test_several_areas_need_a_service_area(client: TestClient, data_dir: Path,
 
 
 # -- assignment ----------------------------------------------------------------------------
+def test_the_single_lookup_fast_path_answers_as_the_route(client: TestClient, data_dir: Path,
+                                                         versions: dict, monkeypatch) -> None:
+    """``GET /assign`` is answered before FastAPI's routing when it can be
+    (:class:`api.routes.assign.SingleAssignFastPath`); every answer, 200 or problem, is the
+    one the route gives alone (a twin app on the same store without the fast path)."""
+    from api.routes.assign import SingleAssignFastPath
+
+    plan_id = versions[1]["plan_id"]
+    client.post(f"/plans/{plan_id}/activate", headers=headers("planner"))
+    twin_app = create_app(settings_for(data_dir))
+    twin_app.user_middleware = [m for m in twin_app.user_middleware
+                                if m.cls is not SingleAssignFastPath]
+    tomorrow = (service_today() + timedelta(days=1)).isoformat()
+    hostile = "<script>alert(1)</script>'; DROP TABLE plans;--"
+    queries = [
+        {"lng": INSIDE[0], "lat": INSIDE[1]},  # inside a unit
+        {"lng": OUTSIDE[0], "lat": OUTSIDE[1], "crs": "wgs84"},  # the sea: nearest grid
+        {"lng": 100.0, "lat": 10.0, "crs": "EPSG:4326"},  # off the raster
+        {"lng": INSIDE[0], "lat": INSIDE[1], "crs": "gcj02", "as_of": tomorrow},
+        {"lng": INSIDE[0], "lat": INSIDE[1], "service_area": "xiamen", "extra": "x"},
+        {"lng": 181, "lat": 24.5}, {"lng": "NaN", "lat": 24.5}, {"lng": 118.1},
+        {"lng": "east", "lat": 24.5}, {"lng": INSIDE[0], "lat": INSIDE[1], "crs": hostile},
+        {"lng": INSIDE[0], "lat": INSIDE[1], "as_of": "2000-01-01"},  # nothing in force
+        {"lng": INSIDE[0], "lat": INSIDE[1], "as_of": "yesterday"},
+        {"lng": INSIDE[0], "lat": INSIDE[1], "service_area": hostile},
+    ]
+    solved = []  # FastAPI's request handling runs only for the requests the route answers
+    solve = fastapi.routing.solve_dependencies
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies",
+                        lambda *a, **k: solved.append(1) or solve(*a, **k))
+    with TestClient(twin_app) as twin:
+        for role in ("operations", "viewer"):
+            for q in queries:
+                fast = client.get("/assign", params=q, headers=headers(role))
+                n = len(solved)
+                alone = twin.get("/assign", params=q, headers=headers(role))
+                assert len(solved) > n  # the twin went through the route
+                assert (fast.status_code, fast.headers["content-type"], fast.json()) == (
+                    alone.status_code, alone.headers["content-type"], alone.json()), q
+                if fast.status_code == 200:
+                    assert fast.json()["plan"]["plan_id"] == plan_id
+        solved.clear()
+        ok = client.get("/assign", params=queries[0], headers=headers("operations"))
+        assert ok.status_code == 200 and not solved  # answered by the fast path
+        assert_problem(client.get("/assign", params=queries[0]), 401)
+
+
 def test_single_assignment_statuses_and_crs(client: TestClient, versions: dict) -> None:
     plan_id = versions[1]["plan_id"]
     o = headers("operations")

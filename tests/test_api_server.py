@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -35,6 +35,7 @@ from tests.test_api import (
     copy_template,
     headers,
     plans_by_version,
+    service_today,
     wait_for_job,
 )
 
@@ -149,7 +150,8 @@ def test_upload_job_then_serve_the_plan(server: Server, tmp_path: Path) -> None:
         assert metrics["main_grid"]["n_grids"] == 12
 
         # v1 in force now, the uploaded plan from next month
-        today, later = date.today(), date.today() + timedelta(days=31)
+        today = service_today()
+        later = today + timedelta(days=31)
         http.post(f"/plans/{versions[1]['plan_id']}/activate", headers=p).raise_for_status()
         http.post(f"/plans/{plan['plan_id']}/activate", headers=p,
                   json={"effective_from": later.isoformat()}).raise_for_status()

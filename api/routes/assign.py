@@ -37,6 +37,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.assignment import Indexes, LockedIndex
 from api.auth import KEY_SECURITY, Operator, operator
@@ -398,6 +400,35 @@ def add_single_route(app: FastAPI) -> None:
                       openapi_extra={**KEY_SECURITY,
                                      "parameters": query_parameters(PointOnDay)})
     app.router.routes.insert(0, app.router.routes.pop())  # routes are matched in order
+
+
+class SingleAssignFastPath:
+    """Answers ``GET /assign`` before FastAPI's routing: the route's own function
+    (:func:`assign_one`) on a plain :class:`~starlette.requests.Request`, its response sent
+    as is. Starlette's exception layer, the router's matching and FastAPI's request
+    handling cost the counter's lookup about as much again as all of its own work (on the
+    shipped city, in-process: 51 µs a request through them, 24 µs past them, against 34 µs
+    for a bare FastAPI route answering a constant).
+
+    Installed inside the authentication and body-limit middleware, so a caller is checked
+    as for any route. A request it cannot answer (a role, a query or a point the route
+    refuses) is handed to the app unchanged, whose route raises the same error again and
+    renders it through the app's problem handlers: every answer, 200 or not, is the
+    route's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/assign":
+            try:
+                response = await assign_one(Request(scope))
+            except (StarletteHTTPException, RequestValidationError, TerritoryError):
+                pass  # the route answers, through the app's error handlers
+            else:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @router.post("/assign", response_model=BatchAssignment, responses=ERRORS,
