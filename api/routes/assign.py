@@ -392,8 +392,9 @@ async def assign_one(request: Request) -> Response:
 def add_single_route(app: FastAPI) -> None:
     """``GET /assign`` first on the app's own router, ahead of the documentation's routes
     and the included routers: FastAPI matches a path against every route of an included
-    router in turn, twice per request (the router, then its route), which cost the
-    counter's lookup more than the lookup itself did."""
+    router in turn, twice per request (the router, then its route). Most lookups never
+    reach it (:class:`SingleAssignFastPath` answers them); it answers the rest, the refused
+    ones, and documents the operation."""
     app.add_api_route("/assign", assign_one, methods=["GET"], response_model=SingleAssignment,
                       responses=ERRORS, tags=["assign"],
                       summary="Assign one point on the plan in force on a day",
