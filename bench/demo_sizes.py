@@ -93,7 +93,8 @@ def run_command(city: str, n: int, out: Path, workers: int) -> tuple[float, floa
     t0, c0 = time.perf_counter(), _cpu_children()
     res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     dt, cpu = time.perf_counter() - t0, _cpu_children() - c0
-    return dt, cpu, "" if res.returncode == 0 else " ".join(res.stderr.split())[:400]
+    # the error is the last thing the command says (progress lines come first)
+    return dt, cpu, "" if res.returncode == 0 else " ".join(res.stderr.split())[-600:]
 
 
 def run_plan_only(city: str, n: int, out: Path, workers: int) -> tuple[float, float, str]:
