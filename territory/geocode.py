@@ -138,18 +138,47 @@ def _parse(s: str, provinces: frozenset[str]) -> ParsedAddress:
     if not s:
         return ParsedAddress(s)
     loc = _parser(provinces)(s, town_village=True, change2new=True)
-    district, street, community = (loc.get(k) or "" for k in ("county", "town", "village"))
-    rest = loc.get("detail") or ""
+    province, city, district, street, community = (
+        loc.get(k) or "" for k in ("province", "city", "county", "town", "village"))
+    detail = loc.get("detail") or ""
+    rest = detail
     for part in (street, community):  # jionlp names them but leaves them in the detail
         if part and rest.startswith(part):
             rest = rest[len(part):]
-    building = room = ""
+    rest, building, room = _split_building(rest)
+    if district and district not in s and (len(rest) < _MIN_KEY or rest in _GENERIC_PLACES):
+        # jionlp read the start of a place's name as a county's short form ("福田花园":
+        # 福田区 and 花园; "和平苑": Heyuan's 和平县 and 苑): the name is the place, and the
+        # county, with the city and province it implied, is dropped unless written out
+        start = len(s) - len(detail)
+        short = next((k for k in range(min(start, len(district)), 0, -1)
+                      if s[start - k:start] == district[:k]), 0)
+        if short:
+            before = s[:start - short]
+            city = city if city and (city in before or city[:-1] in before) else ""
+            if not (city or province and (province in before or province[:-1] in before)):
+                province = ""
+            district = street = community = ""
+            rest, building, room = _split_building(s[start - short:])
+    return ParsedAddress(s, province, city, district, street, community, rest, building, room)
+
+
+#: Place names that say what a place is, not which: left alone after a county's short form
+#: they mean jionlp took the start of the name for the county (see :func:`_parse`).
+_GENERIC_PLACES = frozenset({
+    "苑", "园", "花园", "小区", "大厦", "广场", "公寓", "新村", "家园", "山庄", "中心", "村",
+    "城", "府", "居", "阁", "庭", "湾", "轩", "雅苑", "名苑", "大楼", "楼", "花苑", "华庭",
+    "新城", "社区", "街", "路"})
+
+
+def _split_building(rest: str) -> tuple[str, str, str]:
+    """``rest`` as (place, building, room): the building (栋/幢/座/号楼) and what follows it,
+    or the room alone, split off the end."""
     if m := _BUILDING.search(rest):
-        building, room, rest = m["building"], m["room"], rest[: m.start()]
-    elif m := _ROOM.search(rest):
-        room, rest = m["room"], rest[: m.start()]
-    return ParsedAddress(s, loc.get("province") or "", loc.get("city") or "", district, street,
-                         community, rest, building, room)
+        return rest[: m.start()], m["building"], m["room"]
+    if m := _ROOM.search(rest):
+        return rest[: m.start()], "", m["room"]
+    return rest, "", ""
 
 
 @dataclass(frozen=True)

@@ -416,6 +416,33 @@ def test_address_place_names():
     assert place(None) == place(np.nan) == ""
 
 
+@pytest.mark.parametrize("text, place, district, building", [
+    # a place named like a county, its short form first: the name is the place
+    ("福田花园", "福田花园", "", ""),
+    ("和平苑1栋", "和平苑", "", "1栋"),  # not Heyuan's 和平县
+    ("深圳龙华苑3栋1单元1201", "龙华苑", "", "3栋"),
+    # a county's short form before a real place name, or a county written out: a county
+    ("深圳南山科技园", "科技园", "南山区", ""),
+    ("广东省深圳市罗湖区和平苑2栋", "和平苑", "罗湖区", "2栋"),
+])
+def test_a_place_named_like_a_county_keeps_its_name(text, place, district, building):
+    parsed = parse_address(text, frozenset({"广东省"}))
+    assert (parsed.place, parsed.district, parsed.building) == (place, district, building)
+
+
+def test_a_gazetteer_of_places_named_like_counties_matches_them():
+    """The demo's Shenzhen gazetteer held 和平苑 (和平县 is a county of Guangdong): it was
+    refused as a name too short once the county was read off it."""
+    table = pd.DataFrame({"address": ["和平苑", "和平苑1栋", "福田花园", "南山花园"],
+                          "lng": [114.05, 114.05, 114.06, 113.93],
+                          "lat": [22.55, 22.55, 22.54, 22.52],
+                          "district": ["罗湖区", "罗湖区", "福田区", "南山区"]})
+    g = Gazetteer(table, crs="wgs84")
+    res = g.geocode(["广东省深圳市罗湖区和平苑1栋2单元301", "深圳市福田区福田花园",
+                     "南山区南山花园"])
+    assert list(res.entry) == ["和平苑1栋", "福田花园", "南山花园"]
+
+
 def test_gazetteer_matching_and_reasons(inside_points):
     x, y = inside_points
     gx, gy = from_wgs84(x[:1], y[:1], "gcj02")
