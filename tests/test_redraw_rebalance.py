@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import geopandas as gpd
 import networkx as nx
 import numpy as np
+import pandas as pd
 import pytest
+import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -15,7 +18,7 @@ from territory.cli import app
 from territory.diff import diff_plans
 from territory.edits import set_lock
 from territory.errors import InvalidInputError
-from territory.graph import contiguous_grids
+from territory.graph import build_graph, contiguous_grids
 from territory.headcount import change_headcount
 from territory.metrics import load_table, nesting_ok
 from territory.plan import Plan
@@ -23,7 +26,7 @@ from territory.progress import GRAPH, REBALANCE
 from territory.rebalance import Budget, _max_dev, churn_bound, rebalance
 
 from .redraw_city import small_city
-from .redraw_lattice import lattice_plan
+from .redraw_lattice import SIZE, lattice_plan
 
 
 def _worst(plan: Plan) -> float:
@@ -100,6 +103,24 @@ def test_an_impossible_budget_says_so_with_the_smallest_that_works():
     across = enough.plan.units["main_grid_id"] != plan.units["main_grid_id"]
     moved = plan.units.loc[across, "customers"].sum()
     assert first.lower_bound <= first.lower_bound_contiguous <= moved + 1e-6
+
+
+def test_a_balance_only_a_split_grid_reaches_is_proven_out_of_reach():
+    """Four units in a row loaded 1, 3, 1, 1 in two grids ({1} and {3, 1, 1}): only {3}
+    against {1, 1, 1} balances, and that {1, 1, 1} is two pieces. The bound without
+    contiguity is 2 units moved; with it no plan exists, and the message says so."""
+    geoms = shapely.box(114.0 + np.arange(4) * SIZE, 22.6, 114.0 + np.arange(1, 5) * SIZE,
+                        22.6 + SIZE)
+    units = gpd.GeoDataFrame({
+        "branch_id": "B1", "main_grid_id": ["M01", "M02", "M02", "M02"],
+        "sub_grid_id": ["M01-S1", "M02-S1", "M02-S1", "M02-S1"], "customers": 1,
+        "subscribers": [1.0, 3.0, 1.0, 1.0]}, geometry=geoms, crs="EPSG:4326",
+        index=pd.Index([f"u{i}" for i in range(4)], name="unit_id"))
+    plan = Plan(units=units, measures=["subscribers"], params={"measures": {"subscribers": 0.05}})
+    res = rebalance(plan, build_graph(units), Budget("customers", 4), time_limit=10)
+    assert not res.feasible
+    assert res.lower_bound == 2 and res.lower_bound_contiguous == np.inf
+    assert "cannot be met by any plan whose grids are each one piece" in res.message
 
 
 def test_cli_rebalance_writes_a_child_version_and_the_sweep(tmp_path):
