@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import pulp
 import pyproj
+from scipy.optimize import linear_sum_assignment
 
 from territory.atomic import atomic_path, write_text
 from territory.crs import normalize_crs, to_wgs84
@@ -401,11 +402,47 @@ class StaffAllocator:
         moved = has_cur[:, None] & (cur[:, None] != grid_ids[None, :])
         W = rows["workload_hours"].to_numpy(float)
         big = 1.0 + km.max(axis=1).sum()
+        if self._seats_cover(n, hours, W):
+            # any n[g] people cover grid g's hours: the hours rows are implied, and what is
+            # left is an assignment of people to the grids' seats, solved exactly at once
+            # (the MIP over every person and grid of a branch ran out of time at 2 000 000
+            # customers: 889 people x 889 grids)
+            seat = np.repeat(np.arange(len(rows)), n)
+            _, col = linear_sum_assignment((big * moved + km)[:, seat])
+            at = seat[col]
+        else:
+            at = self._assign_mip(what, ids, hours, n, W, km, moved, big, grid_ids)
+        out = pd.DataFrame({
+            "person_id": ids, "name": [*people["name"], *([VACANCY] * vac)], "role": role,
+            "branch_id": branch, "grid_id": grid_ids[at], "hours": hours,
+            "home_km": km[np.arange(len(ids)), at], "current_grid": cur,
+            "moved": moved[np.arange(len(ids)), at],
+        })
+        team_hours = out.groupby("grid_id")["hours"].transform("sum")
+        share = out["hours"] / team_hours
+        by_grid = rows.set_index("grid_id")
+        out["workload_hours"] = share * out["grid_id"].map(by_grid["workload_hours"])
+        out["travel_km"] = share * out["grid_id"].map(by_grid["travel_km"])
+        out["reason"] = _reasons(out, by_grid, role)
+        return out
+
+    @staticmethod
+    def _seats_cover(n: np.ndarray, hours: np.ndarray, W: np.ndarray) -> bool:
+        """Whether any ``n[g]`` of these people cover grid ``g``'s hours ``W[g]``, for
+        every grid (then who goes where is an assignment problem)."""
+        return bool(len(hours)) and bool((n * hours.min() >= W - 1e-9).all())
+
+    def _assign_mip(self, what: str, ids: list, hours: np.ndarray, n: np.ndarray,
+                    W: np.ndarray, km: np.ndarray, moved: np.ndarray, big: float,
+                    grid_ids: np.ndarray) -> np.ndarray:
+        """Each person's grid (position) when people's hours differ so that which ones a
+        grid gets decides whether its hours are covered: a MIP."""
+        rows = range(len(grid_ids))
         prob = pulp.LpProblem("people", pulp.LpMinimize)
         x = {(p, g): prob.add_variable(f"x_{p}_{g}", cat="Binary")
-             for p in range(len(ids)) for g in range(len(rows)) if n[g] > 0}
+             for p in range(len(ids)) for g in rows if n[g] > 0}
         for p in range(len(ids)):
-            prob += pulp.lpSum(x[p, g] for g in range(len(rows)) if (p, g) in x) == 1
+            prob += pulp.lpSum(x[p, g] for g in rows if (p, g) in x) == 1
         for g in np.flatnonzero(n > 0):
             prob += pulp.lpSum(x[p, g] for p in range(len(ids))) == int(n[g])
             if W[g] > 0:
@@ -423,19 +460,7 @@ class StaffAllocator:
         for (p, g), v in x.items():
             if (v.value() or 0) > 0.5:
                 at[p] = g
-        out = pd.DataFrame({
-            "person_id": ids, "name": [*people["name"], *([VACANCY] * vac)], "role": role,
-            "branch_id": branch, "grid_id": grid_ids[at], "hours": hours,
-            "home_km": km[np.arange(len(ids)), at], "current_grid": cur,
-            "moved": moved[np.arange(len(ids)), at],
-        })
-        team_hours = out.groupby("grid_id")["hours"].transform("sum")
-        share = out["hours"] / team_hours
-        by_grid = rows.set_index("grid_id")
-        out["workload_hours"] = share * out["grid_id"].map(by_grid["workload_hours"])
-        out["travel_km"] = share * out["grid_id"].map(by_grid["travel_km"])
-        out["reason"] = _reasons(out, by_grid, role)
-        return out
+        return at
 
     # -- report ---------------------------------------------------------------------------
     def _summary(self, load: pd.DataFrame, model: WorkloadModel) -> dict:

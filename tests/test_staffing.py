@@ -130,6 +130,27 @@ def test_allocation_invariants(seed, utilisation):
     assert staff.loc[staff["moved"], "reason"].str.len().gt(0).all()
 
 
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10_000), st.floats(0.0, 0.5))
+def test_seat_assignment_costs_what_the_mip_does(seed, drift):
+    """Where any n people cover a grid's hours, people go to grids by an assignment to
+    seats (scipy) instead of the MIP: the same counts, the same fewest moves and the same
+    total distance from home as the MIP's optimum on the same roster."""
+    plan = tiny_plan(seed)
+    roster = read_roster(synthetic_roster(plan, seed=seed, drift=drift))
+    seats = StaffAllocator(time_limit=20).solve(plan, roster).staff_
+    mip = StaffAllocator(time_limit=20)
+    mip._seats_cover = lambda n, hours, W: False  # the MIP for every role and branch
+    exact = mip.solve(plan, roster).staff_
+    for got in (seats, exact):
+        assert (got["workload_hours"] <= got["hours"] + 1e-6).all()
+    key = ["role", "branch_id"]
+    assert (seats.groupby([*key, "grid_id"]).size().sort_index()
+            .equals(exact.groupby([*key, "grid_id"]).size().sort_index()))
+    assert seats["moved"].sum() == exact["moved"].sum()
+    assert seats["home_km"].sum() == pytest.approx(exact["home_km"].sum(), abs=1e-6)
+
+
 def test_moves_are_the_fewest_and_homes_the_nearest():
     plan = tiny_plan(3)
     roster = synthetic_roster(plan, seed=3, drift=0.0)
