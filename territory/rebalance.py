@@ -471,20 +471,16 @@ def rebalance(plan: Plan, graph: nx.Graph, budget: Budget, *,
         whole = (s.lower_bound(t_bound - time.monotonic(), contiguous=True)
                  if np.isfinite(bound.value) and t_bound - time.monotonic() > 1 else bound)
         res.lower_bound, res.lower_bound_contiguous = bound.value, max(bound.value, whole.value)
-        if not np.isfinite(whole.value) and np.isfinite(bound.value):
+        if not np.isfinite(whole.value):  # proven: by the cut MIP, or already without cuts
+            proof = ("whose grids are each one piece: no assignment of the movable units to "
+                     "the grids of their branch that keeps every grid connected puts every "
+                     "grid within its band (proven by a MIP with contiguity cuts)"
+                     if np.isfinite(bound.value) else
+                     "with these grids: no assignment of the movable units to the grids of "
+                     "their branch puts every grid within its band, even ignoring contiguity "
+                     "(proven by a MIP)")
             res.message = (
-                f"the tolerances cannot be met by any plan whose grids are each one piece: "
-                f"no assignment of the movable units to the grids of their branch that keeps "
-                f"every grid connected puts every grid within its band (proven by a MIP with "
-                f"contiguity cuts); the best plan within {budget.value:g} {budget.measure} "
-                f"stays {z:.2%} of the mean outside its band: raise the tolerance, unlock "
-                "units or change the number of grids")
-            return res
-        if not np.isfinite(bound.value):
-            res.message = (
-                f"the tolerances cannot be met by any plan with these grids: no assignment of "
-                f"the movable units to the grids of their branch puts every grid within its "
-                f"band, even ignoring contiguity (proven by a MIP); the best plan within "
+                f"the tolerances cannot be met by any plan {proof}; the best plan within "
                 f"{budget.value:g} {budget.measure} stays {z:.2%} of the mean outside its band:"
                 " raise the tolerance, unlock units or change the number of grids")
             return res
