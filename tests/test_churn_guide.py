@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from territory.edits import set_lock
 from territory.graph import contiguous_grids
 from territory.metrics import nesting_ok
+from territory.optimize.churn_bound import churn_lower_bound
+from territory.optimize.churn_guide import least_churn_labels
 from territory.rebalance import Budget, _Search, _tolerances, _weights, churn_bound, rebalance
 
 from .redraw_lattice import lattice_plan
@@ -74,3 +77,27 @@ def test_the_rebalance_moves_no_more_across_main_lines_than_the_plain_search(see
     assert nesting_ok(new)
     for level in ("main_grid", "sub_grid"):
         assert all(contiguous_grids(graph, new.labels(level)).values()), level
+
+
+def test_a_joiner_may_follow_one_as_near_its_new_grid_as_itself():
+    """Grid B (unit 0) must gain three load-1 units of grid A. Units 3 and 4 lie two hops
+    from B; 4 reaches B one hop nearer only through the heavy unit 2, so "one hop nearer"
+    alone joins 5 instead (10 customers: churn 12). In B's joining order 4 may join beside
+    3, as near B as itself: churn 3, which is the proven bound, and both grids one piece."""
+    edges = [(0, 1), (0, 2), (1, 3), (3, 4), (4, 2), (1, 5), (5, 6), (2, 6), (6, 7)]
+    n = 8
+    graph = nx.Graph(edges)
+    r, c = np.array(edges).T
+    A = sp.csr_matrix((np.ones(2 * len(edges)), (np.r_[r, c], np.r_[c, r])), shape=(n, n))
+    W = np.array([[2.0], [1], [5], [1], [1], [1], [4], [4]])
+    labels = np.array([1, 0, 0, 0, 0, 0, 0, 0])
+    weight = np.array([1.0, 1, 1, 1, 1, 10, 1, 1])
+    group, closed = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=bool)
+    lo, hi = np.array([[0.0], [5.0]]), np.array([[100.0], [5.5]])
+    movable = np.arange(n) > 0  # B's one unit stays
+    g = least_churn_labels(W, labels, group, lo, hi, weight, movable, closed, A, labels)
+    bound = churn_lower_bound(W, labels, group, lo, hi, weight, movable, closed)
+    assert g.contiguous and g.churn == bound.value == 3
+    assert sorted(np.flatnonzero(g.labels == 1)) == [0, 1, 3, 4]
+    for grid in (0, 1):
+        assert nx.is_connected(graph.subgraph(np.flatnonzero(g.labels == grid).tolist()))

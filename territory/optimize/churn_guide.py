@@ -27,6 +27,14 @@ lazily:
   (on the shipped city 1.1-1.9 times the churn of the lenient order alone, which is why
   it is not the first try). When the time runs out with pieces left, they are undone
   (:func:`_repaired`: the guide is whole then, but maybe out of its bands).
+* then all that once more, in what is left of the time, with a wider joining rule: beside
+  a unit of ``g`` earlier in ``g``'s joining order (fewer hops from ``g``'s present units,
+  then fewer from its roots, then lower position: strict and total, so joiners still never
+  form an island), which lets a unit join beside a joiner as near ``g`` as itself. The
+  cheaper one-piece answer of the two is kept. "One hop nearer" first because it closes in
+  a few rounds where the wider rule can take several times as long (the shipped city's
+  workload +30 %: 5 s against 33 s); the wider one because it finds what the first cannot
+  (the store-closed case: 185 customers, 173 with the order).
 
 The answer is a set of target labels; the search then moves to them
 (:meth:`~territory.optimize.search.LocalSearch.follow`), keeping every hard rule, and
@@ -123,45 +131,58 @@ def least_churn_labels(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo:
     col = {(int(i), int(g)): c for c, (i, g) in enumerate(zip(model.col_unit, model.col_grid,
                                                             strict=True))}
     cost = model.cost + np.where(model.cost > 0, 1e-3, 0.0)  # fewer units at equal churn
-    h = model.highs(max(t_end - time.monotonic(), 0.1))
-    h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
-    h.setOptionValue("mip_rel_gap", GAP)
-    _add(h, _local_rows(model, labels, sub, free, A, reach, roots, col, strict=False))
     # what the units that stay away from ``original`` already cost
     home = labels if original is None else np.asarray(original, dtype=np.int64)
     away = (labels != home) & ~np.isin(np.arange(n), model.units)
     spent = float(np.asarray(weight, float)[away].sum())
-    if np.isfinite(limit):
-        moved = np.flatnonzero(model.cost > 0)
-        _add(h, [(moved.tolist(), model.cost[moved].tolist(), -np.inf, float(limit) - spent)])
-    best, rounds, strict = None, 0, False
-    while time.monotonic() < t_end:
-        h.setOptionValue("time_limit", max(t_end - time.monotonic(), 0.1))
-        h.run()
-        status = checked_status(h, "least-churn guide MIP")
-        x = np.asarray(h.getSolution().col_value)
-        if status == "Infeasible" or len(x) != len(cost) or not h.getInfo().primal_solution_status:
-            break
-        target = labels.copy()
-        on = x > 0.5
-        target[model.col_unit[on]] = model.col_grid[on]
-        rounds += 1
-        if status != "Optimal" and best is not None:
-            break  # a solve cut short: its incumbent can be far worse than the last optimum
-        cuts = _cuts(target, labels, sub, A, roots, col)
-        best = Guide(target, not cuts, spent + float(model.cost[on].sum()), rounds)
-        if not cuts or status != "Optimal" or strict:
-            break
-        _add(h, cuts)
-        if rounds >= max_rounds:  # the last solve in strict order: one piece for sure
-            _add(h, _local_rows(model, labels, sub, free, A, reach, roots, col, strict=True))
-            strict = True
+
+    def solve(by_order: bool) -> Guide | None:
+        """The MIP with the joining rows ``by_order`` (or one hop nearer), cut until one
+        piece or out of time or rounds."""
+        h = model.highs(max(t_end - time.monotonic(), 0.1))
+        h.changeColsCost(len(cost), np.arange(len(cost), dtype=np.int32), cost)
+        h.setOptionValue("mip_rel_gap", GAP)
+        _add(h, _local_rows(model, labels, sub, free, A, reach, roots, col, False, by_order))
+        if np.isfinite(limit):
+            moved = np.flatnonzero(model.cost > 0)
+            _add(h, [(moved.tolist(), model.cost[moved].tolist(), -np.inf,
+                      float(limit) - spent)])
+        best, rounds, strict = None, 0, False
+        while time.monotonic() < t_end:
+            h.setOptionValue("time_limit", max(t_end - time.monotonic(), 0.1))
+            h.run()
+            status = checked_status(h, "least-churn guide MIP")
+            x = np.asarray(h.getSolution().col_value)
+            if (status == "Infeasible" or len(x) != len(cost)
+                    or not h.getInfo().primal_solution_status):
+                break
+            target = labels.copy()
+            on = x > 0.5
+            target[model.col_unit[on]] = model.col_grid[on]
+            rounds += 1
+            if status != "Optimal" and best is not None:
+                break  # a solve cut short: its incumbent can be far worse than the last
+            cuts = _cuts(target, labels, sub, A, roots, col)
+            best = Guide(target, not cuts, spent + float(model.cost[on].sum()), rounds)
+            if not cuts or status != "Optimal" or strict:
+                break
+            _add(h, cuts)
+            if rounds >= max_rounds:  # the last solve in strict order: one piece for sure
+                _add(h, _local_rows(model, labels, sub, free, A, reach, roots, col, True))
+                strict = True
+        return best
+
+    best = solve(by_order=False)
+    if best is not None and best.contiguous and time.monotonic() < t_end:
+        wider = solve(by_order=True)  # the joining order, in what is left of the time
+        if wider is not None and wider.contiguous and wider.churn < best.churn - 1e-9:
+            best = wider
     if best is not None and not best.contiguous:  # the pieces left undone
         fixed = _repaired(best.labels, labels, sub, A, roots)
         if fixed is not None:
             churn = float(np.asarray(weight, float)[fixed != home].sum())
-            return Guide(fixed, True, churn, rounds)
-    return best or Guide(None, False, np.inf, rounds)
+            return Guide(fixed, True, churn, best.rounds)
+    return best or Guide(None, False, np.inf, 0)
 
 
 def _pieces(A: sp.csr_matrix, codes: np.ndarray, keep: np.ndarray | None = None
@@ -177,11 +198,12 @@ def _pieces(A: sp.csr_matrix, codes: np.ndarray, keep: np.ndarray | None = None
 
 def _local_rows(model: AssignmentModel, labels: np.ndarray, sub: np.ndarray,
                 free: np.ndarray, A: sp.csr_matrix, reach: int, roots: list[np.ndarray],
-                col: dict, strict: bool) -> list:
+                col: dict, strict: bool, by_order: bool = False) -> list:
     """The hop-order rows of the module docstring: a unit joins grid g only beside a unit
-    of g one hop nearer g's present units; a unit stays in its grid (sub-grid) only beside
-    one that stays there and is no farther from the root of its piece. ``strict``: the
-    staying rows alone, one hop nearer the root."""
+    of g one hop nearer g's present units (``by_order``: earlier in g's joining order); a
+    unit stays in its grid (sub-grid) only beside one that stays there and is no farther
+    from the root of its piece. ``strict``: the staying rows alone, one hop nearer the
+    root."""
     out = []
     nbrs = np.split(A.indices, A.indptr[1:-1])
     rows, cols = A.nonzero()
@@ -192,7 +214,7 @@ def _local_rows(model: AssignmentModel, labels: np.ndarray, sub: np.ndarray,
         seeds = np.zeros(len(labels), dtype=bool)
         seeds[r] = True
         to_root.append(_hops(B, seeds, len(labels)))
-    dist = {}
+    key = {}
     for c in range(len(model.col_unit)):
         i, g = int(model.col_unit[c]), int(model.col_grid[c])
         nb = nbrs[i]
@@ -202,15 +224,30 @@ def _local_rows(model: AssignmentModel, labels: np.ndarray, sub: np.ndarray,
         elif strict:
             continue  # the joining rows are in already
         else:
-            if g not in dist:
-                dist[g] = _hops(A, labels == g, reach + 1)
-            ways = [nb[dist[g][nb] == dist[g][i] - 1]]
+            if g not in key:
+                key[g] = (_joining_order(A, labels, g, roots[0], reach) if by_order else
+                          _hops(A, labels == g, reach + 1))
+            ways = [nb[key[g][nb] < key[g][i]]]
         for way in ways:
             if ((labels[way] == g) & ~free[way]).any():
                 continue  # a neighbour surely in g
             idx = [col[(int(j), g)] for j in way if (int(j), g) in col]
             out.append(([c] + idx, [1.0] + [-1.0] * len(idx), -np.inf, 0.0))
     return out
+
+
+def _joining_order(A: sp.csr_matrix, labels: np.ndarray, g: int, roots: np.ndarray,
+                   reach: int) -> np.ndarray:
+    """Each unit's rank in grid ``g``'s joining order: by hops from ``g``'s present units
+    (up to ``reach + 1``), then hops from its ``roots``, then position. Strict and total, so
+    a chain of joiners each beside an earlier one ends at a present unit of ``g``."""
+    n = len(labels)
+    seeds = np.zeros(n, dtype=bool)
+    seeds[roots[labels[roots] == g]] = True
+    key = np.lexsort((np.arange(n), _hops(A, seeds, n), _hops(A, labels == g, reach + 1)))
+    rank = np.empty(n, dtype=np.int64)
+    rank[key] = np.arange(n)
+    return rank
 
 
 def _rootless(target: np.ndarray, labels: np.ndarray, sub: np.ndarray, A: sp.csr_matrix,
