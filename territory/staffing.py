@@ -451,6 +451,13 @@ class StaffAllocator:
         try:
             _solve(prob, what, self.time_limit)
         except SolverError:
+            status = checked_status(prob.solverModel, what)
+            if status != "Infeasible":  # stopped short (a time limit): nothing proven
+                raise SolverError(
+                    f"{what}: HiGHS stopped at {status!r} before finding an assignment of "
+                    f"these {len(ids)} people to grids, which does not prove there is none; "
+                    f"allow it more than {self.time_limit:g} s a solve (time_limit, "
+                    "--time-limit)") from None
             short = ", ".join(f"{grid_ids[g]}: {W[g]:.0f} h" for g in np.flatnonzero(n > 0)[:5])
             raise InfeasibleError(
                 f"{what}: no assignment of these {len(ids)} people ({hours.sum():.0f} h) gives "

@@ -13,7 +13,7 @@ import shapely
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from territory.errors import InfeasibleError, InvalidInputError
+from territory.errors import InfeasibleError, InvalidInputError, SolverError
 from territory.plan import Plan
 from territory.staffing import (
     StaffAllocator,
@@ -203,6 +203,31 @@ def test_impossible_staffing_is_refused_with_numbers():
         StaffAllocator().solve(plan, read_roster(pd.concat([roster, extra])),
                                counts=read_counts(heads))
 
+
+
+def test_a_roster_no_assignment_covers_is_refused_and_a_timeout_is_not_called_so():
+    """People's hours differ, so which ones a grid gets decides whether its hours are
+    covered (the MIP): with one long-hours person and three who each fall short of all but
+    the lightest grid, no assignment covers them (proven: InfeasibleError); the same MIP cut
+    off before it finds any assignment says so and proves nothing (SolverError)."""
+    plan = tiny_plan(3)
+    roster = synthetic_roster(plan, seed=3, drift=0.3)
+    cm = roster.index[(roster["role"] == "customer_manager") & (roster["branch_id"] == "B0")]
+    staff = StaffAllocator().solve(plan, read_roster(roster)).staff_
+    staff = staff[(staff["role"] == "customer_manager") & (staff["branch_id"] == "B0")]
+    hours = staff.groupby("grid_id")["workload_hours"].sum().sort_values()  # one each
+    assert len(cm) == len(hours) == 4
+    # the counts stay one each (the mean is the heaviest grid's hours); the short three
+    # cover the lightest grid only
+    short = np.floor(hours.iloc[1]) - 1
+    assert short >= hours.iloc[0]
+    roster.loc[cm, "hours"] = [4 * np.ceil(hours.iloc[-1]) - 3 * short] + [short] * 3
+    with pytest.raises(InfeasibleError, match=r"customer_manager in branch B0: no assignment "
+                                              r"of these 4 people .* gives every grid the hours"):
+        StaffAllocator().solve(plan, read_roster(roster))
+    with pytest.raises(SolverError, match=r"customer_manager in branch B0: HiGHS stopped at "
+                                          r"'Time limit reached' .* does not prove"):
+        StaffAllocator(time_limit=1e-9).solve(plan, read_roster(roster))
 
 def test_counts_for_an_unknown_branch_are_named():
     plan = tiny_plan(0)
