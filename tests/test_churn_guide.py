@@ -87,8 +87,7 @@ def test_a_joiner_may_follow_one_as_near_its_new_grid_as_itself():
     edges = [(0, 1), (0, 2), (1, 3), (3, 4), (4, 2), (1, 5), (5, 6), (2, 6), (6, 7)]
     n = 8
     graph = nx.Graph(edges)
-    r, c = np.array(edges).T
-    A = sp.csr_matrix((np.ones(2 * len(edges)), (np.r_[r, c], np.r_[c, r])), shape=(n, n))
+    A = sp.csr_matrix(nx.to_scipy_sparse_array(graph, nodelist=range(n)))
     W = np.array([[2.0], [1], [5], [1], [1], [1], [4], [4]])
     labels = np.array([1, 0, 0, 0, 0, 0, 0, 0])
     weight = np.array([1.0, 1, 1, 1, 1, 10, 1, 1])
