@@ -155,8 +155,12 @@ def _parse(s: str, provinces: frozenset[str]) -> ParsedAddress:
                       if s[start - k:start] == district[:k]), 0)
         if short:
             before = s[:start - short]
-            city = city if city and (city in before or city[:-1] in before) else ""
-            if not (city or province and (province in before or province[:-1] in before)):
+
+            def written(name: str) -> bool:  # in full, or without its 市/省
+                return bool(name) and (name in before or name[:-1] in before)
+
+            city = city if written(city) else ""
+            if not (city or written(province)):
                 province = ""
             district = street = community = ""
             rest, building, room = _split_building(s[start - short:])
