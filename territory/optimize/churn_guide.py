@@ -31,7 +31,8 @@ lazily:
   a unit of ``g`` earlier in ``g``'s joining order (fewer hops from ``g``'s present units,
   then fewer from its roots, then lower position: strict and total, so joiners still never
   form an island), which lets a unit join beside a joiner as near ``g`` as itself. The
-  cheaper one-piece answer of the two is kept. "One hop nearer" first because it closes in
+  cheaper one-piece answer of the two is kept (the second only when one piece: only the
+  first's pieces are undone). "One hop nearer" first because it closes in
   a few rounds where the wider rule can take several times as long (the shipped city's
   workload +30 %: 5 s against 33 s); the wider one because it finds what the first cannot
   (the store-closed case: 185 customers, 173 with the order).
@@ -94,7 +95,7 @@ def least_churn_labels(W: np.ndarray, labels: np.ndarray, group: np.ndarray, lo:
     :func:`.churn_bound.churn_lower_bound`), ``adjacency`` the units' graph (edges inside a
     group only), ``sub`` their sub-grid codes; at most ``limit`` weight changes grid from
     ``original`` (``labels`` unless given: a guide from a plan already partly changed).
-    Stops after ``max_rounds`` rounds of cuts."""
+    Each of its two solves stops after ``max_rounds`` rounds of cuts."""
     t_end = time.monotonic() + time_limit
     labels = np.asarray(labels, dtype=np.int64)
     n, k = len(labels), len(group)
